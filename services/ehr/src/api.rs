@@ -1,0 +1,812 @@
+//! The FHIR REST surface under `/fhir`: thin handlers that parse HTTP, call the store and
+//! shape FHIR responses. No SQL here.
+
+use std::sync::Arc;
+
+use axum::{
+    Router,
+    body::Bytes,
+    extract::{Path, RawQuery, State},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use sen_platform::{ApiError, OperationOutcome, OutcomeIssue};
+
+use crate::{
+    Ehr,
+    criteria::Criteria,
+    definitions::ResourceType,
+    error::EhrError,
+    json,
+    resource::{ElementFilter, IncomingResource, Summary, is_valid_id},
+    store::{Created, Deleted, HistoryScope, Method, Version, format_instant},
+};
+
+/// Media type of every FHIR response.
+pub const FHIR_JSON_R4: &str = "application/fhir+json; charset=utf-8; fhirVersion=4.0";
+
+type Result<T, E = ApiError> = std::result::Result<T, E>;
+
+pub fn router(ehr: Arc<Ehr>) -> Router {
+    Router::new()
+        .route("/fhir/metadata", get(metadata))
+        .route("/fhir/_history", get(history_system))
+        .route("/fhir/{type}", get(search).post(create))
+        .route("/fhir/{type}/_history", get(history_type))
+        .route("/fhir/{type}/{id}", get(read).put(update).delete(delete))
+        .route("/fhir/{type}/{id}/_history", get(history_instance))
+        .route("/fhir/{type}/{id}/_history/{vid}", get(vread))
+        .with_state(ehr)
+}
+
+/// Query parameters in order, decoded.
+fn params(query: Option<String>) -> Vec<(String, String)> {
+    query
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default()
+}
+
+fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    params
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// How to render a response body.
+#[derive(Debug, Default)]
+struct Output {
+    pretty: bool,
+    filter: ElementFilter,
+}
+
+fn is_json_media(media: &str) -> bool {
+    let media = media
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    matches!(
+        media.as_str(),
+        "application/fhir+json" | "application/json" | "application/json+fhir" | "json"
+    )
+}
+
+/// Checks `_format`, `Accept`, `_pretty`, `_summary` and `_elements`.
+fn output(
+    params: &[(String, String)],
+    headers: &HeaderMap,
+    allow_filter: bool,
+) -> Result<Output, EhrError> {
+    match param(params, "_format") {
+        Some(format) if !is_json_media(format) => {
+            return Err(EhrError::NotAcceptable {
+                format: format.chars().take(64).collect(),
+            });
+        }
+        Some(_) => {}
+        None => {
+            if let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) {
+                let acceptable = accept.split(',').any(|range| {
+                    let media = range.split(';').next().unwrap_or("").trim();
+                    media.is_empty()
+                        || media == "*/*"
+                        || media == "application/*"
+                        || is_json_media(media)
+                });
+                if !acceptable {
+                    return Err(EhrError::NotAcceptable {
+                        format: accept.chars().take(64).collect(),
+                    });
+                }
+            }
+        }
+    }
+    let pretty = match param(params, "_pretty") {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => {
+            return Err(EhrError::BadParameter {
+                name: "_pretty",
+                message: "must be true or false".into(),
+            });
+        }
+    };
+    let mut filter = ElementFilter::All;
+    if allow_filter {
+        if let Some(value) = param(params, "_summary") {
+            let summary = Summary::parse(value).ok_or_else(|| EhrError::BadParameter {
+                name: "_summary",
+                message: "must be true, text, data, count or false".into(),
+            })?;
+            filter = ElementFilter::Summary(summary);
+        }
+        if let Some(value) = param(params, "_elements") {
+            if filter != ElementFilter::All {
+                return Err(EhrError::BadParameter {
+                    name: "_elements",
+                    message: "cannot be combined with _summary".into(),
+                });
+            }
+            let names: Vec<String> = value
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect();
+            if names.is_empty()
+                || names
+                    .iter()
+                    .any(|n| !n.chars().all(|c| c.is_ascii_alphanumeric() || c == '.'))
+            {
+                return Err(EhrError::BadParameter {
+                    name: "_elements",
+                    message: "must be a comma-separated list of element names".into(),
+                });
+            }
+            filter = ElementFilter::Elements(
+                names
+                    .into_iter()
+                    .map(|n| n.rsplit('.').next().unwrap_or("").to_string())
+                    .collect(),
+            );
+        }
+    }
+    Ok(Output { pretty, filter })
+}
+
+fn body_response(status: StatusCode, body: String, pretty: bool) -> Response {
+    let body = if pretty { json::pretty(&body) } else { body };
+    let mut response = (status, body).into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON_R4));
+    response
+}
+
+fn http_date(micros: i64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp(micros.div_euclid(1_000_000))
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let format = time::macros::format_description!(
+        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+    );
+    t.format(&format).unwrap_or_default()
+}
+
+fn etag(version: i64) -> String {
+    format!("W/\"{version}\"")
+}
+
+fn set_version_headers(response: &mut Response, version: &Version, location: Option<&str>) {
+    let headers = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&etag(version.version)) {
+        headers.insert(header::ETAG, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&http_date(version.last_updated)) {
+        headers.insert(header::LAST_MODIFIED, v);
+    }
+    if let Some(location) = location.and_then(|l| HeaderValue::from_str(l).ok()) {
+        headers.insert(header::LOCATION, location);
+    }
+}
+
+/// The base URL clients reach `/fhir` at.
+fn base_url(ehr: &Ehr, headers: &HeaderMap) -> String {
+    if let Some(public) = &ehr.public_url {
+        return format!("{}/fhir", public.trim_end_matches('/'));
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| {
+            h.chars()
+                .all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c))
+        })
+        .unwrap_or("localhost");
+    format!("http://{host}/fhir")
+}
+
+fn resource_type(ehr: &Ehr, name: &str) -> Result<ResourceType, EhrError> {
+    ehr.defs
+        .resource_type(name)
+        .ok_or_else(|| EhrError::UnknownEndpointType {
+            name: name.chars().take(64).collect(),
+        })
+}
+
+fn check_id(id: &str) -> Result<(), EhrError> {
+    if is_valid_id(id) {
+        Ok(())
+    } else {
+        Err(EhrError::InvalidId)
+    }
+}
+
+fn check_content_type(headers: &HeaderMap) -> Result<(), EhrError> {
+    match headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(media) if is_json_media(media) && !media.trim().eq_ignore_ascii_case("json") => Ok(()),
+        _ => Err(EhrError::UnsupportedMediaType),
+    }
+}
+
+/// `If-Match: W/"3"` (or `"3"`) as a version number.
+fn if_match(headers: &HeaderMap) -> Result<Option<i64>, EhrError> {
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let text = value.to_str().map_err(|_| EhrError::BadIfMatch)?.trim();
+    let text = text.strip_prefix("W/").unwrap_or(text);
+    let inner = text
+        .strip_prefix('"')
+        .and_then(|t| t.strip_suffix('"'))
+        .ok_or(EhrError::BadIfMatch)?;
+    inner
+        .parse::<i64>()
+        .map(Some)
+        .map_err(|_| EhrError::BadIfMatch)
+}
+
+/// `Prefer: return=…`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Return {
+    Minimal,
+    Representation,
+    Outcome,
+}
+
+fn prefer_return(headers: &HeaderMap) -> Return {
+    let prefer = headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join(",");
+    for part in prefer.split([',', ';']) {
+        match part
+            .trim()
+            .strip_prefix("return=")
+            .map(|v| v.trim_matches('"'))
+        {
+            Some("minimal") => return Return::Minimal,
+            Some("OperationOutcome") => return Return::Outcome,
+            Some("representation") => return Return::Representation,
+            _ => {}
+        }
+    }
+    Return::Representation
+}
+
+/// The response to a write, shaped by `Prefer`.
+fn write_response(
+    status: StatusCode,
+    version: &Version,
+    location: Option<&str>,
+    prefer: Return,
+    out: &Output,
+    message: &str,
+) -> Response {
+    let mut response = match prefer {
+        Return::Minimal => status.into_response(),
+        Return::Representation => body_response(status, version.content.clone(), out.pretty),
+        Return::Outcome => body_response(
+            status,
+            OperationOutcome::new(vec![OutcomeIssue::information(message)]).to_json(),
+            out.pretty,
+        ),
+    };
+    set_version_headers(&mut response, version, location);
+    response
+}
+
+async fn metadata(
+    State(ehr): State<Arc<Ehr>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response> {
+    let params = params(query);
+    let out = output(&params, &headers, false)?;
+    Ok(body_response(
+        StatusCode::OK,
+        ehr.capability.clone(),
+        out.pretty,
+    ))
+}
+
+async fn create(
+    State(ehr): State<Arc<Ehr>>,
+    Path(type_name): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response> {
+    let rt = resource_type(&ehr, &type_name)?;
+    let params = params(query);
+    let out = output(&params, &headers, false)?;
+    check_content_type(&headers)?;
+    let resource = IncomingResource::parse(&body, ehr.defs)?;
+    if resource.resource_type != rt {
+        return Err(EhrError::TypeMismatch {
+            url: rt.as_str(),
+            body: resource.resource_type.as_str(),
+        }
+        .into());
+    }
+    let condition = match headers.get("if-none-exist") {
+        Some(value) => {
+            let text = value.to_str().map_err(|_| EhrError::BadParameter {
+                name: "If-None-Exist",
+                message: "must be a query string".into(),
+            })?;
+            Some(Criteria::parse_query(text)?)
+        }
+        None => None,
+    };
+    let base = base_url(&ehr, &headers);
+    let prefer = prefer_return(&headers);
+    match ehr.store.create(&resource, condition.as_ref()).await? {
+        Created::New(version) => {
+            let location = format!("{base}/{rt}/{}/_history/{}", version.id, version.version);
+            Ok(write_response(
+                StatusCode::CREATED,
+                &version,
+                Some(&location),
+                prefer,
+                &out,
+                "created",
+            ))
+        }
+        Created::Existing(version) => {
+            let location = format!("{base}/{rt}/{}/_history/{}", version.id, version.version);
+            Ok(write_response(
+                StatusCode::OK,
+                &version,
+                Some(&location),
+                prefer,
+                &out,
+                "a resource matching If-None-Exist already exists; nothing was created",
+            ))
+        }
+    }
+}
+
+async fn read(
+    State(ehr): State<Arc<Ehr>>,
+    Path((type_name, id)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response> {
+    let rt = resource_type(&ehr, &type_name)?;
+    check_id(&id)?;
+    let params = params(query);
+    let out = output(&params, &headers, true)?;
+    if out.filter == ElementFilter::Summary(Summary::Count) {
+        return Err(EhrError::BadParameter {
+            name: "_summary",
+            message: "count applies to searches, not reads".into(),
+        }
+        .into());
+    }
+    let version = ehr
+        .store
+        .read(rt, &id)
+        .await?
+        .ok_or_else(|| EhrError::NotFound {
+            resource_type: rt.as_str(),
+            id: id.clone(),
+        })?;
+    if version.deleted {
+        return Err(EhrError::Gone {
+            resource_type: rt.as_str(),
+            id,
+            version: version.version,
+        }
+        .into());
+    }
+    let body = out.filter.apply(&version.content, ehr.defs);
+    let mut response = body_response(StatusCode::OK, body, out.pretty);
+    set_version_headers(&mut response, &version, None);
+    Ok(response)
+}
+
+async fn vread(
+    State(ehr): State<Arc<Ehr>>,
+    Path((type_name, id, vid)): Path<(String, String, String)>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response> {
+    let rt = resource_type(&ehr, &type_name)?;
+    check_id(&id)?;
+    let params = params(query);
+    let out = output(&params, &headers, true)?;
+    let not_found = || EhrError::VersionNotFound {
+        resource_type: rt.as_str(),
+        id: id.clone(),
+        version: vid.chars().take(20).collect(),
+    };
+    let number = vid
+        .parse::<i64>()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(not_found)?;
+    let version = ehr
+        .store
+        .vread(rt, &id, number)
+        .await?
+        .ok_or_else(not_found)?;
+    if version.deleted {
+        return Err(EhrError::Gone {
+            resource_type: rt.as_str(),
+            id: id.clone(),
+            version: version.version,
+        }
+        .into());
+    }
+    let body = out.filter.apply(&version.content, ehr.defs);
+    let mut response = body_response(StatusCode::OK, body, out.pretty);
+    set_version_headers(&mut response, &version, None);
+    Ok(response)
+}
+
+async fn update(
+    State(ehr): State<Arc<Ehr>>,
+    Path((type_name, id)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response> {
+    let rt = resource_type(&ehr, &type_name)?;
+    check_id(&id)?;
+    let params = params(query);
+    let out = output(&params, &headers, false)?;
+    check_content_type(&headers)?;
+    let expected = if_match(&headers)?;
+    let resource = IncomingResource::parse(&body, ehr.defs)?;
+    if resource.resource_type != rt {
+        return Err(EhrError::TypeMismatch {
+            url: rt.as_str(),
+            body: resource.resource_type.as_str(),
+        }
+        .into());
+    }
+    match resource.id.as_deref() {
+        None => return Err(EhrError::IdMissing.into()),
+        Some(body_id) if body_id != id => return Err(EhrError::IdMismatch.into()),
+        Some(_) => {}
+    }
+    let updated = ehr.store.update(rt, &id, &resource, expected).await?;
+    let base = base_url(&ehr, &headers);
+    let location = format!("{base}/{rt}/{id}/_history/{}", updated.version.version);
+    let (status, message) = if updated.created {
+        (StatusCode::CREATED, "created")
+    } else {
+        (StatusCode::OK, "updated")
+    };
+    Ok(write_response(
+        status,
+        &updated.version,
+        Some(&location),
+        prefer_return(&headers),
+        &out,
+        message,
+    ))
+}
+
+async fn delete(
+    State(ehr): State<Arc<Ehr>>,
+    Path((type_name, id)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response> {
+    let rt = resource_type(&ehr, &type_name)?;
+    check_id(&id)?;
+    let params = params(query);
+    let out = output(&params, &headers, false)?;
+    let expected = if_match(&headers)?;
+    let outcome = |message: &str| {
+        body_response(
+            StatusCode::OK,
+            OperationOutcome::new(vec![OutcomeIssue::information(message)]).to_json(),
+            out.pretty,
+        )
+    };
+    match ehr.store.delete(rt, &id, expected).await? {
+        Deleted::Now(version) => {
+            let mut response = if prefer_return(&headers) == Return::Minimal {
+                StatusCode::NO_CONTENT.into_response()
+            } else {
+                outcome(&format!("{rt}/{id} deleted"))
+            };
+            if let Ok(v) = HeaderValue::from_str(&etag(version.version)) {
+                response.headers_mut().insert(header::ETAG, v);
+            }
+            Ok(response)
+        }
+        Deleted::Already => Ok(outcome(&format!("{rt}/{id} was already deleted"))),
+    }
+}
+
+/// Parameters that only shape the response and may accompany any query.
+const RESULT_PARAMS: &[&str] = &["_format", "_pretty", "_summary", "_elements"];
+
+fn parse_count(ehr: &Ehr, params: &[(String, String)]) -> Result<u32, EhrError> {
+    match param(params, "_count") {
+        None => Ok(ehr.fhir.default_count),
+        Some(value) => value
+            .parse::<u32>()
+            .map(|n| n.clamp(1, ehr.fhir.max_count))
+            .map_err(|_| EhrError::BadParameter {
+                name: "_count",
+                message: "must be a whole number".into(),
+            }),
+    }
+}
+
+/// `_since`: an instant, a dateTime with a zone, or a date (midnight UTC).
+fn parse_since(value: &str) -> Result<i64, EhrError> {
+    use time::format_description::well_known::Rfc3339;
+    let bad = || EhrError::BadParameter {
+        name: "_since",
+        message: "must be an instant such as 2026-01-31T08:00:00Z".into(),
+    };
+    let t = match time::OffsetDateTime::parse(value, &Rfc3339) {
+        Ok(t) => t,
+        Err(_) => {
+            let date = time::Date::parse(
+                value,
+                time::macros::format_description!("[year]-[month]-[day]"),
+            )
+            .map_err(|_| bad())?;
+            date.midnight().assume_utc()
+        }
+    };
+    i64::try_from(t.unix_timestamp_nanos() / 1000).map_err(|_| bad())
+}
+
+fn link(url: &str, relation: &str) -> String {
+    format!(
+        "{{\"relation\":{},\"url\":{}}}",
+        json::string(relation),
+        json::string(url)
+    )
+}
+
+/// `?` and the query string of `params` without `_page_token`, plus `extra`; empty when none.
+fn query_string(params: &[(String, String)], extra: Option<(&str, &str)>) -> String {
+    let mut serializer = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in params.iter().filter(|(k, _)| k != "_page_token") {
+        serializer.append_pair(k, v);
+    }
+    if let Some((k, v)) = extra {
+        serializer.append_pair(k, v);
+    }
+    let query = serializer.finish();
+    if query.is_empty() {
+        query
+    } else {
+        format!("?{query}")
+    }
+}
+
+fn bundle(kind: &str, links: &[String], entries: &[String], total: Option<usize>) -> String {
+    let mut out = String::with_capacity(entries.iter().map(String::len).sum::<usize>() + 512);
+    out.push_str("{\"resourceType\":\"Bundle\",\"id\":");
+    out.push_str(&json::string(&uuid::Uuid::new_v4().to_string()));
+    out.push_str(",\"meta\":{\"lastUpdated\":");
+    let now =
+        i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000).unwrap_or(0);
+    out.push_str(&json::string(&format_instant(now)));
+    out.push_str("},\"type\":");
+    out.push_str(&json::string(kind));
+    if let Some(total) = total {
+        out.push_str(&format!(",\"total\":{total}"));
+    }
+    out.push_str(",\"link\":[");
+    out.push_str(&links.join(","));
+    out.push(']');
+    if !entries.is_empty() {
+        out.push_str(",\"entry\":[");
+        out.push_str(&entries.join(","));
+        out.push(']');
+    }
+    out.push('}');
+    out
+}
+
+async fn history(
+    ehr: &Ehr,
+    scope: HistoryScope,
+    path: &str,
+    query: Option<String>,
+    headers: &HeaderMap,
+) -> Result<Response> {
+    let params = params(query);
+    for (name, _) in &params {
+        if !["_count", "_since", "_page_token", "_format", "_pretty"].contains(&name.as_str()) {
+            return Err(EhrError::BadParameter {
+                name: "history",
+                message: format!(
+                    "parameter {:?} is not supported (use _count, _since)",
+                    name.chars().take(64).collect::<String>()
+                ),
+            }
+            .into());
+        }
+    }
+    let out = output(&params, headers, false)?;
+    let count = parse_count(ehr, &params)?;
+    let since = param(&params, "_since").map(parse_since).transpose()?;
+    let before = param(&params, "_page_token")
+        .map(|t| {
+            t.parse::<i64>().map_err(|_| EhrError::BadParameter {
+                name: "_page_token",
+                message: "not a page token from this server".into(),
+            })
+        })
+        .transpose()?;
+    let page = ehr.store.history(&scope, since, before, count).await?;
+    let base = base_url(ehr, headers);
+    let entries: Vec<String> = page
+        .entries
+        .iter()
+        .map(|v| history_entry(&base, v))
+        .collect();
+    let mut links = vec![link(
+        &format!("{base}{path}{}", query_string(&params, None)),
+        "self",
+    )];
+    if let Some(next) = page.next {
+        let token = next.to_string();
+        links.push(link(
+            &format!(
+                "{base}{path}{}",
+                query_string(&params, Some(("_page_token", &token)))
+            ),
+            "next",
+        ));
+    }
+    Ok(body_response(
+        StatusCode::OK,
+        bundle("history", &links, &entries, None),
+        out.pretty,
+    ))
+}
+
+fn history_entry(base: &str, v: &Version) -> String {
+    let full_url = format!("{base}/{}/{}", v.resource_type, v.id);
+    let (url, status) = match v.method {
+        Method::Post => (v.resource_type.clone(), "201 Created"),
+        Method::Put if v.version == 1 => (format!("{}/{}", v.resource_type, v.id), "201 Created"),
+        Method::Put => (format!("{}/{}", v.resource_type, v.id), "200 OK"),
+        Method::Delete => (format!("{}/{}", v.resource_type, v.id), "204 No Content"),
+    };
+    let resource = if v.deleted {
+        String::new()
+    } else {
+        format!(",\"resource\":{}", v.content)
+    };
+    format!(
+        "{{\"fullUrl\":{}{resource},\"request\":{{\"method\":\"{}\",\"url\":{}}},\"response\":{{\"status\":\"{status}\",\"etag\":{},\"lastModified\":{}}}}}",
+        json::string(&full_url),
+        v.method.as_str(),
+        json::string(&url),
+        json::string(&etag(v.version)),
+        json::string(&v.last_updated_rfc3339()),
+    )
+}
+
+async fn history_system(
+    State(ehr): State<Arc<Ehr>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response> {
+    history(&ehr, HistoryScope::System, "/_history", query, &headers).await
+}
+
+async fn history_type(
+    State(ehr): State<Arc<Ehr>>,
+    Path(type_name): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response> {
+    let rt = resource_type(&ehr, &type_name)?;
+    history(
+        &ehr,
+        HistoryScope::Type(rt),
+        &format!("/{rt}/_history"),
+        query,
+        &headers,
+    )
+    .await
+}
+
+async fn history_instance(
+    State(ehr): State<Arc<Ehr>>,
+    Path((type_name, id)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response> {
+    let rt = resource_type(&ehr, &type_name)?;
+    check_id(&id)?;
+    let path = format!("/{rt}/{id}/_history");
+    history(&ehr, HistoryScope::Instance(rt, id), &path, query, &headers).await
+}
+
+/// Basic search: `_id` and `identifier`, paged by id. Other parameters are refused rather
+/// than ignored, so a query never silently returns more than it asked for.
+async fn search(
+    State(ehr): State<Arc<Ehr>>,
+    Path(type_name): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response> {
+    let rt = resource_type(&ehr, &type_name)?;
+    let params = params(query);
+    let out = output(&params, &headers, true)?;
+    if out.filter == ElementFilter::Summary(Summary::Count) {
+        return Err(EhrError::BadParameter {
+            name: "_summary",
+            message: "count is not supported yet".into(),
+        }
+        .into());
+    }
+    let count = parse_count(&ehr, &params)?;
+    let after = param(&params, "_page_token");
+    if after.is_some_and(|a| !is_valid_id(a)) {
+        return Err(EhrError::BadParameter {
+            name: "_page_token",
+            message: "not a page token from this server".into(),
+        }
+        .into());
+    }
+    let criteria_pairs: Vec<(String, String)> = params
+        .iter()
+        .filter(|(k, _)| {
+            !RESULT_PARAMS.contains(&k.as_str()) && k != "_count" && k != "_page_token"
+        })
+        .cloned()
+        .collect();
+    let criteria = Criteria::parse(&criteria_pairs)?;
+    let mut found = ehr
+        .store
+        .search(rt, &criteria, after, count as usize + 1)
+        .await?;
+    let next = if found.len() > count as usize {
+        found.truncate(count as usize);
+        found.last().map(|(id, _)| id.clone())
+    } else {
+        None
+    };
+    let base = base_url(&ehr, &headers);
+    let entries: Vec<String> = found
+        .iter()
+        .map(|(id, content)| {
+            format!(
+                "{{\"fullUrl\":{},\"resource\":{},\"search\":{{\"mode\":\"match\"}}}}",
+                json::string(&format!("{base}/{rt}/{id}")),
+                out.filter.apply(content, ehr.defs)
+            )
+        })
+        .collect();
+    let mut links = vec![link(
+        &format!("{base}/{rt}{}", query_string(&params, None)),
+        "self",
+    )];
+    if let Some(next) = next {
+        links.push(link(
+            &format!(
+                "{base}/{rt}{}",
+                query_string(&params, Some(("_page_token", &next)))
+            ),
+            "next",
+        ));
+    }
+    Ok(body_response(
+        StatusCode::OK,
+        bundle("searchset", &links, &entries, None),
+        out.pretty,
+    ))
+}

@@ -1,0 +1,196 @@
+//! Errors of the FHIR engine, mapped to HTTP in one exhaustive `match`.
+
+use http::StatusCode;
+use sen_platform::{ApiError, IssueCode, OutcomeIssue};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EhrError {
+    #[error("invalid resource: {message}")]
+    Invalid {
+        message: String,
+        expression: Option<String>,
+    },
+    #[error("unknown resource type")]
+    UnknownType { name: String },
+    #[error("unknown resource type in the URL")]
+    UnknownEndpointType { name: String },
+    #[error("resource type in the body differs from the URL")]
+    TypeMismatch {
+        url: &'static str,
+        body: &'static str,
+    },
+    #[error("id in the body differs from the URL")]
+    IdMismatch,
+    #[error("update without an id in the body")]
+    IdMissing,
+    #[error("invalid id in the URL")]
+    InvalidId,
+    #[error("resource not found")]
+    NotFound {
+        resource_type: &'static str,
+        id: String,
+    },
+    #[error("version not found")]
+    VersionNotFound {
+        resource_type: &'static str,
+        id: String,
+        version: String,
+    },
+    #[error("resource deleted")]
+    Gone {
+        resource_type: &'static str,
+        id: String,
+        version: i64,
+    },
+    #[error("version conflict")]
+    VersionConflict {
+        expected: String,
+        current: Option<i64>,
+    },
+    #[error("malformed If-Match")]
+    BadIfMatch,
+    #[error("conditional request matched several resources")]
+    MultipleMatches { count: usize },
+    #[error("unsupported search parameter in a conditional request")]
+    UnsupportedCriteria { parameter: String },
+    #[error("invalid parameter")]
+    BadParameter { name: &'static str, message: String },
+    #[error("unsupported format")]
+    NotAcceptable { format: String },
+    #[error("unsupported media type")]
+    UnsupportedMediaType,
+    #[error("concurrent modification, retries exhausted")]
+    Contention,
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+impl From<EhrError> for ApiError {
+    fn from(error: EhrError) -> Self {
+        use EhrError as E;
+        use StatusCode as S;
+        match error {
+            E::Invalid {
+                message,
+                expression,
+            } => {
+                let mut issue = OutcomeIssue::error(IssueCode::Invalid, message);
+                issue.expression.extend(expression);
+                ApiError::with_issues(S::BAD_REQUEST, vec![issue])
+            }
+            E::UnknownType { name } => ApiError::new(
+                S::BAD_REQUEST,
+                IssueCode::NotSupported,
+                format!("{name:?} is not an R4 resource type (see /fhir/metadata)"),
+            )
+            .at("resourceType"),
+            E::UnknownEndpointType { name } => ApiError::new(
+                S::NOT_FOUND,
+                IssueCode::NotSupported,
+                format!("{name:?} is not an R4 resource type (see /fhir/metadata)"),
+            ),
+            E::TypeMismatch { url, body } => ApiError::new(
+                S::BAD_REQUEST,
+                IssueCode::Invalid,
+                format!(
+                    "the body is {} {body} but the URL is for {url}",
+                    article(body)
+                ),
+            )
+            .at("resourceType"),
+            E::IdMismatch => ApiError::new(
+                S::BAD_REQUEST,
+                IssueCode::Invalid,
+                "the id in the body differs from the id in the URL",
+            )
+            .at("id"),
+            E::IdMissing => ApiError::new(
+                S::BAD_REQUEST,
+                IssueCode::Required,
+                "an update must carry the resource's id in the body, equal to the id in the URL",
+            )
+            .at("id"),
+            E::InvalidId => ApiError::new(
+                S::BAD_REQUEST,
+                IssueCode::Invalid,
+                "the id in the URL is not a valid FHIR id (1-64 of A-Z, a-z, 0-9, '-', '.')",
+            ),
+            E::NotFound { resource_type, id } => {
+                ApiError::not_found(format!("{resource_type}/{id} does not exist"))
+            }
+            E::VersionNotFound {
+                resource_type,
+                id,
+                version,
+            } => ApiError::not_found(format!("{resource_type}/{id} has no version {version}")),
+            E::Gone {
+                resource_type,
+                id,
+                version,
+            } => ApiError::new(
+                S::GONE,
+                IssueCode::Deleted,
+                format!("{resource_type}/{id} was deleted (version {version})"),
+            ),
+            E::VersionConflict { expected, current } => ApiError::new(
+                S::PRECONDITION_FAILED,
+                IssueCode::Conflict,
+                match current {
+                    Some(v) => format!(
+                        "If-Match asked for version {expected} but the current version is {v}"
+                    ),
+                    None => format!(
+                        "If-Match asked for version {expected} but the resource does not exist"
+                    ),
+                },
+            ),
+            E::BadIfMatch => ApiError::new(
+                S::BAD_REQUEST,
+                IssueCode::Invalid,
+                "If-Match must be an ETag such as W/\"3\"",
+            ),
+            E::MultipleMatches { count } => ApiError::new(
+                S::PRECONDITION_FAILED,
+                IssueCode::MultipleMatches,
+                format!("the condition matched {count} resources; it must match at most one"),
+            ),
+            E::UnsupportedCriteria { parameter } => ApiError::new(
+                S::BAD_REQUEST,
+                IssueCode::NotSupported,
+                format!(
+                    "conditional requests support the parameters identifier and _id; {parameter:?} is not supported"
+                ),
+            ),
+            E::BadParameter { name, message } => ApiError::new(
+                S::BAD_REQUEST,
+                IssueCode::Invalid,
+                format!("{name}: {message}"),
+            ),
+            E::NotAcceptable { format } => ApiError::new(
+                S::NOT_ACCEPTABLE,
+                IssueCode::NotSupported,
+                format!("format {format:?} is not supported; Sen serves application/fhir+json"),
+            ),
+            E::UnsupportedMediaType => ApiError::new(
+                S::UNSUPPORTED_MEDIA_TYPE,
+                IssueCode::NotSupported,
+                "send the resource as application/fhir+json (or application/json)",
+            ),
+            E::Contention => ApiError::new(
+                S::CONFLICT,
+                IssueCode::Conflict,
+                "the resource is being modified concurrently; retry the request",
+            ),
+            E::Database(e) => ApiError::internal(&e),
+        }
+    }
+}
+
+/// "a" or "an" before a resource type name.
+fn article(word: &str) -> &'static str {
+    if word.starts_with(['A', 'E', 'I', 'O', 'U']) {
+        "an"
+    } else {
+        "a"
+    }
+}

@@ -1,0 +1,11 @@
+//! Schema of the EHR service, per backend. PostgreSQL keeps it in the `ehr` schema;
+//! SQLite, which has no schemas, prefixes the tables with `ehr_`.
+
+use sen_platform::migrate::Migration;
+
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    description: "resource store: current versions, history, identifier index",
+    sqlite: include_str!("../migrations/sqlite/0001_resource_store.sql"),
+    postgres: include_str!("../migrations/postgres/0001_resource_store.sql"),
+}];

@@ -1,0 +1,457 @@
+//! Configuration: built-in defaults, then an optional TOML file, then the environment.
+//!
+//! Every key has a default, so `sen serve` with nothing configured runs the embedded setup.
+//! Unknown keys — in the file or as `SEN_*` environment variables — are refused with a message
+//! that names the valid ones, because a typo silently ignored is how production ends up on the
+//! embedded SQLite file. Secrets (database and Redis passwords) are redacted wherever the
+//! configuration is printed or logged.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use serde::{Deserialize, Serialize, Serializer};
+
+/// The whole configuration. Each section maps to a `[section]` of the TOML file.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub database: DatabaseConfig,
+    pub redis: RedisConfig,
+    pub telemetry: TelemetryConfig,
+    pub fhir: FhirConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address the HTTP server binds.
+    pub listen: SocketAddr,
+    /// Base URL clients use to reach the server (for `Location` headers and `fullUrl`s).
+    /// Without it, the request's `Host` header is used.
+    pub public_url: Option<String>,
+    /// Largest request body accepted, in bytes.
+    pub body_limit_bytes: usize,
+    /// Time a request may take before it is answered 503 with an OperationOutcome.
+    pub request_timeout_secs: u64,
+    /// Time in-flight requests get to finish after SIGTERM or Ctrl-C.
+    pub shutdown_timeout_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            public_url: None,
+            body_limit_bytes: 8 * 1024 * 1024,
+            request_timeout_secs: 30,
+            shutdown_timeout_secs: 30,
+        }
+    }
+}
+
+/// `synchronous` setting of SQLite in WAL mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SqliteSynchronous {
+    /// fsync on every commit: a committed write survives power loss.
+    Full,
+    /// fsync at checkpoints: a committed write survives a process crash, not a power loss.
+    Normal,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `postgres://…` or `sqlite://…`. Without it, `<data_dir>/sen.db` (SQLite) is used.
+    pub url: Option<Secret>,
+    /// Directory of the embedded SQLite database (and, later, keys).
+    pub data_dir: PathBuf,
+    /// Connections per pool.
+    pub max_connections: u32,
+    pub sqlite_synchronous: SqliteSynchronous,
+    /// Apply pending migrations when `sen serve` starts. Always on for SQLite; on
+    /// PostgreSQL the default is off, so schema changes are a deliberate `sen migrate`.
+    pub migrate_on_start: Option<bool>,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            data_dir: PathBuf::from("./data"),
+            max_connections: 16,
+            sqlite_synchronous: SqliteSynchronous::Full,
+            migrate_on_start: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://…`. Without it, sessions and other volatile state live in memory.
+    pub url: Option<Secret>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// `tracing` filter directives, e.g. `info` or `info,sen_ehr=debug`.
+    pub log_filter: String,
+    pub log_format: LogFormat,
+    /// OTLP/HTTP endpoint; traces and metrics are exported there when set.
+    pub otlp_endpoint: Option<String>,
+    pub service_name: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            log_filter: "info".into(),
+            log_format: LogFormat::Text,
+            otlp_endpoint: None,
+            service_name: "sen".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FhirConfig {
+    /// Page size when a client gives no `_count`.
+    pub default_count: u32,
+    /// Largest `_count` honoured; larger values are capped.
+    pub max_count: u32,
+}
+
+impl Default for FhirConfig {
+    fn default() -> Self {
+        Self {
+            default_count: 20,
+            max_count: 1000,
+        }
+    }
+}
+
+/// A secret value (a URL with a password). Printed and serialised with the password redacted.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The real value, for the one place that connects with it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The value with any `user:password@` password replaced by `***`.
+    pub fn redacted(&self) -> String {
+        redact_url(&self.0)
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.redacted())
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.redacted())
+    }
+}
+
+/// Redacts the password of `scheme://user:password@host…`; anything unparseable is hidden whole.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "***".into();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+            if userinfo.contains(':') {
+                format!("{scheme}://{user}:***@{host}{path}")
+            } else {
+                format!("{scheme}://{user}@{host}{path}")
+            }
+        }
+        None => url.to_string(),
+    }
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("configuration file {path} is not valid TOML: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error(
+        "unknown environment variable {name}. Sen reads these: {known}. \
+         Remove or rename it."
+    )]
+    UnknownEnv { name: String, known: String },
+    #[error("environment variable {name} must be {expected}, got {value:?}")]
+    EnvValue {
+        name: String,
+        expected: &'static str,
+        value: String,
+    },
+    #[error("invalid configuration{origin}: {message}. See `sen serve --help` for every key.")]
+    Invalid { origin: String, message: String },
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Str,
+    Int,
+    Bool,
+}
+
+/// Environment variables Sen reads, and the key each one sets.
+const ENV_KEYS: &[(&str, &str, Kind)] = &[
+    ("SEN_LISTEN", "server.listen", Kind::Str),
+    ("SEN_PUBLIC_URL", "server.public_url", Kind::Str),
+    ("SEN_BODY_LIMIT_BYTES", "server.body_limit_bytes", Kind::Int),
+    (
+        "SEN_REQUEST_TIMEOUT_SECS",
+        "server.request_timeout_secs",
+        Kind::Int,
+    ),
+    (
+        "SEN_SHUTDOWN_TIMEOUT_SECS",
+        "server.shutdown_timeout_secs",
+        Kind::Int,
+    ),
+    ("DATABASE_URL", "database.url", Kind::Str),
+    ("SEN_DATABASE_URL", "database.url", Kind::Str),
+    ("SEN_DATA_DIR", "database.data_dir", Kind::Str),
+    (
+        "SEN_DATABASE_MAX_CONNECTIONS",
+        "database.max_connections",
+        Kind::Int,
+    ),
+    (
+        "SEN_SQLITE_SYNCHRONOUS",
+        "database.sqlite_synchronous",
+        Kind::Str,
+    ),
+    (
+        "SEN_MIGRATE_ON_START",
+        "database.migrate_on_start",
+        Kind::Bool,
+    ),
+    ("REDIS_URL", "redis.url", Kind::Str),
+    ("SEN_REDIS_URL", "redis.url", Kind::Str),
+    ("SEN_LOG", "telemetry.log_filter", Kind::Str),
+    ("SEN_LOG_FORMAT", "telemetry.log_format", Kind::Str),
+    (
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "telemetry.otlp_endpoint",
+        Kind::Str,
+    ),
+    ("OTEL_SERVICE_NAME", "telemetry.service_name", Kind::Str),
+    ("SEN_FHIR_DEFAULT_COUNT", "fhir.default_count", Kind::Int),
+    ("SEN_FHIR_MAX_COUNT", "fhir.max_count", Kind::Int),
+];
+
+/// `SEN_*` variables that are not configuration keys (read by tests and tools).
+const ENV_IGNORED: &[&str] = &["SEN_TARGET_DIR", "SEN_TEST_KEEP"];
+
+impl Config {
+    /// Loads defaults, then `file` (if any), then the variables of `env`.
+    pub fn load(
+        file: Option<&std::path::Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                toml::from_str::<toml::Table>(&text).map_err(|e| ConfigError::Syntax {
+                    path: path.to_owned(),
+                    message: e.message().to_string(),
+                })?
+            }
+            None => toml::Table::new(),
+        };
+        let origin = file
+            .map(|p| format!(" in {}", p.display()))
+            .unwrap_or_default();
+        // Check the file alone first, so an error names the file rather than the environment.
+        Self::deserialize(table.clone()).map_err(|e| ConfigError::Invalid {
+            origin: origin.clone(),
+            message: e.message().into(),
+        })?;
+
+        let mut env: Vec<(String, String)> = env.into_iter().collect();
+        // DATABASE_URL before SEN_DATABASE_URL: the Sen-specific name wins.
+        env.sort();
+        for (name, value) in env {
+            let Some(&(_, key, kind)) = ENV_KEYS.iter().find(|(n, _, _)| *n == name) else {
+                if name.starts_with("SEN_") && !ENV_IGNORED.contains(&name.as_str()) {
+                    let known = ENV_KEYS
+                        .iter()
+                        .map(|(n, _, _)| *n)
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    return Err(ConfigError::UnknownEnv { name, known });
+                }
+                continue;
+            };
+            if value.is_empty() {
+                continue;
+            }
+            let parsed = match kind {
+                Kind::Str => toml::Value::String(value),
+                Kind::Int => value
+                    .parse::<i64>()
+                    .map(toml::Value::Integer)
+                    .map_err(|_| ConfigError::EnvValue {
+                        name: name.clone(),
+                        expected: "a whole number",
+                        value,
+                    })?,
+                Kind::Bool => value
+                    .parse::<bool>()
+                    .map(toml::Value::Boolean)
+                    .map_err(|_| ConfigError::EnvValue {
+                        name: name.clone(),
+                        expected: "true or false",
+                        value,
+                    })?,
+            };
+            let (section, field) = key.split_once('.').expect("keys are section.field");
+            let section = table
+                .entry(section)
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if let toml::Value::Table(section) = section {
+                section.insert(field.into(), parsed);
+            }
+        }
+        Self::deserialize(table).map_err(|e| ConfigError::Invalid {
+            origin: " (from the environment)".into(),
+            message: e.message().into(),
+        })
+    }
+
+    /// The configuration as TOML, secrets redacted: what `sen config` prints.
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print: {e}"))
+    }
+
+    /// The PostgreSQL or SQLite URL to connect to.
+    pub fn database_url(&self) -> String {
+        match &self.database.url {
+            Some(url) => url.expose().to_string(),
+            None => format!("sqlite://{}/sen.db", self.database.data_dir.display()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn with_nothing_configured_the_embedded_defaults_apply() {
+        let config = Config::load(None, env(&[("PATH", "/bin")])).unwrap();
+        assert_eq!(config.server.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.database_url(), "sqlite://./data/sen.db");
+        assert!(config.redis.url.is_none());
+    }
+
+    #[test]
+    fn the_environment_overrides_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sen.toml");
+        std::fs::write(
+            &path,
+            "[server]\nlisten = \"0.0.0.0:9000\"\nbody_limit_bytes = 10\n",
+        )
+        .unwrap();
+        let config = Config::load(Some(&path), env(&[("SEN_LISTEN", "127.0.0.1:9100")])).unwrap();
+        assert_eq!(config.server.listen.to_string(), "127.0.0.1:9100");
+        assert_eq!(config.server.body_limit_bytes, 10);
+    }
+
+    #[test]
+    fn an_unknown_key_in_the_file_is_refused_with_the_valid_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sen.toml");
+        std::fs::write(&path, "[server]\nlisen = \"0.0.0.0:9000\"\n").unwrap();
+        let message = Config::load(Some(&path), env(&[])).unwrap_err().to_string();
+        assert!(
+            message.contains("lisen") && message.contains("listen"),
+            "{message}"
+        );
+        assert!(message.contains("sen.toml"), "{message}");
+    }
+
+    #[test]
+    fn an_unknown_sen_variable_is_refused() {
+        let message = Config::load(None, env(&[("SEN_LISTN", "x")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("SEN_LISTN") && message.contains("SEN_LISTEN"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_malformed_number_in_the_environment_says_what_was_expected() {
+        let message = Config::load(None, env(&[("SEN_BODY_LIMIT_BYTES", "ten")]))
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("whole number"), "{message}");
+    }
+
+    #[test]
+    fn passwords_never_appear_when_the_configuration_is_printed() {
+        let config = Config::load(
+            None,
+            env(&[
+                ("DATABASE_URL", "postgres://sen:hunter2@db:5432/sen"),
+                ("REDIS_URL", "redis://:pw@r:6379/0"),
+            ]),
+        )
+        .unwrap();
+        let printed = format!("{} {:?}", config.to_redacted_toml(), config);
+        assert!(
+            !printed.contains("hunter2") && !printed.contains(":pw@"),
+            "{printed}"
+        );
+        assert!(
+            printed.contains("postgres://sen:***@db:5432/sen"),
+            "{printed}"
+        );
+        assert_eq!(config.database_url(), "postgres://sen:hunter2@db:5432/sen");
+    }
+}

@@ -1,0 +1,396 @@
+//! The key-value store for state that may be lost or rebuilt: sessions, presence, slot holds,
+//! rate-limit counters, placements. Redis in production, memory in the embedded default;
+//! both behind [`KeyValueStore`] and both run through the same test suite.
+//!
+//! Every key is prefixed with the store's namespace, so services (and tests) sharing one Redis
+//! never see each other's keys.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use async_trait::async_trait;
+use redis::{AsyncCommands, aio::ConnectionManager};
+
+#[derive(Debug, thiserror::Error)]
+pub enum KvError {
+    #[error("key-value store unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl From<redis::RedisError> for KvError {
+    fn from(e: redis::RedisError) -> Self {
+        // The Redis error text names commands and keys, never values.
+        KvError::Unavailable(e.to_string())
+    }
+}
+
+/// Volatile key-value state with expiry.
+#[async_trait]
+pub trait KeyValueStore: Send + Sync + std::fmt::Debug + 'static {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError>;
+    /// Sets `key`, replacing any value; with `ttl` it expires after that long.
+    async fn set(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<(), KvError>;
+    /// Sets `key` only when it is absent; answers whether it was set (locks, placements).
+    async fn set_if_absent(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool, KvError>;
+    /// Removes `key`; answers whether it existed.
+    async fn delete(&self, key: &str) -> Result<bool, KvError>;
+    /// Adds one to a counter created at zero with `ttl` when absent; answers the new value
+    /// (fixed-window rate limits).
+    async fn increment(&self, key: &str, ttl: Duration) -> Result<i64, KvError>;
+    /// A round trip, for readiness.
+    async fn ping(&self) -> Result<(), KvError>;
+    /// Which implementation this is, for logs and the readiness report.
+    fn kind(&self) -> &'static str;
+}
+
+/// Values with their expiry instant.
+type Entries = HashMap<String, (Vec<u8>, Option<Instant>)>;
+
+/// In-process store for the embedded default and single-node deployments.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    namespace: String,
+    entries: Mutex<Entries>,
+}
+
+impl MemoryStore {
+    pub fn new(namespace: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            entries: Mutex::default(),
+        }
+    }
+
+    fn key(&self, key: &str) -> String {
+        format!("{}:{key}", self.namespace)
+    }
+
+    /// Drops expired entries once the map grows, so abandoned keys do not pile up.
+    fn purge(map: &mut Entries, now: Instant) {
+        if map.len() > 1024 && map.len().is_power_of_two() {
+            map.retain(|_, (_, expiry)| expiry.is_none_or(|e| e > now));
+        }
+    }
+}
+
+fn live(entry: Option<&(Vec<u8>, Option<Instant>)>, now: Instant) -> Option<&Vec<u8>> {
+    entry
+        .filter(|(_, expiry)| expiry.is_none_or(|e| e > now))
+        .map(|(v, _)| v)
+}
+
+#[async_trait]
+impl KeyValueStore for MemoryStore {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+        let map = self.entries.lock().expect("kv lock");
+        Ok(live(map.get(&self.key(key)), Instant::now()).cloned())
+    }
+
+    async fn set(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<(), KvError> {
+        let now = Instant::now();
+        let mut map = self.entries.lock().expect("kv lock");
+        map.insert(self.key(key), (value.to_vec(), ttl.map(|t| now + t)));
+        Self::purge(&mut map, now);
+        Ok(())
+    }
+
+    async fn set_if_absent(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool, KvError> {
+        let now = Instant::now();
+        let key = self.key(key);
+        let mut map = self.entries.lock().expect("kv lock");
+        if live(map.get(&key), now).is_some() {
+            return Ok(false);
+        }
+        map.insert(key, (value.to_vec(), Some(now + ttl)));
+        Self::purge(&mut map, now);
+        Ok(true)
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool, KvError> {
+        let now = Instant::now();
+        let mut map = self.entries.lock().expect("kv lock");
+        Ok(map
+            .remove(&self.key(key))
+            .is_some_and(|e| live(Some(&e), now).is_some()))
+    }
+
+    async fn increment(&self, key: &str, ttl: Duration) -> Result<i64, KvError> {
+        let now = Instant::now();
+        let key = self.key(key);
+        let mut map = self.entries.lock().expect("kv lock");
+        let current =
+            live(map.get(&key), now).and_then(|v| std::str::from_utf8(v).ok()?.parse::<i64>().ok());
+        let (next, expiry) = match current {
+            Some(n) => (n + 1, map.get(&key).and_then(|(_, e)| *e)),
+            None => (1, Some(now + ttl)),
+        };
+        map.insert(key, (next.to_string().into_bytes(), expiry));
+        Self::purge(&mut map, now);
+        Ok(next)
+    }
+
+    async fn ping(&self) -> Result<(), KvError> {
+        Ok(())
+    }
+
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+}
+
+/// Redis-backed store, shared by every node of a deployment.
+#[derive(Clone)]
+pub struct RedisStore {
+    namespace: String,
+    conn: ConnectionManager,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("namespace", &self.namespace)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisStore {
+    /// Connects to `url` (never logged: it may hold a password).
+    pub async fn connect(url: &str, namespace: impl Into<String>) -> Result<Self, KvError> {
+        let client = redis::Client::open(url).map_err(|_| {
+            KvError::Unavailable("invalid Redis URL (expected redis://host:port/db)".into())
+        })?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Duration::from_secs(5))
+            .set_response_timeout(Duration::from_secs(5))
+            .set_number_of_retries(2);
+        let conn = ConnectionManager::new_with_config(client, config).await?;
+        Ok(Self {
+            namespace: namespace.into(),
+            conn,
+        })
+    }
+
+    fn key(&self, key: &str) -> String {
+        format!("{}:{key}", self.namespace)
+    }
+}
+
+fn millis(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+#[async_trait]
+impl KeyValueStore for RedisStore {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+        Ok(self.conn.clone().get(self.key(key)).await?)
+    }
+
+    async fn set(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<(), KvError> {
+        let mut conn = self.conn.clone();
+        match ttl {
+            Some(ttl) => {
+                conn.pset_ex::<_, _, ()>(self.key(key), value, millis(ttl))
+                    .await?
+            }
+            None => conn.set::<_, _, ()>(self.key(key), value).await?,
+        }
+        Ok(())
+    }
+
+    async fn set_if_absent(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool, KvError> {
+        let reply: Option<String> = redis::cmd("SET")
+            .arg(self.key(key))
+            .arg(value)
+            .arg("PX")
+            .arg(millis(ttl))
+            .arg("NX")
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(reply.is_some())
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool, KvError> {
+        let removed: i64 = self.conn.clone().del(self.key(key)).await?;
+        Ok(removed > 0)
+    }
+
+    async fn increment(&self, key: &str, ttl: Duration) -> Result<i64, KvError> {
+        let key = self.key(key);
+        // One round trip, atomic: create with expiry if absent, then increment.
+        let (value,): (i64,) = redis::pipe()
+            .atomic()
+            .cmd("SET")
+            .arg(&key)
+            .arg(0)
+            .arg("PX")
+            .arg(millis(ttl))
+            .arg("NX")
+            .ignore()
+            .incr(&key, 1)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(value)
+    }
+
+    async fn ping(&self) -> Result<(), KvError> {
+        let _: String = redis::cmd("PING")
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(())
+    }
+
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+}
+
+/// The store a process uses: Redis when a URL is configured, memory otherwise.
+pub async fn connect(
+    redis_url: Option<&str>,
+    namespace: &str,
+) -> Result<Arc<dyn KeyValueStore>, KvError> {
+    Ok(match redis_url {
+        Some(url) => Arc::new(RedisStore::connect(url, namespace).await?),
+        None => Arc::new(MemoryStore::new(namespace)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The behaviour both implementations must share.
+    async fn suite(store: &dyn KeyValueStore) {
+        assert_eq!(store.get("absent").await.unwrap(), None);
+
+        store.set("a", b"one", None).await.unwrap();
+        assert_eq!(store.get("a").await.unwrap().as_deref(), Some(&b"one"[..]));
+        store.set("a", b"two", None).await.unwrap();
+        assert_eq!(store.get("a").await.unwrap().as_deref(), Some(&b"two"[..]));
+
+        assert!(
+            store
+                .set_if_absent("lock", b"node-1", Duration::from_secs(60))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .set_if_absent("lock", b"node-2", Duration::from_secs(60))
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            store.get("lock").await.unwrap().as_deref(),
+            Some(&b"node-1"[..])
+        );
+
+        assert!(store.delete("lock").await.unwrap());
+        assert!(!store.delete("lock").await.unwrap());
+        assert!(
+            store
+                .set_if_absent("lock", b"node-2", Duration::from_secs(60))
+                .await
+                .unwrap()
+        );
+
+        for expected in 1..=5 {
+            assert_eq!(
+                store
+                    .increment("hits", Duration::from_secs(60))
+                    .await
+                    .unwrap(),
+                expected
+            );
+        }
+
+        // Expiry: wait (bounded) for the store's own clock to pass the TTL.
+        store
+            .set("short", b"x", Some(Duration::from_millis(20)))
+            .await
+            .unwrap();
+        store
+            .set_if_absent("short-lock", b"x", Duration::from_millis(20))
+            .await
+            .unwrap();
+        store
+            .increment("short-counter", Duration::from_millis(20))
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let gone = store.get("short").await.unwrap().is_none()
+                && store.get("short-lock").await.unwrap().is_none()
+                && store.get("short-counter").await.unwrap().is_none();
+            if gone {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "keys with a 20 ms TTL still present after 5 s"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            store
+                .increment("short-counter", Duration::from_secs(60))
+                .await
+                .unwrap(),
+            1
+        );
+        assert!(
+            store
+                .set_if_absent("short-lock", b"y", Duration::from_secs(60))
+                .await
+                .unwrap()
+        );
+        store.ping().await.unwrap();
+    }
+
+    fn namespace() -> String {
+        format!("test-{}", uuid::Uuid::new_v4())
+    }
+
+    #[tokio::test]
+    async fn the_memory_store_keeps_values_counts_and_expires_them() {
+        suite(&MemoryStore::new(namespace())).await;
+    }
+
+    #[tokio::test]
+    async fn the_redis_store_keeps_values_counts_and_expires_them() {
+        let Some(url) = test_redis_url() else { return };
+        let store = RedisStore::connect(&url, namespace()).await.unwrap();
+        suite(&store).await;
+    }
+
+    #[tokio::test]
+    async fn namespaces_do_not_see_each_others_keys() {
+        let a = MemoryStore::new("a");
+        a.set("k", b"1", None).await.unwrap();
+        assert_eq!(MemoryStore::new("b").get("k").await.unwrap(), None);
+        let Some(url) = test_redis_url() else { return };
+        let (na, nb) = (namespace(), namespace());
+        RedisStore::connect(&url, &na)
+            .await
+            .unwrap()
+            .set("k", b"1", None)
+            .await
+            .unwrap();
+        assert_eq!(
+            RedisStore::connect(&url, &nb)
+                .await
+                .unwrap()
+                .get("k")
+                .await
+                .unwrap(),
+            None
+        );
+    }
+
+    fn test_redis_url() -> Option<String> {
+        crate::testing::required_env("TEST_REDIS_URL", "Redis")
+    }
+}

@@ -1,0 +1,21 @@
+//! Sen platform: everything a service needs that is not business logic.
+//!
+//! Configuration, the error model (every error is a FHIR `OperationOutcome`), request ids,
+//! telemetry (tracing, Prometheus, OpenTelemetry), database pools (SQLite or PostgreSQL behind
+//! one code path), the key-value store (Redis or memory), health endpoints, the HTTP layer stack
+//! and graceful shutdown. Services build on it and never on each other.
+
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod health;
+pub mod http;
+pub mod kv;
+pub mod migrate;
+pub mod shutdown;
+pub mod telemetry;
+pub mod testing;
+
+pub use config::Config;
+pub use db::{Backend, Database};
+pub use error::{ApiError, IssueCode, IssueSeverity, OperationOutcome, OutcomeIssue};

@@ -1,0 +1,170 @@
+//! Composition of Sen's services into one HTTP application.
+//!
+//! Each service is a library that contributes routes; this crate picks the services named on
+//! the command line, connects the shared infrastructure (database, key-value store), applies
+//! the platform's layer stack and serves. Tests use [`build`] to run the real application on
+//! an ephemeral port.
+
+use std::{str::FromStr, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use axum::Router;
+use sen_platform::{
+    Backend, Config, Database,
+    http::{HttpLimits, layered, metrics_router},
+    kv::{self, KeyValueStore},
+    migrate::{self, Migration},
+    telemetry::GaugeCollector,
+};
+
+/// A service `sen serve --services` can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceName {
+    Ehr,
+}
+
+impl ServiceName {
+    pub const ALL: &'static [ServiceName] = &[ServiceName::Ehr];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceName::Ehr => sen_ehr::SERVICE,
+        }
+    }
+
+    fn migrations(self) -> &'static [Migration] {
+        match self {
+            ServiceName::Ehr => sen_ehr::migrations::MIGRATIONS,
+        }
+    }
+}
+
+impl FromStr for ServiceName {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ServiceName::ALL
+            .iter()
+            .copied()
+            .find(|n| n.as_str() == s)
+            .ok_or_else(|| {
+                let known: Vec<&str> = ServiceName::ALL.iter().map(|n| n.as_str()).collect();
+                format!(
+                    "unknown service {s:?}; known services: all, {}",
+                    known.join(", ")
+                )
+            })
+    }
+}
+
+/// Parses `--services`: `all` or a comma-separated list.
+pub fn parse_services(list: &str) -> Result<Vec<ServiceName>, String> {
+    if list.trim() == "all" {
+        return Ok(ServiceName::ALL.to_vec());
+    }
+    let mut services = Vec::new();
+    for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let service = name.parse::<ServiceName>()?;
+        if !services.contains(&service) {
+            services.push(service);
+        }
+    }
+    if services.is_empty() {
+        return Err("--services needs at least one service".into());
+    }
+    Ok(services)
+}
+
+/// Applies every pending migration of `services`.
+pub async fn migrate_all(
+    db: &Database,
+    services: &[ServiceName],
+) -> anyhow::Result<Vec<(String, i64)>> {
+    let mut applied = Vec::new();
+    for service in services {
+        for version in migrate::run(db, service.as_str(), service.migrations()).await? {
+            applied.push((service.as_str().to_string(), version));
+        }
+    }
+    Ok(applied)
+}
+
+/// The composed application, ready to serve.
+pub struct App {
+    pub router: Router,
+    pub db: Database,
+    pub kv: Arc<dyn KeyValueStore>,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("backend", &self.db.backend())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Connects the infrastructure and composes `services`. Migrations run first when
+/// `migrate` is set (or always on SQLite); otherwise pending migrations stop start-up.
+pub async fn build(
+    config: &Config,
+    services: &[ServiceName],
+    migrate: bool,
+) -> anyhow::Result<App> {
+    let db = Database::connect(config).await.context("database")?;
+    let auto_migrate = migrate
+        || db.backend() == Backend::Sqlite
+        || config.database.migrate_on_start == Some(true);
+    if auto_migrate {
+        for (service, version) in migrate_all(&db, services).await? {
+            tracing::info!(service, version, "applied migration");
+        }
+    } else {
+        for service in services {
+            let pending = migrate::pending(&db, service.as_str(), service.migrations()).await?;
+            if !pending.is_empty() {
+                anyhow::bail!(
+                    "the database has {} pending migration(s) for service {}: run `sen migrate` \
+                     (or start with `sen serve --migrate`)",
+                    pending.len(),
+                    service.as_str()
+                );
+            }
+        }
+    }
+    let redis_url = config.redis.url.as_ref().map(|u| u.expose().to_string());
+    let kv = kv::connect(redis_url.as_deref(), "sen")
+        .await
+        .context("key-value store")?;
+
+    let mut router = Router::new();
+    for service in services {
+        router = match service {
+            ServiceName::Ehr => {
+                let ehr = sen_ehr::Ehr::new(
+                    db.clone(),
+                    config.fhir.clone(),
+                    config.server.public_url.clone(),
+                );
+                router.merge(ehr.router())
+            }
+        };
+    }
+    let readiness_kv = config.redis.url.as_ref().map(|_| kv.clone());
+    router = router.merge(sen_platform::health::router(db.clone(), readiness_kv));
+    let pool_db = db.clone();
+    let collect_pool: GaugeCollector = Arc::new(move || {
+        let (open, idle) = pool_db.pool_usage();
+        metrics::gauge!("db_pool_connections", "state" => "open").set(f64::from(open));
+        metrics::gauge!("db_pool_connections", "state" => "idle").set(idle as f64);
+    });
+    router = router.merge(metrics_router(vec![collect_pool]));
+    let limits = HttpLimits {
+        body_limit_bytes: config.server.body_limit_bytes,
+        request_timeout: Duration::from_secs(config.server.request_timeout_secs),
+    };
+    Ok(App {
+        router: layered(router, &limits),
+        db,
+        kv,
+    })
+}

@@ -1,0 +1,132 @@
+//! `sen`: the one binary of Sen. `sen serve` runs the services; `sen migrate` applies schema
+//! migrations; `sen config` prints the effective configuration (secrets redacted).
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use sen_platform::{Config, Database, shutdown, telemetry};
+use sen_server::{ServiceName, build, migrate_all, parse_services};
+
+/// Sen: telehealth and electronic health records (HL7 FHIR R4) for the Cao Lãnh area.
+///
+/// With no configuration, `sen serve` stores everything in ./data/sen.db (SQLite) and listens
+/// on http://127.0.0.1:8080; the FHIR API is under /fhir. For production set DATABASE_URL
+/// (postgres://…) and REDIS_URL (redis://…), run `sen migrate`, then `sen serve`.
+///
+/// Configuration is read from built-in defaults, then the TOML file given with --config,
+/// then the environment: DATABASE_URL, REDIS_URL, OTEL_EXPORTER_OTLP_ENDPOINT and SEN_*
+/// variables (SEN_LISTEN, SEN_DATA_DIR, SEN_LOG, …; `sen config` shows every key).
+#[derive(Debug, Parser)]
+#[command(name = "sen", version, about, long_about)]
+struct Cli {
+    /// TOML configuration file (sections [server], [database], [redis], [telemetry], [fhir]).
+    #[arg(long, short, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the HTTP server until SIGTERM or Ctrl-C (in-flight requests finish first).
+    Serve {
+        /// Address to listen on (overrides server.listen / SEN_LISTEN), e.g. 0.0.0.0:8080.
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<std::net::SocketAddr>,
+        /// Services to run: `all` or a comma-separated list (known: ehr).
+        #[arg(long, default_value = "all", value_name = "LIST")]
+        services: String,
+        /// Apply pending migrations before serving (always done on the embedded SQLite file).
+        #[arg(long)]
+        migrate: bool,
+    },
+    /// Apply pending database migrations of every service, then exit.
+    Migrate {
+        /// Services to migrate: `all` or a comma-separated list.
+        #[arg(long, default_value = "all", value_name = "LIST")]
+        services: String,
+    },
+    /// Print the effective configuration as TOML, with passwords redacted.
+    Config,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(cli.config.as_deref(), std::env::vars()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("sen: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sen: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command, config)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sen: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
+    match command {
+        Command::Config => {
+            print!("{}", config.to_redacted_toml());
+            Ok(())
+        }
+        Command::Migrate { services } => {
+            let services = parse_services(&services).map_err(anyhow::Error::msg)?;
+            let _telemetry = telemetry::init(&config.telemetry)?;
+            let db = Database::connect(&config).await?;
+            let applied = migrate_all(&db, &services).await?;
+            if applied.is_empty() {
+                println!("database is up to date ({})", db.backend().as_str());
+            }
+            for (service, version) in applied {
+                println!("applied {service} migration {version}");
+            }
+            db.close().await;
+            Ok(())
+        }
+        Command::Serve {
+            listen,
+            services,
+            migrate,
+        } => {
+            if let Some(listen) = listen {
+                config.server.listen = listen;
+            }
+            let services: Vec<ServiceName> =
+                parse_services(&services).map_err(anyhow::Error::msg)?;
+            let telemetry = telemetry::init(&config.telemetry)?;
+            let app = build(&config, &services, migrate).await?;
+            let listener = tokio::net::TcpListener::bind(config.server.listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", config.server.listen))?;
+            let address = listener.local_addr()?;
+            let names: Vec<&str> = services.iter().map(|s| s.as_str()).collect();
+            tracing::info!(%address, backend = app.db.backend().as_str(), kv = app.kv.kind(), services = ?names, "serving");
+            println!(
+                "Sen listening on http://{address} (FHIR API: http://{address}/fhir, services: {})",
+                names.join(",")
+            );
+            let grace = Duration::from_secs(config.server.shutdown_timeout_secs);
+            sen_platform::http::serve(listener, app.router, shutdown::signal(), grace).await?;
+            app.db.close().await;
+            telemetry.shutdown();
+            tracing::info!("stopped");
+            Ok(())
+        }
+    }
+}
