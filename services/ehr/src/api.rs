@@ -67,7 +67,9 @@ fn is_json_media(media: &str) -> bool {
         .next()
         .unwrap_or("")
         .trim()
-        .to_ascii_lowercase();
+        .to_ascii_lowercase()
+        // An unencoded `+` in `_format=application/fhir+json` arrives as a space.
+        .replace(' ', "+");
     matches!(
         media.as_str(),
         "application/fhir+json" | "application/json" | "application/json+fhir" | "json"

@@ -215,7 +215,10 @@ impl IncomingResource {
             RawValue::from_string(serde_json::to_string(last_updated).expect("string"))
                 .expect("json");
         meta.set("versionId", version_raw, 0);
-        let after_version = meta.keys().position(|k| k == "versionId").map_or(1, |p| p + 1);
+        let after_version = meta
+            .keys()
+            .position(|k| k == "versionId")
+            .map_or(1, |p| p + 1);
         meta.set("lastUpdated", updated_raw, after_version);
         let position = object.keys().position(|k| k == "id").map_or(1, |p| p + 1);
         object.set("meta", meta.into_raw(), position);

@@ -1,0 +1,140 @@
+//! `TestApp`: the real application on 127.0.0.1:0 with a database of its own.
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use sen_platform::{Config, Database, config::Secret, testing::TestDatabase};
+use serde_json::Value;
+use sqlx::Row;
+
+/// Body limit the test app runs with, small enough to test cheaply.
+pub const BODY_LIMIT: usize = 256 * 1024;
+
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub db: Database,
+    pub redis: bool,
+    history_table: &'static str,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    _dir: Option<tempfile::TempDir>,
+    _pg: Option<TestDatabase>,
+}
+
+impl TestApp {
+    pub async fn sqlite() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}/sen.db", dir.path().display());
+        Self::start(url, Some(dir), None).await
+    }
+
+    /// `None` (with a notice) when `TEST_DATABASE_URL` is unset outside CI.
+    pub async fn postgres() -> Option<Self> {
+        let pg = TestDatabase::from_env().await?;
+        Some(Self::start(pg.url.clone(), None, Some(pg)).await)
+    }
+
+    async fn start(url: String, dir: Option<tempfile::TempDir>, pg: Option<TestDatabase>) -> Self {
+        let mut config = Config::default();
+        config.database.url = Some(Secret::new(url));
+        config.database.max_connections = 8;
+        config.server.body_limit_bytes = BODY_LIMIT;
+        config.telemetry.log_filter = "warn".into();
+        let redis_url = std::env::var("TEST_REDIS_URL")
+            .ok()
+            .filter(|u| !u.is_empty());
+        config.redis.url = redis_url.clone().map(Secret::new);
+        let app = sen_server::build(&config, sen_server::ServiceName::ALL, true)
+            .await
+            .expect("app builds");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let router = app.router;
+        tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stopped.await;
+            };
+            let _ =
+                sen_platform::http::serve(listener, router, shutdown, Duration::from_secs(5)).await;
+        });
+        let history_table = match app.db.backend() {
+            sen_platform::Backend::Postgres => "ehr.resource_history",
+            sen_platform::Backend::Sqlite => "ehr_resource_history",
+        };
+        TestApp {
+            base: format!("http://{address}"),
+            client: reqwest::Client::new(),
+            db: app.db,
+            redis: redis_url.is_some(),
+            history_table,
+            stop: Some(stop),
+            _dir: dir,
+            _pg: pg,
+        }
+    }
+
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.client.request(method, format!("{}{path}", self.base))
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.request(reqwest::Method::GET, path)
+            .send()
+            .await
+            .expect("GET")
+    }
+
+    pub async fn post_raw(&self, path: &str, body: &str) -> reqwest::Response {
+        self.request(reqwest::Method::POST, path)
+            .header("content-type", "application/fhir+json")
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("POST")
+    }
+
+    pub async fn put(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.request(reqwest::Method::PUT, path)
+            .header("content-type", "application/fhir+json")
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("PUT")
+    }
+
+    /// Creates a resource; answers its id and the stored JSON.
+    pub async fn create(&self, resource: &Value) -> (String, Value) {
+        let rt = resource["resourceType"].as_str().expect("resourceType");
+        let response = self
+            .post_raw(&format!("/fhir/{rt}"), &resource.to_string())
+            .await;
+        assert_eq!(
+            response.status(),
+            reqwest::StatusCode::CREATED,
+            "create {rt}"
+        );
+        let body: Value = response.json().await.expect("JSON");
+        (body["id"].as_str().expect("id").to_string(), body)
+    }
+
+    /// Rows in the history table: every write leaves exactly one.
+    pub async fn history_rows(&self) -> i64 {
+        let row = sqlx::query(&format!("SELECT COUNT(*) FROM {}", self.history_table))
+            .fetch_one(self.db.reader())
+            .await
+            .expect("count history");
+        row.try_get::<i64, _>(0).expect("count")
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
