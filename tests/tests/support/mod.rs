@@ -1,0 +1,152 @@
+//! Running the real `sen` binary as a child process.
+
+#![allow(dead_code)]
+
+use std::{
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::OnceLock,
+    time::Duration,
+};
+
+use sen_platform::testing::TestDatabase;
+
+/// The `sen` binary of this build: next to the test executable's `deps` folder, built on
+/// demand when `cargo test` was not asked to build it.
+pub fn sen_binary() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test executable path");
+        let dir = exe
+            .parent()
+            .and_then(|deps| deps.parent())
+            .expect("target profile dir");
+        let sen = dir.join("sen");
+        if !sen.exists() {
+            let status = Command::new(env!("CARGO"))
+                .args(["build", "-p", "sen-server", "--bin", "sen"])
+                .status()
+                .expect("run cargo build");
+            assert!(status.success(), "building the sen binary failed");
+        }
+        sen
+    })
+    .clone()
+}
+
+/// Where a test's server keeps its data.
+pub enum Store {
+    Sqlite(tempfile::TempDir),
+    Postgres(TestDatabase),
+}
+
+impl Store {
+    pub fn sqlite() -> Self {
+        Store::Sqlite(tempfile::tempdir().expect("temp dir"))
+    }
+
+    pub async fn postgres() -> Option<Self> {
+        TestDatabase::from_env().await.map(Store::Postgres)
+    }
+
+    pub fn url(&self) -> String {
+        match self {
+            Store::Sqlite(dir) => format!("sqlite://{}/sen.db", dir.path().display()),
+            Store::Postgres(db) => db.url.clone(),
+        }
+    }
+}
+
+/// A running `sen serve`.
+pub struct Sen {
+    pub child: Child,
+    pub base: String,
+}
+
+impl Sen {
+    /// Starts `sen serve --listen 127.0.0.1:0 --migrate` on `database_url` and waits for it
+    /// to print its address.
+    pub fn start(database_url: &str) -> Self {
+        Self::start_with(database_url, &["--migrate"])
+    }
+
+    pub fn start_with(database_url: &str, extra: &[&str]) -> Self {
+        let mut child = Command::new(sen_binary())
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(extra)
+            .env("DATABASE_URL", database_url)
+            .env("SEN_LOG", "warn")
+            .env_remove("REDIS_URL")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start sen");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            // Keep draining so the child never blocks on a full pipe.
+            for _ in lines {}
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("sen printed its address");
+        let base = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .expect("an http:// address in the first line")
+            .to_string();
+        Sen { child, base }
+    }
+
+    pub fn fhir(&self) -> String {
+        format!("{}/fhir", self.base)
+    }
+
+    /// SIGKILL: no chance to flush or finish anything.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits for the process to exit by itself, up to `timeout`.
+    pub fn wait_for_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let pid = self.child.id();
+        let (tx, rx) = std::sync::mpsc::channel();
+        // waitpid blocks; a helper thread turns it into a timed receive.
+        let mut child = std::mem::replace(
+            &mut self.child,
+            Command::new("true").spawn().expect("spawn true"),
+        );
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait());
+        });
+        match rx.recv_timeout(timeout) {
+            Ok(Ok(status)) => Some(status),
+            _ => {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+                None
+            }
+        }
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+}
+
+impl Drop for Sen {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

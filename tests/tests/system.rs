@@ -1,0 +1,326 @@
+//! System tests: the real `sen` binary, real PostgreSQL, and `fhir-sdk`'s FHIR client as an
+//! independent consumer of the API.
+
+mod support;
+
+use std::{process::Command, time::Duration};
+
+use fhir_sdk::{
+    client::{Client, SearchParameters, TokenSearch},
+    r4b::{
+        codes::AdministrativeGender,
+        resources::{Patient, ResourceType},
+        types::{HumanName, Identifier},
+    },
+    version::FhirR4B,
+};
+use serde_json::{Value, json};
+use support::{Sen, Store, sen_binary};
+
+const CCCD: &str = "http://fhir.ehealth.gov.vn/core/sid/national_id";
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn on_sqlite() {
+                super::$name(super::Store::sqlite()).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn on_postgres() {
+                if let Some(store) = super::Store::postgres().await {
+                    super::$name(store).await;
+                }
+            }
+        }
+    )*};
+}
+
+on_both_backends!(
+    the_fhir_sdk_client_creates_reads_updates_searches_and_deletes,
+    every_acknowledged_create_survives_a_sigkill,
+    sigterm_lets_the_server_stop_cleanly,
+);
+
+async fn the_fhir_sdk_client_creates_reads_updates_searches_and_deletes(store: Store) {
+    let sen = Sen::start(&store.url());
+    let client: Client<FhirR4B> = Client::builder()
+        .base_url(format!("{}/", sen.fhir()).parse().unwrap())
+        .build()
+        .unwrap();
+
+    let patient = Patient::builder()
+        .identifier(vec![Some(
+            Identifier::builder()
+                .system(CCCD.to_string())
+                .value("087090001234".to_string())
+                .build()
+                .unwrap(),
+        )])
+        .name(vec![Some(
+            HumanName::builder()
+                .family("Trần".to_string())
+                .given(vec![Some("Minh".to_string())])
+                .build()
+                .unwrap(),
+        )])
+        .gender(AdministrativeGender::Male)
+        .build()
+        .unwrap();
+    let (id, version) = client.create(&patient).await.expect("create");
+    assert_eq!(version.as_deref(), Some("1"));
+
+    let mut read: Patient = client
+        .read::<Patient>(&id)
+        .await
+        .expect("read")
+        .expect("exists");
+    assert_eq!(
+        read.name[0].as_ref().unwrap().family.as_deref(),
+        Some("Trần")
+    );
+    assert_eq!(read.meta.as_ref().unwrap().version_id.as_deref(), Some("1"));
+
+    // A version-aware update sends If-Match with the version it read.
+    read.gender = Some(AdministrativeGender::Female);
+    let (created, version) = client.update(&read, true).await.expect("update");
+    assert!(!created);
+    assert_eq!(version, "2");
+    // The same stale copy now conflicts.
+    let stale = client.update(&read, true).await;
+    assert!(
+        stale.is_err(),
+        "an update from version 1 must be refused after version 2"
+    );
+
+    let found = client
+        .search::<Patient>(SearchParameters::empty().and(TokenSearch::Standard {
+            name: "identifier",
+            system: Some(CCCD),
+            code: Some("087090001234"),
+            not: false,
+        }))
+        .await
+        .expect("search");
+    let ids: Vec<String> = found.matches().map(|p| p.id.clone().unwrap()).collect();
+    assert_eq!(ids, vec![id.clone()]);
+
+    let history = client.history::<Patient>(Some(&id)).await.expect("history");
+    assert_eq!(history.entries().count(), 2);
+
+    let v1: Patient = client
+        .read_version::<Patient>(&id, "1")
+        .await
+        .expect("vread")
+        .expect("v1");
+    assert_eq!(v1.gender, Some(AdministrativeGender::Male));
+
+    client
+        .delete(ResourceType::Patient, &id)
+        .await
+        .expect("delete");
+    assert!(
+        client
+            .read::<Patient>(&id)
+            .await
+            .expect("read after delete")
+            .is_none()
+    );
+
+    // Error bodies are OperationOutcomes that fhir-sdk's own model parses.
+    let raw = reqwest::get(format!("{}/Patient/{id}", sen.fhir()))
+        .await
+        .unwrap();
+    assert_eq!(raw.status(), 410);
+    let outcome: fhir_sdk::r4b::resources::OperationOutcome =
+        raw.json().await.expect("an R4B OperationOutcome");
+    assert_eq!(outcome.issue.len(), 1);
+}
+
+async fn every_acknowledged_create_survives_a_sigkill(store: Store) {
+    let url = store.url();
+    let mut sen = Sen::start(&url);
+    let fhir = sen.fhir();
+    // Writers report every create the server acknowledged (201 with a body).
+    let (acked_tx, mut acked_rx) = tokio::sync::mpsc::unbounded_channel::<(String, String)>();
+    let http = reqwest::Client::new();
+    let mut writers = Vec::new();
+    for writer in 0..8 {
+        let (http, fhir, acked_tx) = (http.clone(), fhir.clone(), acked_tx.clone());
+        writers.push(tokio::spawn(async move {
+            for n in 0.. {
+                let body = json!({"resourceType": "Observation", "status": "final", "code": {"text": format!("w{writer}-{n}")}, "valueQuantity": {"value": 36.60, "unit": "Cel"}});
+                let sent = http.post(format!("{fhir}/Observation")).header("content-type", "application/fhir+json").body(body.to_string()).send().await;
+                let Ok(response) = sent else { return };
+                if response.status() != 201 {
+                    return;
+                }
+                let Ok(text) = response.text().await else { return };
+                let id = serde_json::from_str::<Value>(&text).unwrap()["id"].as_str().unwrap().to_string();
+                let _ = acked_tx.send((id, text));
+            }
+        }));
+    }
+    drop(acked_tx);
+    // Kill once enough writes are acknowledged, with more still in flight.
+    let mut acknowledged = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while acknowledged.len() < 300 {
+        let ack = tokio::time::timeout_at(deadline, acked_rx.recv()).await;
+        acknowledged.push(
+            ack.expect("300 creates acknowledged within 60 s")
+                .expect("writers alive"),
+        );
+    }
+    sen.kill();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    while let Some(ack) = acked_rx.recv().await {
+        acknowledged.push(ack);
+    }
+
+    let restarted = Sen::start(&url);
+    for (id, stored) in &acknowledged {
+        let response = http
+            .get(format!("{}/Observation/{id}", restarted.fhir()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            200,
+            "acknowledged Observation/{id} lost after SIGKILL"
+        );
+        assert_eq!(&response.text().await.unwrap(), stored);
+    }
+    eprintln!(
+        "{} acknowledged creates all readable after SIGKILL and restart",
+        acknowledged.len()
+    );
+}
+
+async fn sigterm_lets_the_server_stop_cleanly(store: Store) {
+    let mut sen = Sen::start(&store.url());
+    let response = reqwest::get(format!("{}/health/ready", sen.base))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    sen.signal("TERM");
+    let status = sen
+        .wait_for_exit(Duration::from_secs(30))
+        .expect("sen stops within 30 s of SIGTERM");
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn help_explains_the_commands_to_a_newcomer() {
+    let output = Command::new(sen_binary()).arg("--help").output().unwrap();
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(output.status.success());
+    for word in ["serve", "migrate", "config", "DATABASE_URL", "/fhir"] {
+        assert!(text.contains(word), "--help should mention {word}:\n{text}");
+    }
+}
+
+#[test]
+fn an_unknown_configuration_key_stops_start_up_with_a_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sen.toml");
+    std::fs::write(&config, "[server]\nlisten_addr = \"127.0.0.1:0\"\n").unwrap();
+    let output = Command::new(sen_binary())
+        .args(["--config", config.to_str().unwrap(), "serve"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let message = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        message.contains("listen_addr") && message.contains("listen"),
+        "{message}"
+    );
+
+    let output = Command::new(sen_binary())
+        .arg("config")
+        .env("SEN_LISTEN_PORT", "1")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        String::from_utf8(output.stderr)
+            .unwrap()
+            .contains("SEN_LISTEN_PORT")
+    );
+}
+
+#[test]
+fn the_printed_configuration_hides_passwords() {
+    let output = Command::new(sen_binary())
+        .arg("config")
+        .env(
+            "DATABASE_URL",
+            "postgres://sen:s3cr3t-pw@db.internal:5432/sen",
+        )
+        .env("REDIS_URL", "redis://:r3dis-pw@cache:6379/0")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        !text.contains("s3cr3t-pw") && !text.contains("r3dis-pw"),
+        "{text}"
+    );
+    assert!(
+        text.contains("postgres://sen:***@db.internal:5432/sen"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn serve_on_postgres_refuses_to_start_with_pending_migrations_until_migrated() {
+    let Some(store) = Store::postgres().await else {
+        return;
+    };
+    let output = Command::new(sen_binary())
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("DATABASE_URL", store.url())
+        .env("SEN_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let message = String::from_utf8(output.stderr).unwrap();
+    assert!(message.contains("sen migrate"), "{message}");
+
+    let migrate = Command::new(sen_binary())
+        .arg("migrate")
+        .env("DATABASE_URL", store.url())
+        .env("SEN_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        migrate.status.success(),
+        "{}",
+        String::from_utf8_lossy(&migrate.stderr)
+    );
+    assert!(
+        String::from_utf8(migrate.stdout)
+            .unwrap()
+            .contains("applied ehr migration 1")
+    );
+    let again = Command::new(sen_binary())
+        .arg("migrate")
+        .env("DATABASE_URL", store.url())
+        .env("SEN_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8(again.stdout)
+            .unwrap()
+            .contains("up to date")
+    );
+
+    let sen = Sen::start_with(&store.url(), &[]);
+    let response = reqwest::get(format!("{}/fhir/metadata", sen.base))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
