@@ -1,1 +1,141 @@
-fn main() {}
+//! Load scenarios for Sen's FHIR API (goose). Run through `loadtests/run.sh`, which starts the
+//! server on each backend, runs each scenario and records the figures in RESULTS.md.
+//!
+//! Scenarios (select with `--scenarios`):
+//! - `read`:   GET /fhir/Patient/{id} on one of the seeded patients
+//! - `create`: POST /fhir/Patient with a new Vietnamese patient
+//! - `update`: PUT /fhir/Patient/{id} on one of the seeded patients (no If-Match)
+//!
+//! `test_start` seeds `SEN_LOAD_PATIENTS` patients (default 1,000) with PUT under fixed ids, so
+//! reads and updates always hit existing resources.
+
+use goose::prelude::*;
+use rand::Rng;
+use serde_json::json;
+
+fn seeded() -> usize {
+    std::env::var("SEN_LOAD_PATIENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000)
+}
+
+const FAMILIES: &[&str] = &[
+    "Nguyễn", "Trần", "Lê", "Phạm", "Huỳnh", "Võ", "Đặng", "Bùi", "Đỗ", "Dương",
+];
+const GIVEN: &[&str] = &[
+    "An", "Bình", "Châu", "Dũng", "Hoa", "Hùng", "Lan", "Minh", "Ngọc", "Thảo",
+];
+const WARDS: &[(&str, &str)] = &[
+    ("29869", "Phường Cao Lãnh"),
+    ("29884", "Phường Mỹ Ngãi"),
+    ("29888", "Phường Mỹ Trà"),
+];
+
+/// A patient as a ward health station would register one.
+fn patient(n: usize, id: Option<&str>) -> String {
+    let (ward_code, ward) = WARDS[n % WARDS.len()];
+    let mut body = json!({
+        "resourceType": "Patient",
+        "identifier": [
+            {"system": "http://fhir.ehealth.gov.vn/core/sid/national_id", "value": format!("0870{:08}", n % 100_000_000)},
+            {"system": "http://fhir.ehealth.gov.vn/core/sid/insurance_number", "value": format!("GD48287{:08}", n % 100_000_000)}
+        ],
+        "active": true,
+        "name": [{"use": "official", "family": FAMILIES[n % FAMILIES.len()], "given": [GIVEN[(n / 10) % GIVEN.len()], GIVEN[(n / 100) % GIVEN.len()]]}],
+        "telecom": [{"system": "phone", "value": format!("09{:08}", n % 100_000_000), "use": "mobile"}],
+        "gender": if n % 2 == 0 { "female" } else { "male" },
+        "birthDate": format!("{}-{:02}-{:02}", 1940 + n % 80, 1 + n % 12, 1 + n % 28),
+        "address": [{"use": "home", "line": [format!("{} đường Lê Lợi", 1 + n % 300)], "city": ward, "state": "Đồng Tháp", "country": "VN",
+                     "extension": [{"url": "http://fhir.ehealth.gov.vn/core/StructureDefinition/ward-code", "valueCode": ward_code}]}]
+    });
+    if let Some(id) = id {
+        body["id"] = json!(id);
+    }
+    body.to_string()
+}
+
+async fn send(
+    user: &mut GooseUser,
+    method: GooseMethod,
+    path: &str,
+    name: &str,
+    body: String,
+) -> TransactionResult {
+    let builder = user
+        .get_request_builder(&method, path)?
+        .header("content-type", "application/fhir+json")
+        .body(body);
+    let request = GooseRequest::builder()
+        .method(method)
+        .path(path)
+        .name(name)
+        .set_request_builder(builder)
+        .build();
+    user.request(request).await?;
+    Ok(())
+}
+
+async fn seed(user: &mut GooseUser) -> TransactionResult {
+    for n in 0..seeded() {
+        let id = format!("load-{n}");
+        send(
+            user,
+            GooseMethod::Put,
+            &format!("/fhir/Patient/{id}"),
+            "seed",
+            patient(n, Some(&id)),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+async fn read(user: &mut GooseUser) -> TransactionResult {
+    let n = rand::rng().random_range(0..seeded());
+    let request = GooseRequest::builder()
+        .path(format!("/fhir/Patient/load-{n}").as_str())
+        .name("read Patient")
+        .build();
+    user.request(request).await?;
+    Ok(())
+}
+
+async fn create(user: &mut GooseUser) -> TransactionResult {
+    let n = rand::rng().random_range(0..100_000_000);
+    send(
+        user,
+        GooseMethod::Post,
+        "/fhir/Patient",
+        "create Patient",
+        patient(n, None),
+    )
+    .await
+}
+
+async fn update(user: &mut GooseUser) -> TransactionResult {
+    let n = rand::rng().random_range(0..seeded());
+    let id = format!("load-{n}");
+    let body = patient(n + 1, Some(&id));
+    send(
+        user,
+        GooseMethod::Put,
+        &format!("/fhir/Patient/{id}"),
+        "update Patient",
+        body,
+    )
+    .await
+}
+
+#[tokio::main]
+async fn main() -> Result<(), GooseError> {
+    GooseAttack::initialize()?
+        .test_start(transaction!(seed))
+        .register_scenario(scenario!("read").register_transaction(transaction!(read)))
+        .register_scenario(scenario!("create").register_transaction(transaction!(create)))
+        .register_scenario(scenario!("update").register_transaction(transaction!(update)))
+        .set_default(GooseDefault::Host, "http://127.0.0.1:8080")?
+        .execute()
+        .await?;
+    Ok(())
+}

@@ -165,3 +165,53 @@ pub fn record_request(method: &str, route: &str, status: u16, seconds: f64) {
         ],
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use axum::{Router, extract::Request};
+    use http::StatusCode;
+
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn spans_and_metrics_are_exported_over_otlp_when_an_endpoint_is_set() {
+        // A stand-in collector that reports the path of every export it receives.
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let collector = Router::new().fallback(move |request: Request| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(request.uri().path().to_string());
+                StatusCode::OK
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, collector).await });
+
+        let config = TelemetryConfig {
+            otlp_endpoint: Some(format!("http://{address}")),
+            log_filter: "info".into(),
+            ..TelemetryConfig::default()
+        };
+        let telemetry = init(&config).unwrap();
+        tracing::info_span!("probe", http.route = "/fhir/{type}")
+            .in_scope(|| tracing::info!("inside"));
+        record_request("GET", "/fhir/{type}", 200, 0.002);
+        // Shutdown flushes both pipelines; the exporters block, so keep them off the runtime.
+        tokio::task::spawn_blocking(move || telemetry.shutdown())
+            .await
+            .unwrap();
+
+        let mut paths = Vec::new();
+        while !(paths.iter().any(|p| p == "/v1/traces") && paths.iter().any(|p| p == "/v1/metrics"))
+        {
+            let next = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await;
+            paths.push(
+                next.expect("an export within 10 s")
+                    .expect("collector alive"),
+            );
+        }
+    }
+}

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Runs the goose scenarios (read, create, update) against a release build of `sen` on SQLite and
+# on PostgreSQL, 32 users each, and prints throughput, latency percentiles and server memory.
+# Copy the figures into loadtests/RESULTS.md with the date, the machine and this command.
+#
+#   loadtests/run.sh                 # both backends, 30 s per scenario
+#   RUN_TIME=10s BACKENDS=sqlite loadtests/run.sh
+#
+# Everything runs on loopback; the load generator shares the machine's cores with the server
+# and PostgreSQL, so compare figures within one run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sen-target}"
+RUN_TIME="${RUN_TIME:-30s}"
+USERS="${USERS:-32}"
+BACKENDS="${BACKENDS:-sqlite postgres}"
+SCENARIOS="${SCENARIOS:-read create update}"
+PG_ADMIN="${PG_ADMIN:-postgres://postgres@127.0.0.1:5432/postgres}"
+PORT="${PORT:-18080}"
+OUT="loadtests/out/$(date -u +%Y%m%dT%H%M%SZ)"
+mkdir -p "$OUT"
+
+cargo build --release --bin sen -p sen-server
+cargo build --release -p sen-loadtests
+SEN="$CARGO_TARGET_DIR/release/sen"
+LOAD="$CARGO_TARGET_DIR/release/sen-load"
+
+rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+peak_kb() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
+
+for backend in $BACKENDS; do
+  case "$backend" in
+    sqlite)
+      dir=$(mktemp -d)
+      url="sqlite://$dir/sen.db"
+      ;;
+    postgres)
+      name="sen_load_$(date +%s)"
+      psql "$PG_ADMIN" -qc "CREATE DATABASE $name"
+      url="${PG_ADMIN%/*}/$name"
+      ;;
+  esac
+  DATABASE_URL="$url" SEN_LOG=warn SEN_DATABASE_MAX_CONNECTIONS=32 "$SEN" serve --listen "127.0.0.1:$PORT" --migrate \
+    > "$OUT/$backend-server.log" 2>&1 &
+  pid=$!
+  for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$PORT/health/ready" >/dev/null && break; sleep 0.1; done
+  echo "== $backend: idle RSS $(( $(rss_kb $pid) / 1024 )) MB"
+  for scenario in $SCENARIOS; do
+    "$LOAD" --host "http://127.0.0.1:$PORT" --scenarios "$scenario" --users "$USERS" --hatch-rate "$USERS" \
+      --run-time "$RUN_TIME" --report-file "$OUT/$backend-$scenario.md" --quiet > "$OUT/$backend-$scenario.txt" 2>&1 || true
+    echo "-- $backend $scenario"
+    grep -E "^\s*(Name|Aggregated|[0-9]+ / .* Patient)|(GET|POST|PUT) (read|create|update)" "$OUT/$backend-$scenario.txt" | head -12 || true
+  done
+  echo "== $backend: RSS after load $(( $(rss_kb $pid) / 1024 )) MB, peak $(( $(peak_kb $pid) / 1024 )) MB"
+  kill -TERM "$pid"; wait "$pid" || true
+  if [ "$backend" = postgres ]; then
+    psql "$PG_ADMIN" -qc "DROP DATABASE $name WITH (FORCE)"
+  else
+    rm -rf "$dir"
+  fi
+done
+echo "full goose reports in $OUT"
