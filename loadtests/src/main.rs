@@ -44,7 +44,7 @@ fn patient(n: usize, id: Option<&str>) -> String {
         "active": true,
         "name": [{"use": "official", "family": FAMILIES[n % FAMILIES.len()], "given": [GIVEN[(n / 10) % GIVEN.len()], GIVEN[(n / 100) % GIVEN.len()]]}],
         "telecom": [{"system": "phone", "value": format!("09{:08}", n % 100_000_000), "use": "mobile"}],
-        "gender": if n % 2 == 0 { "female" } else { "male" },
+        "gender": if n.is_multiple_of(2) { "female" } else { "male" },
         "birthDate": format!("{}-{:02}-{:02}", 1940 + n % 80, 1 + n % 12, 1 + n % 28),
         "address": [{"use": "home", "line": [format!("{} đường Lê Lợi", 1 + n % 300)], "city": ward, "state": "Đồng Tháp", "country": "VN",
                      "extension": [{"url": "http://fhir.ehealth.gov.vn/core/StructureDefinition/ward-code", "valueCode": ward_code}]}]
@@ -93,8 +93,9 @@ async fn seed(user: &mut GooseUser) -> TransactionResult {
 
 async fn read(user: &mut GooseUser) -> TransactionResult {
     let n = rand::rng().random_range(0..seeded());
+    let path = format!("/fhir/Patient/load-{n}");
     let request = GooseRequest::builder()
-        .path(format!("/fhir/Patient/load-{n}").as_str())
+        .path(path.as_str())
         .name("read Patient")
         .build();
     user.request(request).await?;
