@@ -103,6 +103,12 @@ impl Criteria {
     pub fn parse(pairs: &[(String, String)]) -> Result<Self, EhrError> {
         let mut criteria = Criteria::default();
         for (name, value) in pairs {
+            if value.chars().any(char::is_control) {
+                return Err(EhrError::BadParameter {
+                    name: "search",
+                    message: "search values may not contain control characters".into(),
+                });
+            }
             match name.as_str() {
                 "_id" => {
                     let ids: Vec<String> = split_escaped(value, ',')
@@ -224,5 +230,6 @@ mod tests {
         assert!(Criteria::parse_query("").is_err());
         assert!(Criteria::parse_query("identifier=|").is_err());
         assert!(Criteria::parse_query("_id=a/b").is_err());
+        assert!(Criteria::parse_query("identifier=%00").is_err());
     }
 }

@@ -124,6 +124,15 @@ impl IncomingResource {
                 expression: None,
             });
         }
+        if let Some(position) = forbidden_control_escape(body) {
+            return Err(EhrError::Invalid {
+                message: format!(
+                    "the body contains a control character (escape at byte {position}); FHIR strings may \
+                     not contain characters below U+0020 other than tab, carriage return and line feed"
+                ),
+                expression: None,
+            });
+        }
         let object: RawObject = serde_json::from_slice(body).map_err(|e| {
             let message = match e.classify() {
                 serde_json::error::Category::Data
@@ -224,6 +233,30 @@ impl IncomingResource {
         object.set("meta", meta.into_raw(), position);
         object.to_json()
     }
+}
+
+/// Position of a JSON escape `\u0000`–`\u001f` other than tab, CR and LF, if any. FHIR
+/// forbids those characters in strings, and PostgreSQL cannot store NUL in text. (Raw control
+/// characters are already invalid JSON.)
+fn forbidden_control_escape(body: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    while i < body.len() {
+        if body[i] == b'\\' {
+            if body.get(i + 1) == Some(&b'u') && body.len() >= i + 6 {
+                let hex = std::str::from_utf8(&body[i + 2..i + 6]).ok();
+                if let Some(code) = hex.and_then(|h| u32::from_str_radix(h, 16).ok())
+                    && code < 0x20
+                    && !matches!(code, 0x09 | 0x0a | 0x0d)
+                {
+                    return Some(i);
+                }
+            }
+            i += 2;
+        } else {
+            i += 1;
+        }
+    }
+    None
 }
 
 fn truncate(s: &str) -> String {
@@ -403,6 +436,14 @@ mod tests {
         let dup =
             parse(r#"{"resourceType":"Patient","gender":"male","gender":"female"}"#).unwrap_err();
         assert!(format!("{dup:?}").contains("twice"), "{dup:?}");
+    }
+
+    #[test]
+    fn control_character_escapes_are_refused_but_escaped_backslashes_are_not() {
+        assert!(parse(r#"{"resourceType":"Patient","gender":"a\u0000b"}"#).is_err());
+        assert!(parse(r#"{"resourceType":"Patient","gender":"a\u001Fb"}"#).is_err());
+        assert!(parse(r#"{"resourceType":"Patient","gender":"a\u000ab\tc"}"#).is_ok());
+        assert!(parse(r#"{"resourceType":"Patient","gender":"a\\u0000b"}"#).is_ok());
     }
 
     #[test]

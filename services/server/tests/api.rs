@@ -44,6 +44,8 @@ on_both_backends!(
     search_by_identifier_and_id_pages_by_id,
     a_server_error_shows_only_the_request_id,
     health_and_metrics_report_without_patient_data,
+    no_request_of_any_shape_gets_a_server_error,
+    an_update_that_changes_identifiers_moves_them_in_the_index,
 );
 
 const CCCD: &str = "http://fhir.ehealth.gov.vn/core/sid/national_id";
@@ -1038,5 +1040,272 @@ async fn health_and_metrics_report_without_patient_data(app: TestApp) {
     assert!(
         !metrics.contains(&id) && !metrics.contains("087090000115"),
         "metrics must not carry ids or identifiers"
+    );
+}
+
+async fn no_request_of_any_shape_gets_a_server_error(app: TestApp) {
+    let long = "9".repeat(20_000);
+    let (id, _) = app.create(&patient("087090000116")).await;
+    let mut requests: Vec<(reqwest::Method, String, Option<String>)> = vec![
+        (
+            reqwest::Method::POST,
+            "/fhir/Patient".into(),
+            Some(format!(
+                "{{\"resourceType\":\"Patient\",\"identifier\":[{{\"value\":\"{long}\"}}]}}"
+            )),
+        ),
+        (
+            reqwest::Method::POST,
+            "/fhir/Patient".into(),
+            Some(format!(
+                "{{\"resourceType\":\"Patient\",\"identifier\":[{{\"system\":\"{long}\",\"value\":\"1\"}}]}}"
+            )),
+        ),
+        (
+            reqwest::Method::POST,
+            "/fhir/Patient".into(),
+            Some("{\"resourceType\":\"Patient\",\"gender\":\"a\\u0000b\"}".into()),
+        ),
+        (
+            reqwest::Method::POST,
+            "/fhir/Patient".into(),
+            Some("{\"resourceType\":\"Patient\",\"identifier\":\"not-a-list\"}".into()),
+        ),
+        (
+            reqwest::Method::POST,
+            "/fhir/Patient".into(),
+            Some("{\"resourceType\":\"Patient\",\"identifier\":[1,null,{\"value\":7}]}".into()),
+        ),
+        (
+            reqwest::Method::POST,
+            "/fhir/Patient".into(),
+            Some("{\"resourceType\":\"Patient\",\"name\":[{\"family\":\"\\ud800\"}]}".into()),
+        ),
+        (
+            reqwest::Method::POST,
+            "/fhir/Patient".into(),
+            Some("\u{feff}{\"resourceType\":\"Patient\"}".into()),
+        ),
+        (
+            reqwest::Method::POST,
+            "/fhir/Patient".into(),
+            Some("{\"resourceType\":\"Patient\"} trailing".into()),
+        ),
+        (
+            reqwest::Method::POST,
+            "/fhir/Patient".into(),
+            Some(format!("{}1{}", "[".repeat(10_000), "]".repeat(10_000))),
+        ),
+        (
+            reqwest::Method::POST,
+            "/fhir/Patient".into(),
+            Some(format!(
+                "{{\"resourceType\":\"Patient\",\"x\":{}1{}}}",
+                "[".repeat(200),
+                "]".repeat(200)
+            )),
+        ),
+        (
+            reqwest::Method::GET,
+            format!("/fhir/Patient?identifier={long}"),
+            None,
+        ),
+        (
+            reqwest::Method::GET,
+            format!("/fhir/Patient/{id}/_history/99999999999999999999999"),
+            None,
+        ),
+        (
+            reqwest::Method::GET,
+            "/fhir/Patient/_history?_since=9999-12-31T23:59:59Z&_count=0".into(),
+            None,
+        ),
+        (
+            reqwest::Method::GET,
+            "/fhir/_history?_page_token=-9223372036854775808".into(),
+            None,
+        ),
+        (
+            reqwest::Method::GET,
+            "/fhir/Patient?_page_token=%00".into(),
+            None,
+        ),
+        (reqwest::Method::GET, "/fhir/Patient?_id=%00".into(), None),
+        (
+            reqwest::Method::GET,
+            "/fhir/Patient?identifier=%00|%00".into(),
+            None,
+        ),
+        (reqwest::Method::GET, "/fhir/Patient/%00".into(), None),
+        (reqwest::Method::GET, "/fhir/%00/1".into(), None),
+        (reqwest::Method::GET, "/fhir/Patient/a%2Fb".into(), None),
+        (reqwest::Method::GET, "/fhir/Patient/..".into(), None),
+        (
+            reqwest::Method::GET,
+            "/fhir/Patient/Nguy%E1%BB%85n".into(),
+            None,
+        ),
+        (
+            reqwest::Method::GET,
+            format!("/fhir/Patient/{id}?_elements=%00,,"),
+            None,
+        ),
+        (
+            reqwest::Method::GET,
+            format!("/fhir/Patient/{id}?_summary=true&_elements=name"),
+            None,
+        ),
+        (reqwest::Method::DELETE, "/fhir/Patient".into(), None),
+        (
+            reqwest::Method::PUT,
+            "/fhir/Patient".into(),
+            Some("{}".into()),
+        ),
+        (
+            reqwest::Method::POST,
+            format!("/fhir/Patient/{id}"),
+            Some("{}".into()),
+        ),
+        (reqwest::Method::GET, "/fhir/".into(), None),
+        (reqwest::Method::GET, "/fhir".into(), None),
+    ];
+    // Arbitrary bytes as bodies, deterministic.
+    let mut state: u64 = 0x5eed;
+    for len in [1usize, 7, 64, 500] {
+        let bytes: Vec<u8> = (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state & 0xff) as u8
+            })
+            .collect();
+        requests.push((
+            reqwest::Method::POST,
+            "/fhir/Patient".into(),
+            Some(String::from_utf8_lossy(&bytes).into_owned()),
+        ));
+    }
+    for (method, path, body) in requests {
+        let mut request = app
+            .request(method.clone(), &path)
+            .header("content-type", "application/fhir+json");
+        if let Some(body) = body {
+            request = request.body(body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        assert!(
+            !status.is_server_error(),
+            "{method} {}: {status} {text}",
+            &path[..path.len().min(80)]
+        );
+        if status.is_client_error() {
+            assert!(
+                text.contains("OperationOutcome"),
+                "{method} {}: {text}",
+                &path[..path.len().min(80)]
+            );
+        }
+    }
+    // Headers of odd shapes.
+    for (name, value) in [
+        ("if-match", "W/\"\""),
+        ("if-none-exist", "%%%"),
+        ("if-none-exist", "identifier="),
+        ("prefer", "return=???"),
+        ("accept", ";;;"),
+    ] {
+        let response = app
+            .request(reqwest::Method::PUT, &format!("/fhir/Patient/{id}"))
+            .header(name, value)
+            .header("content-type", "application/fhir+json")
+            .body(format!("{{\"resourceType\":\"Patient\",\"id\":\"{id}\"}}"))
+            .send()
+            .await
+            .unwrap();
+        assert!(!response.status().is_server_error(), "{name}: {value}");
+        let response = app
+            .request(reqwest::Method::POST, "/fhir/Patient")
+            .header(name, value)
+            .header("content-type", "application/fhir+json")
+            .body("{\"resourceType\":\"Patient\"}")
+            .send()
+            .await
+            .unwrap();
+        assert!(!response.status().is_server_error(), "{name}: {value}");
+    }
+}
+
+async fn an_update_that_changes_identifiers_moves_them_in_the_index(app: TestApp) {
+    let (id, _) = app.create(&patient("087090000117")).await;
+    let count = |bundle: Value| bundle["entry"].as_array().map_or(0, Vec::len);
+    // Same identifiers, other content: still found.
+    let mut same = patient("087090000117");
+    same["id"] = json!(id);
+    same["gender"] = json!("other");
+    assert_eq!(
+        app.put(&format!("/fhir/Patient/{id}"), &same)
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        count(
+            app.get("/fhir/Patient?identifier=087090000117")
+                .await
+                .json()
+                .await
+                .unwrap()
+        ),
+        1
+    );
+    // New identifier: the old one no longer matches, the new one does.
+    let mut moved = patient("087090000118");
+    moved["id"] = json!(id);
+    assert_eq!(
+        app.put(&format!("/fhir/Patient/{id}"), &moved)
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        count(
+            app.get("/fhir/Patient?identifier=087090000117")
+                .await
+                .json()
+                .await
+                .unwrap()
+        ),
+        0
+    );
+    assert_eq!(
+        count(
+            app.get("/fhir/Patient?identifier=087090000118")
+                .await
+                .json()
+                .await
+                .unwrap()
+        ),
+        1
+    );
+    // No identifier at all.
+    let bare = json!({"resourceType": "Patient", "id": id});
+    assert_eq!(
+        app.put(&format!("/fhir/Patient/{id}"), &bare)
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        count(
+            app.get("/fhir/Patient?identifier=087090000118")
+                .await
+                .json()
+                .await
+                .unwrap()
+        ),
+        0
     );
 }
