@@ -114,10 +114,16 @@ async fn create(user: &mut GooseUser) -> TransactionResult {
     .await
 }
 
+/// A typical update: same person and identifiers, new phone number and address.
 async fn update(user: &mut GooseUser) -> TransactionResult {
     let n = rand::rng().random_range(0..seeded());
     let id = format!("load-{n}");
-    let body = patient(n + 1, Some(&id));
+    let mut body: serde_json::Value =
+        serde_json::from_str(&patient(n, Some(&id))).expect("valid JSON");
+    let moved = rand::rng().random_range(0..1_000_000u32);
+    body["telecom"][0]["value"] = json!(format!("09{moved:08}"));
+    body["address"][0]["line"][0] = json!(format!("{} đường Nguyễn Huệ", moved % 500));
+    let body = body.to_string();
     send(
         user,
         GooseMethod::Put,

@@ -352,8 +352,19 @@ impl ResourceStore {
                 tx.rollback().await?;
                 continue;
             }
-            self.write_history_and_index(&mut tx, &version, Some(resource))
+            // Most updates keep the identifiers; then the index rows stay as they are.
+            let tokens = identifier_tokens(resource, self.defs);
+            let unchanged = current.as_ref().is_some_and(|c| {
+                !c.deleted
+                    && IncomingResource::parse(c.content.as_bytes(), self.defs)
+                        .is_ok_and(|old| identifier_tokens(&old, self.defs) == tokens)
+            });
+            self.bind_version(sqlx::query(&self.sql.insert_history), &version)
+                .execute(&mut *tx)
                 .await?;
+            if !unchanged {
+                self.replace_index(&mut tx, &version, &tokens).await?;
+            }
             tx.commit().await?;
             let created = current.is_none_or(|c| c.deleted);
             return Ok(Updated { version, created });
@@ -620,6 +631,19 @@ impl ResourceStore {
         self.bind_version(sqlx::query(&self.sql.insert_history), version)
             .execute(&mut **tx)
             .await?;
+        let tokens = resource
+            .map(|r| identifier_tokens(r, self.defs))
+            .unwrap_or_default();
+        self.replace_index(tx, version, &tokens).await
+    }
+
+    /// Replaces the index rows of a resource with `tokens` (one statement for all rows).
+    async fn replace_index(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        version: &Version,
+        tokens: &[(String, String)],
+    ) -> Result<(), EhrError> {
         if version.method != Method::Post {
             sqlx::query(&self.sql.delete_tokens)
                 .bind(version.resource_type.as_str())
@@ -627,13 +651,9 @@ impl ResourceStore {
                 .execute(&mut **tx)
                 .await?;
         }
-        let tokens = resource
-            .map(|r| identifier_tokens(r, self.defs))
-            .unwrap_or_default();
         if tokens.is_empty() {
             return Ok(());
         }
-        // One statement for all rows of this resource.
         let mut sql = self.sql.insert_tokens_prefix.clone();
         for i in 0..tokens.len() {
             let b = i * 5;
@@ -650,7 +670,7 @@ impl ResourceStore {
             ));
         }
         let mut query = sqlx::query(&sql);
-        for (system, code) in &tokens {
+        for (system, code) in tokens {
             query = query
                 .bind(version.resource_type.as_str())
                 .bind(version.id.as_str())
@@ -673,6 +693,9 @@ fn check_if_match(if_match: Option<i64>, current: Option<&Version>) -> Result<()
         }),
     }
 }
+
+/// Longest token system or code that is indexed (PostgreSQL btree rows stop near 2.7 kB).
+const MAX_INDEXED_BYTES: usize = 1024;
 
 /// `identifier` values of a resource as (system, value); system is empty when absent.
 fn identifier_tokens(resource: &IncomingResource, defs: &Definitions) -> Vec<(String, String)> {
@@ -697,6 +720,10 @@ fn identifier_tokens(resource: &IncomingResource, defs: &Definitions) -> Vec<(St
                 .get("system")
                 .and_then(|s| s.as_str())
                 .unwrap_or("");
+            // Index keys must fit a btree row; longer values are stored but not searchable.
+            if value.len() > MAX_INDEXED_BYTES || system.len() > MAX_INDEXED_BYTES {
+                return None;
+            }
             Some((system.to_string(), value.to_string()))
         })
         .collect();

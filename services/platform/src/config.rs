@@ -66,7 +66,8 @@ pub struct DatabaseConfig {
     pub url: Option<Secret>,
     /// Directory of the embedded SQLite database (and, later, keys).
     pub data_dir: PathBuf,
-    /// Connections per pool.
+    /// Connections per pool. Default: four per CPU core (more only adds context switches
+    /// when the database shares the host; measured in loadtests/RESULTS.md).
     pub max_connections: u32,
     pub sqlite_synchronous: SqliteSynchronous,
     /// Apply pending migrations when `sen serve` starts. Always on for SQLite; on
@@ -74,12 +75,17 @@ pub struct DatabaseConfig {
     pub migrate_on_start: Option<bool>,
 }
 
+fn default_pool_size() -> u32 {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    u32::try_from(cores * 4).unwrap_or(16).clamp(4, 64)
+}
+
 impl Default for DatabaseConfig {
     fn default() -> Self {
         Self {
             url: None,
             data_dir: PathBuf::from("./data"),
-            max_connections: 16,
+            max_connections: default_pool_size(),
             sqlite_synchronous: SqliteSynchronous::Full,
             migrate_on_start: None,
         }

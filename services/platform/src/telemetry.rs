@@ -21,6 +21,9 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// Whether OTLP metrics are on; the per-request OTel instrument is skipped otherwise.
+static OTLP_METRICS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Handles that must live as long as the process exports telemetry.
 #[derive(Default)]
 pub struct Telemetry {
@@ -89,6 +92,7 @@ pub fn init(config: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
                 .with_resource(resource)
                 .build();
             opentelemetry::global::set_meter_provider(meter_provider.clone());
+            OTLP_METRICS.store(true, std::sync::atomic::Ordering::Relaxed);
             let tracer = tracer_provider.tracer("sen");
             telemetry.tracer_provider = Some(tracer_provider);
             telemetry.meter_provider = Some(meter_provider);
@@ -145,6 +149,9 @@ pub fn record_request(method: &str, route: &str, status: u16, seconds: f64) {
     metrics::counter!("http_requests_total", &labels).increment(1);
     metrics::histogram!("http_request_duration_seconds", &labels).record(seconds);
 
+    if !OTLP_METRICS.load(std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
     static OTEL: OnceLock<opentelemetry::metrics::Histogram<f64>> = OnceLock::new();
     let histogram = OTEL.get_or_init(|| {
         opentelemetry::global::meter("sen")

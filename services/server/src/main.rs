@@ -3,6 +3,11 @@
 
 use std::{path::PathBuf, time::Duration};
 
+/// mimalloc: the request path allocates a lot of small, short-lived buffers; glibc's malloc
+/// showed up at ~15% of server CPU in the read benchmark (see loadtests/RESULTS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use sen_platform::{Config, Database, shutdown, telemetry};
