@@ -40,7 +40,7 @@ for backend in $BACKENDS; do
       url="${PG_ADMIN%/*}/$name"
       ;;
   esac
-  DATABASE_URL="$url" SEN_LOG=warn SEN_DATABASE_MAX_CONNECTIONS=32 "$SEN" serve --listen "127.0.0.1:$PORT" --migrate \
+  DATABASE_URL="$url" SEN_LOG=warn "$SEN" serve --listen "127.0.0.1:$PORT" --migrate \
     > "$OUT/$backend-server.log" 2>&1 &
   pid=$!
   for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$PORT/health/ready" >/dev/null && break; sleep 0.1; done
@@ -48,9 +48,14 @@ for backend in $BACKENDS; do
   for scenario in $SCENARIOS; do
     "$LOAD" --host "http://127.0.0.1:$PORT" --scenarios "$scenario" --users "$USERS" --hatch-rate "$USERS" \
       --run-time "$RUN_TIME" --report-file "$OUT/$backend-$scenario.md" --quiet > "$OUT/$backend-$scenario.txt" 2>&1 || true
-    echo "-- $backend $scenario"
-    grep -E "^\s*(Name|Aggregated|[0-9]+ / .* Patient)|(GET|POST|PUT) (read|create|update)" "$OUT/$backend-$scenario.txt" | head -12 || true
+    # The final report follows goose's "resetting metrics" line (the first is the ramp-up).
+    sed -n '/resetting metrics/,$p' "$OUT/$backend-$scenario.txt" \
+      | grep -E "Patient" | grep -E "\|" | awk -v b="$backend" -v s="$scenario" 'NR==1 {print "-- " b " " s " (requests | fails | req/s):" $0} /\|.*\|.*\|.*\|.*\|.*\|/ && NR>2 {print "   percentiles 50/75/98/99/99.9/99.99 ms:" $0}' | head -3
   done
+  if command -v wrk >/dev/null && [[ " $SCENARIOS " == *" read "* ]]; then
+    echo "-- $backend read, wrk cross-check (1 thread, $USERS connections, one resource):"
+    wrk -t1 -c"$USERS" -d10s --latency "http://127.0.0.1:$PORT/fhir/Patient/load-1" | grep -E "Requests/sec| 50%| 99%"
+  fi
   echo "== $backend: RSS after load $(( $(rss_kb $pid) / 1024 )) MB, peak $(( $(peak_kb $pid) / 1024 )) MB"
   kill -TERM "$pid"; wait "$pid" || true
   if [ "$backend" = postgres ]; then
