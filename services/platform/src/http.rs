@@ -258,3 +258,88 @@ pub async fn serve(
         () = watchdog => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::routing::get;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    fn app(timeout: Duration) -> Router {
+        let router = Router::new()
+            .route("/slow", get(std::future::pending::<&'static str>))
+            .route(
+                "/panics",
+                get(|| async { panic!("boom with a secret") as &'static str }),
+            )
+            .route("/ok", get(|| async { "ok" }));
+        layered(
+            router,
+            &HttpLimits {
+                body_limit_bytes: 1024,
+                request_timeout: timeout,
+            },
+        )
+    }
+
+    async fn call(router: Router, path: &str) -> (StatusCode, HeaderMap, String) {
+        let request = Request::builder().uri(path).body(Body::empty()).unwrap();
+        let response = router.oneshot(request).await.unwrap();
+        let (parts, body) = response.into_parts();
+        let bytes = axum::body::to_bytes(body, 1 << 20).await.unwrap();
+        (
+            parts.status,
+            parts.headers,
+            String::from_utf8(bytes.to_vec()).unwrap(),
+        )
+    }
+
+    use http::HeaderMap;
+
+    #[tokio::test]
+    async fn a_request_past_the_timeout_gets_503_with_retry_after() {
+        // The handler never finishes; only the timeout can answer.
+        let (status, headers, body) = call(app(Duration::from_millis(50)), "/slow").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(headers[header::RETRY_AFTER], "1");
+        assert!(
+            body.contains("OperationOutcome") && body.contains("retry later"),
+            "{body}"
+        );
+        let request_id = headers[REQUEST_ID].to_str().unwrap();
+        assert!(body.contains(request_id), "{body}");
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_gets_500_naming_only_the_request_id() {
+        let (status, headers, body) = call(app(Duration::from_secs(30)), "/panics").await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        let request_id = headers[REQUEST_ID].to_str().unwrap();
+        assert!(
+            body.contains(&format!("internal error (request id {request_id})")),
+            "{body}"
+        );
+        assert!(!body.contains("secret") && !body.contains("boom"), "{body}");
+        assert!(
+            headers[header::CONTENT_TYPE]
+                .to_str()
+                .unwrap()
+                .starts_with("application/fhir+json")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_client_request_id_is_kept_and_one_is_made_when_absent() {
+        let request = Request::builder()
+            .uri("/ok")
+            .header(REQUEST_ID, "abc-123")
+            .body(Body::empty())
+            .unwrap();
+        let response = app(Duration::from_secs(30)).oneshot(request).await.unwrap();
+        assert_eq!(response.headers()[REQUEST_ID], "abc-123");
+        let (status, headers, _) = call(app(Duration::from_secs(30)), "/ok").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(headers[REQUEST_ID].to_str().unwrap().len(), 36);
+    }
+}
