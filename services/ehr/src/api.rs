@@ -400,18 +400,7 @@ async fn read(
             resource_type: rt.as_str(),
             id: id.clone(),
         })?;
-    if version.deleted {
-        return Err(EhrError::Gone {
-            resource_type: rt.as_str(),
-            id,
-            version: version.version,
-        }
-        .into());
-    }
-    let body = out.filter.apply(&version.content, ehr.defs);
-    let mut response = body_response(StatusCode::OK, body, out.pretty);
-    set_version_headers(&mut response, &version, None);
-    Ok(response)
+    version_response(&ehr, rt, &version, &out)
 }
 
 async fn vread(
@@ -439,17 +428,27 @@ async fn vread(
         .vread(rt, &id, number)
         .await?
         .ok_or_else(not_found)?;
+    version_response(&ehr, rt, &version, &out)
+}
+
+/// A read or vread answer: 410 for a deletion, else the (filtered) resource with its ETag.
+fn version_response(
+    ehr: &Ehr,
+    rt: ResourceType,
+    version: &Version,
+    out: &Output,
+) -> Result<Response> {
     if version.deleted {
         return Err(EhrError::Gone {
             resource_type: rt.as_str(),
-            id: id.clone(),
+            id: version.id.clone(),
             version: version.version,
         }
         .into());
     }
     let body = out.filter.apply(&version.content, ehr.defs);
     let mut response = body_response(StatusCode::OK, body, out.pretty);
-    set_version_headers(&mut response, &version, None);
+    set_version_headers(&mut response, version, None);
     Ok(response)
 }
 
