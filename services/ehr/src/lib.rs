@@ -4,6 +4,7 @@
 //! [`Ehr::new`] builds the service from a database; [`Ehr::router`] returns its routes.
 
 pub mod api;
+pub mod bundle;
 pub mod capability;
 pub mod criteria;
 pub mod definitions;
