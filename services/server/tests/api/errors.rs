@@ -1,0 +1,482 @@
+//! Bad input, server errors, health and metrics.
+
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::{
+    patient,
+    support::{self, TestApp},
+};
+
+on_both_backends!(
+    bad_input_gets_a_precise_4xx_outcome_and_writes_nothing,
+    no_request_of_any_shape_gets_a_server_error,
+    a_server_error_shows_only_the_request_id,
+    health_and_metrics_report_without_patient_data,
+);
+
+/// method, path, content type, body, expected status, expected issue code.
+type BadCase<'a> = (
+    reqwest::Method,
+    String,
+    Option<&'a str>,
+    String,
+    StatusCode,
+    &'a str,
+);
+
+async fn bad_input_gets_a_precise_4xx_outcome_and_writes_nothing(app: TestApp) {
+    let (id, _) = app.create(&patient("087090000109")).await;
+    let before = app.history_rows().await;
+    let big = format!(
+        "{{\"resourceType\":\"Patient\",\"text\":{{\"div\":\"{}\"}}}}",
+        "x".repeat(support::BODY_LIMIT + 1)
+    );
+    let cases: Vec<BadCase> = vec![
+        (
+            reqwest::Method::POST,
+            "/fhir/Patient".into(),
+            Some("application/fhir+json"),
+            "{\"resourceType\":".into(),
+            StatusCode::BAD_REQUEST,
+            "invalid",
+        ),
+        (
+            reqwest::Method::POST,
+            "/fhir/Patient".into(),
+            Some("application/fhir+json"),
+            "".into(),
+            StatusCode::BAD_REQUEST,
+            "invalid",
+        ),
+        (
+            reqwest::Method::POST,
+            "/fhir/Patient".into(),
+            Some("application/fhir+json"),
+            "[1,2]".into(),
+            StatusCode::BAD_REQUEST,
+            "invalid",
+        ),
+        (
+            reqwest::Method::POST,
+            "/fhir/Patient".into(),
+            Some("application/fhir+json"),
+            "{\"resourceType\":\"Observation\"}".into(),
+            StatusCode::BAD_REQUEST,
+            "invalid",
+        ),
+        (
+            reqwest::Method::POST,
+            "/fhir/Patient".into(),
+            Some("application/fhir+json"),
+            "{\"resourceType\":\"Patiant\"}".into(),
+            StatusCode::BAD_REQUEST,
+            "not-supported",
+        ),
+        (
+            reqwest::Method::POST,
+            "/fhir/Patient".into(),
+            Some("application/fhir+json"),
+            "{\"gender\":\"male\"}".into(),
+            StatusCode::BAD_REQUEST,
+            "invalid",
+        ),
+        (
+            reqwest::Method::POST,
+            "/fhir/Patient".into(),
+            Some("application/fhir+json"),
+            "{\"resourceType\":\"Patient\",\"gender\":\"male\",\"gender\":\"female\"}".into(),
+            StatusCode::BAD_REQUEST,
+            "invalid",
+        ),
+        (
+            reqwest::Method::POST,
+            "/fhir/Patiant".into(),
+            Some("application/fhir+json"),
+            "{\"resourceType\":\"Patiant\"}".into(),
+            StatusCode::NOT_FOUND,
+            "not-supported",
+        ),
+        (
+            reqwest::Method::POST,
+            "/fhir/Patient".into(),
+            Some("text/plain"),
+            "{\"resourceType\":\"Patient\"}".into(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "not-supported",
+        ),
+        (
+            reqwest::Method::POST,
+            "/fhir/Patient".into(),
+            None,
+            "{\"resourceType\":\"Patient\"}".into(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "not-supported",
+        ),
+        (
+            reqwest::Method::POST,
+            "/fhir/Patient".into(),
+            Some("application/fhir+json"),
+            big,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too-long",
+        ),
+        (
+            reqwest::Method::PUT,
+            format!("/fhir/Patient/{id}"),
+            Some("application/fhir+json"),
+            "{\"resourceType\":\"Patient\",\"id\":\"other\"}".into(),
+            StatusCode::BAD_REQUEST,
+            "invalid",
+        ),
+        (
+            reqwest::Method::PUT,
+            format!("/fhir/Patient/{id}"),
+            Some("application/fhir+json"),
+            "{\"resourceType\":\"Patient\"}".into(),
+            StatusCode::BAD_REQUEST,
+            "required",
+        ),
+        (
+            reqwest::Method::PUT,
+            format!("/fhir/Patient/{id}"),
+            Some("application/fhir+json"),
+            format!("{{\"resourceType\":\"Observation\",\"id\":\"{id}\"}}"),
+            StatusCode::BAD_REQUEST,
+            "invalid",
+        ),
+        (
+            reqwest::Method::PUT,
+            "/fhir/Patient/bad%20id".into(),
+            Some("application/fhir+json"),
+            "{\"resourceType\":\"Patient\",\"id\":\"bad id\"}".into(),
+            StatusCode::BAD_REQUEST,
+            "invalid",
+        ),
+        (
+            reqwest::Method::PUT,
+            format!("/fhir/Patient/{}", "x".repeat(65)),
+            Some("application/fhir+json"),
+            "{\"resourceType\":\"Patient\"}".into(),
+            StatusCode::BAD_REQUEST,
+            "invalid",
+        ),
+        (
+            reqwest::Method::POST,
+            "/fhir/Patient".into(),
+            Some("application/fhir+json"),
+            "{\"resourceType\":\"Patient\",\"meta\":\"v1\"}".into(),
+            StatusCode::BAD_REQUEST,
+            "invalid",
+        ),
+        (
+            reqwest::Method::GET,
+            "/fhir/Patient/nobody-here".into(),
+            None,
+            "".into(),
+            StatusCode::NOT_FOUND,
+            "not-found",
+        ),
+        (
+            reqwest::Method::GET,
+            "/fhir/Patient/bad%24id".into(),
+            None,
+            "".into(),
+            StatusCode::BAD_REQUEST,
+            "invalid",
+        ),
+        (
+            reqwest::Method::GET,
+            "/fhir/Patient?name=Hoa".into(),
+            None,
+            "".into(),
+            StatusCode::BAD_REQUEST,
+            "not-supported",
+        ),
+        (
+            reqwest::Method::PATCH,
+            format!("/fhir/Patient/{id}"),
+            Some("application/json-patch+json"),
+            "[]".into(),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "not-supported",
+        ),
+        (
+            reqwest::Method::GET,
+            "/no/such/thing".into(),
+            None,
+            "".into(),
+            StatusCode::NOT_FOUND,
+            "not-found",
+        ),
+    ];
+    for (method, path, content_type, body, status, code) in cases {
+        let mut request = app.request(method.clone(), &path).body(body);
+        if let Some(ct) = content_type {
+            request = request.header("content-type", ct);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), status, "{method} {path}");
+        assert!(
+            response.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("application/fhir+json"),
+            "{method} {path}"
+        );
+        let outcome: Value = response.json().await.unwrap();
+        assert_eq!(
+            outcome["resourceType"], "OperationOutcome",
+            "{method} {path}"
+        );
+        assert_eq!(
+            outcome["issue"][0]["code"], code,
+            "{method} {path}: {outcome}"
+        );
+        assert!(
+            outcome["issue"][0]["diagnostics"]
+                .as_str()
+                .is_some_and(|d| !d.is_empty())
+        );
+    }
+    assert_eq!(app.history_rows().await, before, "no bad request may write");
+}
+
+async fn no_request_of_any_shape_gets_a_server_error(app: TestApp) {
+    let long = "9".repeat(20_000);
+    let (id, _) = app.create(&patient("087090000116")).await;
+    let mut requests: Vec<(reqwest::Method, String, Option<String>)> = vec![
+        (
+            reqwest::Method::POST,
+            "/fhir/Patient".into(),
+            Some(format!(
+                "{{\"resourceType\":\"Patient\",\"identifier\":[{{\"value\":\"{long}\"}}]}}"
+            )),
+        ),
+        (
+            reqwest::Method::POST,
+            "/fhir/Patient".into(),
+            Some(format!(
+                "{{\"resourceType\":\"Patient\",\"identifier\":[{{\"system\":\"{long}\",\"value\":\"1\"}}]}}"
+            )),
+        ),
+        (
+            reqwest::Method::POST,
+            "/fhir/Patient".into(),
+            Some("{\"resourceType\":\"Patient\",\"gender\":\"a\\u0000b\"}".into()),
+        ),
+        (
+            reqwest::Method::POST,
+            "/fhir/Patient".into(),
+            Some("{\"resourceType\":\"Patient\",\"identifier\":\"not-a-list\"}".into()),
+        ),
+        (
+            reqwest::Method::POST,
+            "/fhir/Patient".into(),
+            Some("{\"resourceType\":\"Patient\",\"identifier\":[1,null,{\"value\":7}]}".into()),
+        ),
+        (
+            reqwest::Method::POST,
+            "/fhir/Patient".into(),
+            Some("{\"resourceType\":\"Patient\",\"name\":[{\"family\":\"\\ud800\"}]}".into()),
+        ),
+        (
+            reqwest::Method::POST,
+            "/fhir/Patient".into(),
+            Some("\u{feff}{\"resourceType\":\"Patient\"}".into()),
+        ),
+        (
+            reqwest::Method::POST,
+            "/fhir/Patient".into(),
+            Some("{\"resourceType\":\"Patient\"} trailing".into()),
+        ),
+        (
+            reqwest::Method::POST,
+            "/fhir/Patient".into(),
+            Some(format!("{}1{}", "[".repeat(10_000), "]".repeat(10_000))),
+        ),
+        (
+            reqwest::Method::POST,
+            "/fhir/Patient".into(),
+            Some(format!(
+                "{{\"resourceType\":\"Patient\",\"x\":{}1{}}}",
+                "[".repeat(200),
+                "]".repeat(200)
+            )),
+        ),
+        (
+            reqwest::Method::GET,
+            format!("/fhir/Patient?identifier={long}"),
+            None,
+        ),
+        (
+            reqwest::Method::GET,
+            format!("/fhir/Patient/{id}/_history/99999999999999999999999"),
+            None,
+        ),
+        (
+            reqwest::Method::GET,
+            "/fhir/Patient/_history?_since=9999-12-31T23:59:59Z&_count=0".into(),
+            None,
+        ),
+        (
+            reqwest::Method::GET,
+            "/fhir/_history?_page_token=-9223372036854775808".into(),
+            None,
+        ),
+        (
+            reqwest::Method::GET,
+            "/fhir/Patient?_page_token=%00".into(),
+            None,
+        ),
+        (reqwest::Method::GET, "/fhir/Patient?_id=%00".into(), None),
+        (
+            reqwest::Method::GET,
+            "/fhir/Patient?identifier=%00|%00".into(),
+            None,
+        ),
+        (reqwest::Method::GET, "/fhir/Patient/%00".into(), None),
+        (reqwest::Method::GET, "/fhir/%00/1".into(), None),
+        (reqwest::Method::GET, "/fhir/Patient/a%2Fb".into(), None),
+        (reqwest::Method::GET, "/fhir/Patient/..".into(), None),
+        (
+            reqwest::Method::GET,
+            "/fhir/Patient/Nguy%E1%BB%85n".into(),
+            None,
+        ),
+        (
+            reqwest::Method::GET,
+            format!("/fhir/Patient/{id}?_elements=%00,,"),
+            None,
+        ),
+        (
+            reqwest::Method::GET,
+            format!("/fhir/Patient/{id}?_summary=true&_elements=name"),
+            None,
+        ),
+        (reqwest::Method::DELETE, "/fhir/Patient".into(), None),
+        (
+            reqwest::Method::PUT,
+            "/fhir/Patient".into(),
+            Some("{}".into()),
+        ),
+        (
+            reqwest::Method::POST,
+            format!("/fhir/Patient/{id}"),
+            Some("{}".into()),
+        ),
+        (reqwest::Method::GET, "/fhir/".into(), None),
+        (reqwest::Method::GET, "/fhir".into(), None),
+    ];
+    // Arbitrary bytes as bodies, deterministic.
+    let mut state: u64 = 0x5eed;
+    for len in [1usize, 7, 64, 500] {
+        let bytes: Vec<u8> = (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state & 0xff) as u8
+            })
+            .collect();
+        requests.push((
+            reqwest::Method::POST,
+            "/fhir/Patient".into(),
+            Some(String::from_utf8_lossy(&bytes).into_owned()),
+        ));
+    }
+    for (method, path, body) in requests {
+        let mut request = app
+            .request(method.clone(), &path)
+            .header("content-type", "application/fhir+json");
+        if let Some(body) = body {
+            request = request.body(body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        assert!(
+            !status.is_server_error(),
+            "{method} {}: {status} {text}",
+            &path[..path.len().min(80)]
+        );
+        if status.is_client_error() {
+            assert!(
+                text.contains("OperationOutcome"),
+                "{method} {}: {text}",
+                &path[..path.len().min(80)]
+            );
+        }
+    }
+    // Headers of odd shapes.
+    for (name, value) in [
+        ("if-match", "W/\"\""),
+        ("if-none-exist", "%%%"),
+        ("if-none-exist", "identifier="),
+        ("prefer", "return=???"),
+        ("accept", ";;;"),
+    ] {
+        let response = app
+            .request(reqwest::Method::PUT, &format!("/fhir/Patient/{id}"))
+            .header(name, value)
+            .header("content-type", "application/fhir+json")
+            .body(format!("{{\"resourceType\":\"Patient\",\"id\":\"{id}\"}}"))
+            .send()
+            .await
+            .unwrap();
+        assert!(!response.status().is_server_error(), "{name}: {value}");
+        let response = app
+            .request(reqwest::Method::POST, "/fhir/Patient")
+            .header(name, value)
+            .header("content-type", "application/fhir+json")
+            .body("{\"resourceType\":\"Patient\"}")
+            .send()
+            .await
+            .unwrap();
+        assert!(!response.status().is_server_error(), "{name}: {value}");
+    }
+}
+
+async fn a_server_error_shows_only_the_request_id(app: TestApp) {
+    let (id, _) = app.create(&patient("087090000114")).await;
+    app.db.close().await;
+    let response = app.get(&format!("/fhir/Patient/{id}")).await;
+    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let request_id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let outcome: Value = response.json().await.unwrap();
+    assert_eq!(
+        outcome["issue"][0]["diagnostics"],
+        format!("internal error (request id {request_id})")
+    );
+    assert_eq!(outcome["issue"].as_array().unwrap().len(), 1);
+}
+
+async fn health_and_metrics_report_without_patient_data(app: TestApp) {
+    let live = app.get("/health/live").await;
+    assert_eq!(live.status(), StatusCode::OK);
+    let ready: Value = app.get("/health/ready").await.json().await.unwrap();
+    assert_eq!(ready["status"], "up");
+    assert_eq!(ready["checks"]["database"], "up");
+    if app.redis {
+        assert_eq!(ready["checks"]["kv"], "redis");
+    }
+    app.get("/fhir/Patient?identifier=087090000115").await;
+    let (id, _) = app.create(&patient("087090000115")).await;
+    app.get(&format!("/fhir/Patient/{id}")).await;
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains(
+            "http_requests_total{method=\"GET\",route=\"/fhir/{type}/{id}\",status=\"200\"}"
+        ),
+        "{metrics}"
+    );
+    assert!(metrics.contains("http_request_duration_seconds_bucket"));
+    assert!(metrics.contains("db_pool_connections"));
+    assert!(
+        !metrics.contains(&id) && !metrics.contains("087090000115"),
+        "metrics must not carry ids or identifiers"
+    );
+}
