@@ -5,8 +5,12 @@
 //! is acknowledged only after it commits. Index rows for a resource are written in one
 //! multi-row statement, never one round trip per value. No SQL lives outside this module.
 
+mod write;
+
 use sen_platform::{Backend, Database};
+
 use sqlx::{Any, Row, Transaction, any::AnyRow};
+pub use write::Tx;
 
 use crate::{
     criteria::{Criteria, TokenMatch},
@@ -252,173 +256,6 @@ impl ResourceStore {
             .fetch_optional(self.db.reader())
             .await?;
         Ok(row.map(|r| version_from_row(&r, 0)).transpose()?)
-    }
-
-    /// Creates a resource with a server-assigned id. With `condition` (If-None-Exist), an
-    /// existing match is returned instead, and several matches are refused.
-    pub async fn create(
-        &self,
-        resource: &IncomingResource,
-        condition: Option<&Criteria>,
-    ) -> Result<Created, EhrError> {
-        let rt = resource.resource_type;
-        let mut tx = self.db.writer().begin().await?;
-        if let Some(criteria) = condition {
-            self.lock_condition(&mut tx, rt, criteria).await?;
-            let matches = self.find(&mut *tx, rt, criteria, 2).await?;
-            match matches.as_slice() {
-                [] => {}
-                [id] => {
-                    let row = sqlx::query(&self.sql.read)
-                        .bind(rt.as_str())
-                        .bind(id)
-                        .fetch_one(&mut *tx)
-                        .await?;
-                    tx.rollback().await?;
-                    return Ok(Created::Existing(version_from_row(&row, 0)?));
-                }
-                many => return Err(EhrError::MultipleMatches { count: many.len() }),
-            }
-        }
-        let id = uuid::Uuid::new_v4().to_string();
-        let now = now_micros();
-        let content = resource.stored_json(&id, 1, &format_instant(now));
-        let version = Version {
-            resource_type: rt.as_str().to_string(),
-            id,
-            version: 1,
-            last_updated: now,
-            deleted: false,
-            method: Method::Post,
-            content,
-        };
-        let inserted = self
-            .bind_version(sqlx::query(&self.sql.insert_current), &version)
-            .execute(&mut *tx)
-            .await?;
-        if inserted.rows_affected() != 1 {
-            return Err(EhrError::Contention);
-        }
-        self.write_history_and_index(&mut tx, &version, Some(resource))
-            .await?;
-        tx.commit().await?;
-        Ok(Created::New(version))
-    }
-
-    /// Updates (or creates with the client's id) a resource.
-    pub async fn update(
-        &self,
-        rt: ResourceType,
-        id: &str,
-        resource: &IncomingResource,
-        if_match: Option<i64>,
-    ) -> Result<Updated, EhrError> {
-        for _ in 0..WRITE_ATTEMPTS {
-            let mut tx = self.db.writer().begin().await?;
-            let current = sqlx::query(&self.sql.read_for_update)
-                .bind(rt.as_str())
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?
-                .map(|r| version_from_row(&r, 0))
-                .transpose()?;
-            check_if_match(if_match, current.as_ref())?;
-            let now = now_micros();
-            let number = current.as_ref().map_or(1, |c| c.version + 1);
-            let version = Version {
-                resource_type: rt.as_str().to_string(),
-                id: id.to_string(),
-                version: number,
-                last_updated: now,
-                deleted: false,
-                method: Method::Put,
-                content: resource.stored_json(id, number, &format_instant(now)),
-            };
-            let written = match &current {
-                Some(c) => {
-                    self.bind_version(sqlx::query(&self.sql.update_current), &version)
-                        .bind(c.version)
-                        .execute(&mut *tx)
-                        .await?
-                }
-                None => {
-                    self.bind_version(sqlx::query(&self.sql.insert_current), &version)
-                        .execute(&mut *tx)
-                        .await?
-                }
-            };
-            if written.rows_affected() != 1 {
-                // Another writer created the same id first; start over and update its version.
-                tx.rollback().await?;
-                continue;
-            }
-            // Most updates keep the identifiers; then the index rows stay as they are.
-            let tokens = identifier_tokens(resource, self.defs);
-            let unchanged = current.as_ref().is_some_and(|c| {
-                !c.deleted
-                    && IncomingResource::parse(c.content.as_bytes(), self.defs)
-                        .is_ok_and(|old| identifier_tokens(&old, self.defs) == tokens)
-            });
-            self.bind_version(sqlx::query(&self.sql.insert_history), &version)
-                .execute(&mut *tx)
-                .await?;
-            if !unchanged {
-                self.replace_index(&mut tx, &version, &tokens).await?;
-            }
-            tx.commit().await?;
-            let created = current.is_none_or(|c| c.deleted);
-            return Ok(Updated { version, created });
-        }
-        Err(EhrError::Contention)
-    }
-
-    /// Deletes a resource: its current row becomes a deletion, history keeps every version.
-    pub async fn delete(
-        &self,
-        rt: ResourceType,
-        id: &str,
-        if_match: Option<i64>,
-    ) -> Result<Deleted, EhrError> {
-        let mut tx = self.db.writer().begin().await?;
-        let current = sqlx::query(&self.sql.read_for_update)
-            .bind(rt.as_str())
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .map(|r| version_from_row(&r, 0))
-            .transpose()?;
-        let Some(current) = current else {
-            return Err(EhrError::NotFound {
-                resource_type: rt.as_str(),
-                id: id.to_string(),
-            });
-        };
-        check_if_match(if_match, Some(&current))?;
-        if current.deleted {
-            tx.rollback().await?;
-            return Ok(Deleted::Already);
-        }
-        let version = Version {
-            resource_type: rt.as_str().to_string(),
-            id: id.to_string(),
-            version: current.version + 1,
-            last_updated: now_micros(),
-            deleted: true,
-            method: Method::Delete,
-            content: String::new(),
-        };
-        let written = self
-            .bind_version(sqlx::query(&self.sql.update_current), &version)
-            .bind(current.version)
-            .execute(&mut *tx)
-            .await?;
-        if written.rows_affected() != 1 {
-            return Err(EhrError::Contention);
-        }
-        self.write_history_and_index(&mut tx, &version, None)
-            .await?;
-        tx.commit().await?;
-        Ok(Deleted::Now(version))
     }
 
     /// A page of history, newest first. `before` is the continuation from the previous page.

@@ -1,0 +1,251 @@
+//! Writes: create, update and delete, each usable on its own (one transaction per call) or
+//! inside a caller's transaction (`*_in`), which is how a transaction Bundle commits many
+//! entries at once.
+
+use sqlx::{Any, Transaction};
+
+use super::{
+    Created, Deleted, Method, ResourceStore, Updated, Version, WRITE_ATTEMPTS, check_if_match,
+    format_instant, identifier_tokens, now_micros, version_from_row,
+};
+use crate::{
+    criteria::Criteria, definitions::ResourceType, error::EhrError, resource::IncomingResource,
+};
+
+/// A write transaction on the store's database.
+pub type Tx = Transaction<'static, Any>;
+
+impl ResourceStore {
+    /// Starts a write transaction (on SQLite this takes the single writer connection).
+    pub async fn begin(&self) -> Result<Tx, EhrError> {
+        Ok(self.db.writer().begin().await?)
+    }
+
+    /// Creates a resource with a server-assigned id. With `condition` (If-None-Exist), an
+    /// existing match is returned instead, and several matches are refused.
+    pub async fn create(
+        &self,
+        resource: &IncomingResource,
+        condition: Option<&Criteria>,
+    ) -> Result<Created, EhrError> {
+        let mut tx = self.begin().await?;
+        let created = self.create_in(&mut tx, resource, condition, None).await?;
+        tx.commit().await?;
+        Ok(created)
+    }
+
+    /// The one current resource matching `criteria`, if any, seen from inside `tx`; writers
+    /// with the same criteria are serialised until `tx` ends.
+    pub async fn find_match_in(
+        &self,
+        tx: &mut Tx,
+        rt: ResourceType,
+        criteria: &Criteria,
+    ) -> Result<Option<Version>, EhrError> {
+        self.lock_condition(tx, rt, criteria).await?;
+        let matches = self.find(&mut **tx, rt, criteria, 2).await?;
+        match matches.as_slice() {
+            [] => Ok(None),
+            [id] => self.read_in(tx, rt, id).await,
+            many => Err(EhrError::MultipleMatches { count: many.len() }),
+        }
+    }
+
+    /// The current version of a resource, seen from inside `tx`.
+    pub async fn read_in(
+        &self,
+        tx: &mut Tx,
+        rt: ResourceType,
+        id: &str,
+    ) -> Result<Option<Version>, EhrError> {
+        let row = sqlx::query(&self.sql.read)
+            .bind(rt.as_str())
+            .bind(id)
+            .fetch_optional(&mut **tx)
+            .await?;
+        Ok(row.map(|r| version_from_row(&r, 0)).transpose()?)
+    }
+
+    /// [`ResourceStore::create`] inside `tx`, with the id given (a Bundle assigns ids before
+    /// it writes, to resolve `urn:uuid:` references) or a new one.
+    pub async fn create_in(
+        &self,
+        tx: &mut Tx,
+        resource: &IncomingResource,
+        condition: Option<&Criteria>,
+        id: Option<String>,
+    ) -> Result<Created, EhrError> {
+        let rt = resource.resource_type;
+        if let Some(criteria) = condition
+            && let Some(existing) = self.find_match_in(tx, rt, criteria).await?
+        {
+            return Ok(Created::Existing(existing));
+        }
+        let id = id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let now = now_micros();
+        let content = resource.stored_json(&id, 1, &format_instant(now));
+        let version = Version {
+            resource_type: rt.as_str().to_string(),
+            id,
+            version: 1,
+            last_updated: now,
+            deleted: false,
+            method: Method::Post,
+            content,
+        };
+        let inserted = self
+            .bind_version(sqlx::query(&self.sql.insert_current), &version)
+            .execute(&mut **tx)
+            .await?;
+        if inserted.rows_affected() != 1 {
+            return Err(EhrError::Contention);
+        }
+        self.write_history_and_index(tx, &version, Some(resource))
+            .await?;
+        Ok(Created::New(version))
+    }
+
+    /// Updates (or creates with the client's id) a resource, retrying when a concurrent
+    /// writer created the same id first.
+    pub async fn update(
+        &self,
+        rt: ResourceType,
+        id: &str,
+        resource: &IncomingResource,
+        if_match: Option<i64>,
+    ) -> Result<Updated, EhrError> {
+        for _ in 0..WRITE_ATTEMPTS {
+            let mut tx = self.begin().await?;
+            match self.update_in(&mut tx, rt, id, resource, if_match).await {
+                // Dropping the transaction rolls it back.
+                Err(EhrError::Contention) => continue,
+                Err(e) => return Err(e),
+                Ok(updated) => {
+                    tx.commit().await?;
+                    return Ok(updated);
+                }
+            }
+        }
+        Err(EhrError::Contention)
+    }
+
+    /// [`ResourceStore::update`] inside `tx`, without retry: a lost race is `Contention`.
+    pub async fn update_in(
+        &self,
+        tx: &mut Tx,
+        rt: ResourceType,
+        id: &str,
+        resource: &IncomingResource,
+        if_match: Option<i64>,
+    ) -> Result<Updated, EhrError> {
+        let current = sqlx::query(&self.sql.read_for_update)
+            .bind(rt.as_str())
+            .bind(id)
+            .fetch_optional(&mut **tx)
+            .await?
+            .map(|r| version_from_row(&r, 0))
+            .transpose()?;
+        check_if_match(if_match, current.as_ref())?;
+        let now = now_micros();
+        let number = current.as_ref().map_or(1, |c| c.version + 1);
+        let version = Version {
+            resource_type: rt.as_str().to_string(),
+            id: id.to_string(),
+            version: number,
+            last_updated: now,
+            deleted: false,
+            method: Method::Put,
+            content: resource.stored_json(id, number, &format_instant(now)),
+        };
+        let written = match &current {
+            Some(c) => {
+                self.bind_version(sqlx::query(&self.sql.update_current), &version)
+                    .bind(c.version)
+                    .execute(&mut **tx)
+                    .await?
+            }
+            None => {
+                self.bind_version(sqlx::query(&self.sql.insert_current), &version)
+                    .execute(&mut **tx)
+                    .await?
+            }
+        };
+        if written.rows_affected() != 1 {
+            return Err(EhrError::Contention);
+        }
+        // Most updates keep the identifiers; then the index rows stay as they are.
+        let tokens = identifier_tokens(resource, self.defs);
+        let unchanged = current.as_ref().is_some_and(|c| {
+            !c.deleted
+                && IncomingResource::parse(c.content.as_bytes(), self.defs)
+                    .is_ok_and(|old| identifier_tokens(&old, self.defs) == tokens)
+        });
+        self.bind_version(sqlx::query(&self.sql.insert_history), &version)
+            .execute(&mut **tx)
+            .await?;
+        if !unchanged {
+            self.replace_index(tx, &version, &tokens).await?;
+        }
+        let created = current.is_none_or(|c| c.deleted);
+        Ok(Updated { version, created })
+    }
+
+    /// Deletes a resource: its current row becomes a deletion, history keeps every version.
+    pub async fn delete(
+        &self,
+        rt: ResourceType,
+        id: &str,
+        if_match: Option<i64>,
+    ) -> Result<Deleted, EhrError> {
+        let mut tx = self.begin().await?;
+        let deleted = self.delete_in(&mut tx, rt, id, if_match).await?;
+        tx.commit().await?;
+        Ok(deleted)
+    }
+
+    /// [`ResourceStore::delete`] inside `tx`.
+    pub async fn delete_in(
+        &self,
+        tx: &mut Tx,
+        rt: ResourceType,
+        id: &str,
+        if_match: Option<i64>,
+    ) -> Result<Deleted, EhrError> {
+        let current = sqlx::query(&self.sql.read_for_update)
+            .bind(rt.as_str())
+            .bind(id)
+            .fetch_optional(&mut **tx)
+            .await?
+            .map(|r| version_from_row(&r, 0))
+            .transpose()?;
+        let Some(current) = current else {
+            return Err(EhrError::NotFound {
+                resource_type: rt.as_str(),
+                id: id.to_string(),
+            });
+        };
+        check_if_match(if_match, Some(&current))?;
+        if current.deleted {
+            return Ok(Deleted::Already);
+        }
+        let version = Version {
+            resource_type: rt.as_str().to_string(),
+            id: id.to_string(),
+            version: current.version + 1,
+            last_updated: now_micros(),
+            deleted: true,
+            method: Method::Delete,
+            content: String::new(),
+        };
+        let written = self
+            .bind_version(sqlx::query(&self.sql.update_current), &version)
+            .bind(current.version)
+            .execute(&mut **tx)
+            .await?;
+        if written.rows_affected() != 1 {
+            return Err(EhrError::Contention);
+        }
+        self.write_history_and_index(tx, &version, None).await?;
+        Ok(Deleted::Now(version))
+    }
+}
