@@ -31,6 +31,7 @@ type Result<T, E = ApiError> = std::result::Result<T, E>;
 
 pub fn router(ehr: Arc<Ehr>) -> Router {
     Router::new()
+        .route("/fhir", axum::routing::post(bundle_post))
         .route("/fhir/metadata", get(metadata))
         .route("/fhir/_history", get(history_system))
         .route("/fhir/{type}", get(search).post(create))
@@ -299,6 +300,21 @@ fn write_response(
     };
     set_version_headers(&mut response, version, location);
     response
+}
+
+/// `POST /fhir`: a batch or transaction Bundle.
+async fn bundle_post(
+    State(ehr): State<Arc<Ehr>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response> {
+    let params = params(query);
+    let out = output(&params, &headers, false)?;
+    check_content_type(&headers)?;
+    let base = base_url(&ehr, &headers);
+    let response = crate::transaction::process(&ehr, &body, &base).await?;
+    Ok(body_response(StatusCode::OK, response, out.pretty))
 }
 
 async fn metadata(

@@ -77,7 +77,7 @@ pub fn capability_statement(defs: &Definitions, software_version: &str, date: &s
         "rest": [{
             "mode": "server",
             "resource": resources,
-            "interaction": [{"code": "history-system"}],
+            "interaction": [{"code": "history-system"}, {"code": "transaction"}, {"code": "batch"}],
         }],
     })
 }

@@ -59,6 +59,8 @@ pub enum EhrError {
     NotAcceptable { format: String },
     #[error("unsupported media type")]
     UnsupportedMediaType,
+    #[error("too many Bundle entries")]
+    TooManyEntries { count: usize, max: usize },
     #[error("concurrent modification, retries exhausted")]
     Contention,
     #[error("database error: {0}")]
@@ -176,6 +178,15 @@ impl From<EhrError> for ApiError {
                 IssueCode::NotSupported,
                 "send the resource as application/fhir+json (or application/json)",
             ),
+            E::TooManyEntries { count, max } => ApiError::new(
+                S::PAYLOAD_TOO_LARGE,
+                IssueCode::TooLong,
+                format!(
+                    "the Bundle has {count} entries; this server accepts at most {max} \
+                     (fhir.max_bundle_entries); split it into several Bundles"
+                ),
+            )
+            .at("Bundle.entry"),
             E::Contention => ApiError::new(
                 S::CONFLICT,
                 IssueCode::Conflict,

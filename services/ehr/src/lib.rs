@@ -13,6 +13,7 @@ pub mod json;
 pub mod migrations;
 pub mod resource;
 pub mod store;
+pub mod transaction;
 
 use std::sync::Arc;
 

@@ -135,6 +135,8 @@ pub struct FhirConfig {
     pub default_count: u32,
     /// Largest `_count` honoured; larger values are capped.
     pub max_count: u32,
+    /// Most entries accepted in one batch or transaction Bundle.
+    pub max_bundle_entries: u32,
 }
 
 impl Default for FhirConfig {
@@ -142,6 +144,7 @@ impl Default for FhirConfig {
         Self {
             default_count: 20,
             max_count: 1000,
+            max_bundle_entries: 1000,
         }
     }
 }
@@ -276,6 +279,11 @@ const ENV_KEYS: &[(&str, &str, Kind)] = &[
     ("OTEL_SERVICE_NAME", "telemetry.service_name", Kind::Str),
     ("SEN_FHIR_DEFAULT_COUNT", "fhir.default_count", Kind::Int),
     ("SEN_FHIR_MAX_COUNT", "fhir.max_count", Kind::Int),
+    (
+        "SEN_FHIR_MAX_BUNDLE_ENTRIES",
+        "fhir.max_bundle_entries",
+        Kind::Int,
+    ),
 ];
 
 /// `SEN_*` variables that are not configuration keys (read by tests and tools).

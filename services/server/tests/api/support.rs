@@ -17,6 +17,7 @@ pub struct TestApp {
     pub db: Database,
     pub redis: bool,
     history_table: &'static str,
+    resource_table: &'static str,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     _dir: Option<tempfile::TempDir>,
     _pg: Option<TestDatabase>,
@@ -61,9 +62,9 @@ impl TestApp {
             let _ =
                 sen_platform::http::serve(listener, router, shutdown, Duration::from_secs(5)).await;
         });
-        let history_table = match app.db.backend() {
-            sen_platform::Backend::Postgres => "ehr.resource_history",
-            sen_platform::Backend::Sqlite => "ehr_resource_history",
+        let (history_table, resource_table) = match app.db.backend() {
+            sen_platform::Backend::Postgres => ("ehr.resource_history", "ehr.resource"),
+            sen_platform::Backend::Sqlite => ("ehr_resource_history", "ehr_resource"),
         };
         TestApp {
             base: format!("http://{address}"),
@@ -71,6 +72,7 @@ impl TestApp {
             db: app.db,
             redis: redis_url.is_some(),
             history_table,
+            resource_table,
             stop: Some(stop),
             _dir: dir,
             _pg: pg,
@@ -123,7 +125,16 @@ impl TestApp {
 
     /// Rows in the history table: every write leaves exactly one.
     pub async fn history_rows(&self) -> i64 {
-        let row = sqlx::query(&format!("SELECT COUNT(*) FROM {}", self.history_table))
+        self.count_rows(self.history_table).await
+    }
+
+    /// Rows in the current-version table: one per resource ever created.
+    pub async fn resource_rows(&self) -> i64 {
+        self.count_rows(self.resource_table).await
+    }
+
+    async fn count_rows(&self, table: &str) -> i64 {
+        let row = sqlx::query(&format!("SELECT COUNT(*) FROM {table}"))
             .fetch_one(self.db.reader())
             .await
             .expect("count history");

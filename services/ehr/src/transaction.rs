@@ -1,0 +1,603 @@
+//! Batch and transaction Bundles posted to `/fhir`.
+//!
+//! A transaction is all or nothing: every entry runs inside one database transaction, in the
+//! order the specification sets (DELETE, POST, PUT, GET), and any failing entry rolls back
+//! everything. Before writing, POST entries get their ids, so references to an entry's
+//! `fullUrl` (typically `urn:uuid:…`) are rewritten to `Type/id` throughout the Bundle. The
+//! rewrite replaces exact JSON string tokens in the resource text, so nothing else the client
+//! wrote is re-serialised. A batch runs each entry on its own and reports each outcome.
+
+use std::collections::HashMap;
+
+use sen_platform::{ApiError, IssueCode, OperationOutcome, OutcomeIssue};
+use serde_json::Value;
+
+use crate::{
+    Ehr,
+    bundle::{bundle, etag},
+    criteria::Criteria,
+    definitions::ResourceType,
+    error::EhrError,
+    json,
+    resource::{IncomingResource, RawObject, is_valid_id},
+    store::{Created, Deleted, Tx, Version},
+};
+
+/// Why a Bundle was refused: the Bundle as a whole, or one entry (index from 0).
+#[derive(Debug)]
+pub enum BundleError {
+    Bundle(EhrError),
+    Entry { index: usize, error: EhrError },
+}
+
+impl From<EhrError> for BundleError {
+    fn from(error: EhrError) -> Self {
+        BundleError::Bundle(error)
+    }
+}
+
+impl From<BundleError> for ApiError {
+    fn from(error: BundleError) -> Self {
+        match error {
+            BundleError::Bundle(e) => e.into(),
+            BundleError::Entry { index, error } => {
+                let mut api: ApiError = error.into();
+                for issue in &mut api.issues {
+                    if let Some(d) = &issue.diagnostics {
+                        issue.diagnostics = Some(format!("Bundle.entry[{index}]: {d}"));
+                    }
+                    let inner = std::mem::take(&mut issue.expression);
+                    issue.expression = if inner.is_empty() {
+                        vec![format!("Bundle.entry[{index}]")]
+                    } else {
+                        inner
+                            .into_iter()
+                            .map(|e| format!("Bundle.entry[{index}].resource.{e}"))
+                            .collect()
+                    };
+                }
+                api
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verb {
+    Get,
+    Post,
+    Put,
+    Delete,
+}
+
+/// One parsed entry.
+#[derive(Debug)]
+struct Entry {
+    full_url: Option<String>,
+    verb: Verb,
+    resource_type: ResourceType,
+    /// `Type/id` entries carry the id; `Type` (POST) does not.
+    id: Option<String>,
+    version: Option<i64>,
+    resource: Option<String>,
+    if_none_exist: Option<Criteria>,
+    if_match: Option<i64>,
+}
+
+/// What one entry did.
+#[derive(Debug)]
+enum Outcome {
+    Created(Version),
+    Existing(Version),
+    Updated(Version, bool),
+    Deleted(Option<i64>),
+    Read(Version),
+}
+
+fn invalid(message: impl Into<String>) -> EhrError {
+    EhrError::Invalid {
+        message: message.into(),
+        expression: None,
+    }
+}
+
+fn parse_entry(
+    raw: &serde_json::value::RawValue,
+    ehr: &Ehr,
+    base: &str,
+) -> Result<Entry, EhrError> {
+    let object: RawObject =
+        serde_json::from_str(raw.get()).map_err(|_| invalid("an entry must be an object"))?;
+    let text = |key: &str| -> Result<Option<String>, EhrError> {
+        match object.get(key) {
+            None => Ok(None),
+            Some(v) => serde_json::from_str::<String>(v.get())
+                .map(Some)
+                .map_err(|_| invalid(format!("{key} must be a string"))),
+        }
+    };
+    let full_url = text("fullUrl")?;
+    let request: Value = object
+        .get("request")
+        .map(|r| serde_json::from_str(r.get()))
+        .transpose()
+        .map_err(|_| invalid("request must be an object"))?
+        .ok_or_else(|| EhrError::Invalid {
+            message: "every entry needs a request (method and url)".into(),
+            expression: Some("request".into()),
+        })?;
+    let field = |name: &str| request.get(name).and_then(Value::as_str);
+    let verb = match field("method") {
+        Some("GET") => Verb::Get,
+        Some("POST") => Verb::Post,
+        Some("PUT") => Verb::Put,
+        Some("DELETE") => Verb::Delete,
+        Some(other) => {
+            return Err(EhrError::BadParameter {
+                name: "request.method",
+                message: format!(
+                    "{} is not supported in Bundles yet (GET, POST, PUT, DELETE are)",
+                    other.chars().take(16).collect::<String>()
+                ),
+            });
+        }
+        None => return Err(invalid("request.method is required")),
+    };
+    let url = field("url").ok_or_else(|| invalid("request.url is required"))?;
+    let url = url
+        .strip_prefix(base)
+        .map(|u| u.trim_start_matches('/'))
+        .unwrap_or(url);
+    if url.contains('?') {
+        return Err(EhrError::UnsupportedCriteria {
+            parameter: "conditional or search URLs in Bundle entries".into(),
+        });
+    }
+    let segments: Vec<&str> = url.split('/').collect();
+    let resource_type =
+        ehr.defs
+            .resource_type(segments[0])
+            .ok_or_else(|| EhrError::UnknownType {
+                name: segments[0].chars().take(64).collect(),
+            })?;
+    let (id, version) = match (verb, segments.as_slice()) {
+        (Verb::Post, [_]) => (None, None),
+        (Verb::Put | Verb::Delete | Verb::Get, [_, id]) => (Some(*id), None),
+        (Verb::Get, [_, id, "_history", v]) => (
+            Some(*id),
+            Some(
+                v.parse::<i64>()
+                    .map_err(|_| invalid("the version in request.url must be a number"))?,
+            ),
+        ),
+        _ => {
+            return Err(invalid(
+                "request.url must be Type for POST and Type/id for PUT, DELETE and GET",
+            ));
+        }
+    };
+    if id.is_some_and(|id| !is_valid_id(id)) {
+        return Err(EhrError::InvalidId);
+    }
+    let resource = object.get("resource").map(|r| r.get().to_string());
+    if matches!(verb, Verb::Post | Verb::Put) && resource.is_none() {
+        return Err(invalid("POST and PUT entries need a resource"));
+    }
+    let if_none_exist = field("ifNoneExist")
+        .map(Criteria::parse_query)
+        .transpose()?;
+    let if_match = match field("ifMatch") {
+        None => None,
+        Some(tag) => {
+            let inner = tag.trim().trim_start_matches("W/").trim_matches('"');
+            Some(inner.parse::<i64>().map_err(|_| EhrError::BadIfMatch)?)
+        }
+    };
+    Ok(Entry {
+        full_url,
+        verb,
+        resource_type,
+        id: id.map(str::to_string),
+        version,
+        resource,
+        if_none_exist,
+        if_match,
+    })
+}
+
+/// Parses the Bundle: its kind and its entries.
+fn parse(body: &[u8], ehr: &Ehr, base: &str) -> Result<(bool, Vec<Entry>), BundleError> {
+    let object: RawObject =
+        serde_json::from_slice(body).map_err(|_| invalid("the body is not a JSON object"))?;
+    let field = |key: &str| {
+        object
+            .get(key)
+            .and_then(|v| serde_json::from_str::<String>(v.get()).ok())
+    };
+    if field("resourceType").as_deref() != Some("Bundle") {
+        return Err(EhrError::Invalid {
+            message: "POST /fhir takes a Bundle of type batch or transaction".into(),
+            expression: Some("resourceType".into()),
+        }
+        .into());
+    }
+    let transaction = match field("type").as_deref() {
+        Some("transaction") => true,
+        Some("batch") => false,
+        _ => {
+            return Err(EhrError::Invalid {
+                message: "Bundle.type must be batch or transaction".into(),
+                expression: Some("Bundle.type".into()),
+            }
+            .into());
+        }
+    };
+    let raw_entries: Vec<Box<serde_json::value::RawValue>> = match object.get("entry") {
+        None => Vec::new(),
+        Some(e) => serde_json::from_str(e.get()).map_err(|_| EhrError::Invalid {
+            message: "Bundle.entry must be an array".into(),
+            expression: Some("Bundle.entry".into()),
+        })?,
+    };
+    let max = ehr.fhir.max_bundle_entries as usize;
+    if raw_entries.len() > max {
+        return Err(EhrError::TooManyEntries {
+            count: raw_entries.len(),
+            max,
+        }
+        .into());
+    }
+    let mut entries = Vec::with_capacity(raw_entries.len());
+    for (index, raw) in raw_entries.iter().enumerate() {
+        match parse_entry(raw, ehr, base) {
+            Ok(entry) => entries.push(entry),
+            Err(error) if transaction => return Err(BundleError::Entry { index, error }),
+            // In a batch a malformed entry fails alone; keep its place with a marker.
+            Err(error) => entries.push(Entry {
+                full_url: None,
+                verb: Verb::Get,
+                resource_type: ehr.defs.resource_type("Bundle").expect("Bundle is a type"),
+                id: None,
+                version: None,
+                resource: Some(format!(
+                    "\u{0}{}",
+                    ApiError::from(error)
+                        .issues
+                        .first()
+                        .and_then(|i| i.diagnostics.clone())
+                        .unwrap_or_default()
+                )),
+                if_none_exist: None,
+                if_match: None,
+            }),
+        }
+    }
+    Ok((transaction, entries))
+}
+
+/// Replaces every JSON string token equal to a mapped fullUrl with its `Type/id`.
+fn rewrite(text: &str, map: &HashMap<String, String>) -> String {
+    let mut out = text.to_string();
+    for (from, to) in map {
+        let token = json::string(from);
+        if out.contains(&token) {
+            out = out.replace(&token, &json::string(to));
+        }
+    }
+    out
+}
+
+/// A `reference` still pointing at a `urn:uuid:`/`urn:oid:` that no entry defines.
+fn unresolved_reference(text: &str) -> Option<String> {
+    fn walk(value: &Value) -> Option<String> {
+        match value {
+            Value::Object(map) => map.iter().find_map(|(k, v)| match (k.as_str(), v) {
+                ("reference", Value::String(s))
+                    if s.starts_with("urn:uuid:") || s.starts_with("urn:oid:") =>
+                {
+                    Some(s.clone())
+                }
+                _ => walk(v),
+            }),
+            Value::Array(list) => list.iter().find_map(walk),
+            _ => None,
+        }
+    }
+    serde_json::from_str::<Value>(text)
+        .ok()
+        .as_ref()
+        .and_then(walk)
+}
+
+/// Processes a batch or transaction Bundle; answers the response Bundle's JSON.
+pub async fn process(ehr: &Ehr, body: &[u8], base: &str) -> Result<String, BundleError> {
+    let (transaction, entries) = parse(body, ehr, base)?;
+    let outcomes = if transaction {
+        run_transaction(ehr, &entries).await?
+    } else {
+        run_batch(ehr, &entries).await
+    };
+    let rendered: Vec<String> = outcomes.iter().map(|o| render(base, o)).collect();
+    let kind = if transaction {
+        "transaction-response"
+    } else {
+        "batch-response"
+    };
+    Ok(bundle(kind, &[], &rendered, None))
+}
+
+async fn run_transaction(
+    ehr: &Ehr,
+    entries: &[Entry],
+) -> Result<Vec<Result<Outcome, ApiError>>, BundleError> {
+    let mut tx = ehr.store.begin().await?;
+    let mut outcomes: Vec<Option<Outcome>> = entries.iter().map(|_| None).collect();
+    let at = |index: usize| move |error: EhrError| BundleError::Entry { index, error };
+
+    for (i, entry) in entries
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.verb == Verb::Delete)
+    {
+        outcomes[i] = Some(delete(ehr, &mut tx, entry).await.map_err(at(i))?);
+    }
+    // Give every POST its id (or its existing match) before anything refers to it.
+    let mut map: HashMap<String, String> = HashMap::new();
+    let mut assigned: Vec<Option<String>> = entries.iter().map(|_| None).collect();
+    for (i, entry) in entries.iter().enumerate() {
+        let target = match entry.verb {
+            Verb::Post => {
+                let existing = match &entry.if_none_exist {
+                    Some(criteria) => ehr
+                        .store
+                        .find_match_in(&mut tx, entry.resource_type, criteria)
+                        .await
+                        .map_err(at(i))?,
+                    None => None,
+                };
+                match existing {
+                    Some(version) => {
+                        let target = format!("{}/{}", entry.resource_type, version.id);
+                        outcomes[i] = Some(Outcome::Existing(version));
+                        target
+                    }
+                    None => {
+                        let id = uuid::Uuid::new_v4().to_string();
+                        assigned[i] = Some(id.clone());
+                        format!("{}/{id}", entry.resource_type)
+                    }
+                }
+            }
+            Verb::Put => format!(
+                "{}/{}",
+                entry.resource_type,
+                entry.id.as_deref().unwrap_or_default()
+            ),
+            _ => continue,
+        };
+        if let Some(full_url) = &entry.full_url {
+            map.insert(full_url.clone(), target);
+        }
+    }
+    for verb in [Verb::Post, Verb::Put] {
+        let pending: Vec<usize> = (0..entries.len())
+            .filter(|&i| entries[i].verb == verb && outcomes[i].is_none())
+            .collect();
+        for i in pending {
+            let entry = &entries[i];
+            let text = rewrite(entry.resource.as_deref().unwrap_or_default(), &map);
+            if let Some(reference) = unresolved_reference(&text) {
+                return Err(at(i)(EhrError::Invalid {
+                    message: format!("reference {reference:?} matches no fullUrl in this Bundle"),
+                    expression: None,
+                }));
+            }
+            let resource = IncomingResource::parse(text.as_bytes(), ehr.defs).map_err(at(i))?;
+            if resource.resource_type != entry.resource_type {
+                return Err(at(i)(EhrError::TypeMismatch {
+                    url: entry.resource_type.as_str(),
+                    body: resource.resource_type.as_str(),
+                }));
+            }
+            outcomes[i] = Some(match verb {
+                Verb::Post => match ehr
+                    .store
+                    .create_in(&mut tx, &resource, None, assigned[i].clone())
+                    .await
+                    .map_err(at(i))?
+                {
+                    Created::New(v) => Outcome::Created(v),
+                    Created::Existing(v) => Outcome::Existing(v),
+                },
+                _ => {
+                    let id = entry.id.as_deref().unwrap_or_default();
+                    match resource.id.as_deref() {
+                        None => return Err(at(i)(EhrError::IdMissing)),
+                        Some(body_id) if body_id != id => return Err(at(i)(EhrError::IdMismatch)),
+                        Some(_) => {}
+                    }
+                    let updated = ehr
+                        .store
+                        .update_in(&mut tx, entry.resource_type, id, &resource, entry.if_match)
+                        .await
+                        .map_err(at(i))?;
+                    Outcome::Updated(updated.version, updated.created)
+                }
+            });
+        }
+    }
+    for (i, entry) in entries
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.verb == Verb::Get)
+    {
+        outcomes[i] = Some(read(ehr, &mut tx, entry).await.map_err(at(i))?);
+    }
+    tx.commit().await.map_err(EhrError::from)?;
+    Ok(outcomes
+        .into_iter()
+        .map(|o| Ok(o.expect("every entry ran")))
+        .collect())
+}
+
+async fn run_batch(ehr: &Ehr, entries: &[Entry]) -> Vec<Result<Outcome, ApiError>> {
+    let mut outcomes = Vec::with_capacity(entries.len());
+    for entry in entries {
+        outcomes.push(batch_entry(ehr, entry).await.map_err(ApiError::from));
+    }
+    outcomes
+}
+
+async fn batch_entry(ehr: &Ehr, entry: &Entry) -> Result<Outcome, EhrError> {
+    if let Some(message) = entry
+        .resource
+        .as_deref()
+        .and_then(|r| r.strip_prefix('\u{0}'))
+    {
+        return Err(invalid(message));
+    }
+    let mut tx = ehr.store.begin().await?;
+    let outcome = match entry.verb {
+        Verb::Delete => delete(ehr, &mut tx, entry).await?,
+        Verb::Get => read(ehr, &mut tx, entry).await?,
+        Verb::Post | Verb::Put => {
+            let resource = IncomingResource::parse(
+                entry.resource.as_deref().unwrap_or_default().as_bytes(),
+                ehr.defs,
+            )?;
+            if resource.resource_type != entry.resource_type {
+                return Err(EhrError::TypeMismatch {
+                    url: entry.resource_type.as_str(),
+                    body: resource.resource_type.as_str(),
+                });
+            }
+            if entry.verb == Verb::Post {
+                match ehr
+                    .store
+                    .create_in(&mut tx, &resource, entry.if_none_exist.as_ref(), None)
+                    .await?
+                {
+                    Created::New(v) => Outcome::Created(v),
+                    Created::Existing(v) => Outcome::Existing(v),
+                }
+            } else {
+                let id = entry.id.as_deref().unwrap_or_default();
+                if resource.id.as_deref() != Some(id) {
+                    return Err(if resource.id.is_none() {
+                        EhrError::IdMissing
+                    } else {
+                        EhrError::IdMismatch
+                    });
+                }
+                let updated = ehr
+                    .store
+                    .update_in(&mut tx, entry.resource_type, id, &resource, entry.if_match)
+                    .await?;
+                Outcome::Updated(updated.version, updated.created)
+            }
+        }
+    };
+    tx.commit().await?;
+    Ok(outcome)
+}
+
+async fn delete(ehr: &Ehr, tx: &mut Tx, entry: &Entry) -> Result<Outcome, EhrError> {
+    let id = entry.id.as_deref().unwrap_or_default();
+    Ok(
+        match ehr
+            .store
+            .delete_in(tx, entry.resource_type, id, entry.if_match)
+            .await?
+        {
+            Deleted::Now(v) => Outcome::Deleted(Some(v.version)),
+            Deleted::Already => Outcome::Deleted(None),
+        },
+    )
+}
+
+async fn read(ehr: &Ehr, tx: &mut Tx, entry: &Entry) -> Result<Outcome, EhrError> {
+    let id = entry.id.clone().unwrap_or_default();
+    let rt = entry.resource_type.as_str();
+    let version = match entry.version {
+        None => ehr.store.read_in(tx, entry.resource_type, &id).await?,
+        Some(v) => ehr.store.vread(entry.resource_type, &id, v).await?,
+    };
+    let version = version.ok_or_else(|| EhrError::NotFound {
+        resource_type: rt,
+        id: id.clone(),
+    })?;
+    if version.deleted {
+        return Err(EhrError::Gone {
+            resource_type: rt,
+            id,
+            version: version.version,
+        });
+    }
+    Ok(Outcome::Read(version))
+}
+
+fn render(base: &str, outcome: &Result<Outcome, ApiError>) -> String {
+    let response = |status: &str, v: Option<&Version>, location: bool| {
+        let mut fields = vec![format!("\"status\":{}", json::string(status))];
+        if let Some(v) = v {
+            if location {
+                fields.push(format!(
+                    "\"location\":{}",
+                    json::string(&format!(
+                        "{base}/{}/{}/_history/{}",
+                        v.resource_type, v.id, v.version
+                    ))
+                ));
+            }
+            fields.push(format!("\"etag\":{}", json::string(&etag(v.version))));
+            fields.push(format!(
+                "\"lastModified\":{}",
+                json::string(&v.last_updated_rfc3339())
+            ));
+        }
+        format!("{{{}}}", fields.join(","))
+    };
+    let with_resource = |v: &Version, response: String| {
+        format!(
+            "{{\"fullUrl\":{},\"resource\":{},\"response\":{response}}}",
+            json::string(&format!("{base}/{}/{}", v.resource_type, v.id)),
+            v.content
+        )
+    };
+    match outcome {
+        Ok(Outcome::Created(v)) => with_resource(v, response("201 Created", Some(v), true)),
+        Ok(Outcome::Existing(v)) => with_resource(v, response("200 OK", Some(v), true)),
+        Ok(Outcome::Updated(v, created)) => with_resource(
+            v,
+            response(
+                if *created { "201 Created" } else { "200 OK" },
+                Some(v),
+                true,
+            ),
+        ),
+        Ok(Outcome::Read(v)) => with_resource(v, response("200 OK", Some(v), false)),
+        Ok(Outcome::Deleted(version)) => {
+            let etag = version
+                .map(|n| format!(",\"etag\":{}", json::string(&etag(n))))
+                .unwrap_or_default();
+            format!("{{\"response\":{{\"status\":\"204 No Content\"{etag}}}}}")
+        }
+        Err(error) => {
+            let status = format!(
+                "{} {}",
+                error.status.as_u16(),
+                error.status.canonical_reason().unwrap_or("")
+            );
+            let issues = if error.status.is_server_error() {
+                vec![OutcomeIssue::error(IssueCode::Exception, "internal error")]
+            } else {
+                error.issues.clone()
+            };
+            format!(
+                "{{\"response\":{{\"status\":{},\"outcome\":{}}}}}",
+                json::string(status.trim()),
+                OperationOutcome::new(issues).to_json()
+            )
+        }
+    }
+}
