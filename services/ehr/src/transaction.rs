@@ -386,7 +386,9 @@ async fn run_transaction(
         for i in pending {
             let entry = &entries[i];
             let text = rewrite(entry.resource.as_deref().unwrap_or_default(), &map);
-            if let Some(reference) = unresolved_reference(&text) {
+            // A Bundle being stored (a document, say) resolves its own urn:uuid references.
+            let stored_bundle = entry.resource_type.as_str() == "Bundle";
+            if let Some(reference) = unresolved_reference(&text).filter(|_| !stored_bundle) {
                 return Err(at(i)(EhrError::Invalid {
                     message: format!("reference {reference:?} matches no fullUrl in this Bundle"),
                     expression: None,

@@ -72,9 +72,19 @@ impl Sen {
     }
 
     pub fn start_with(database_url: &str, extra: &[&str]) -> Self {
+        Self::spawn(database_url, extra, &[])
+    }
+
+    /// Starts with `--migrate` and extra environment variables.
+    pub fn start_env(database_url: &str, env: &[(&str, &str)]) -> Self {
+        Self::spawn(database_url, &["--migrate"], env)
+    }
+
+    fn spawn(database_url: &str, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(sen_binary())
             .args(["serve", "--listen", "127.0.0.1:0"])
             .args(extra)
+            .envs(env.iter().copied())
             .env("DATABASE_URL", database_url)
             .env("SEN_LOG", "warn")
             .env_remove("REDIS_URL")

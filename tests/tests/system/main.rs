@@ -1,6 +1,7 @@
 //! System tests: the real `sen` binary, real PostgreSQL, and `fhir-sdk`'s FHIR client as an
 //! independent consumer of the API.
 
+mod conformance;
 mod support;
 
 use std::{process::Command, time::Duration};
@@ -34,6 +35,27 @@ macro_rules! on_both_backends {
             }
         }
     )*};
+}
+
+mod every_r4_resource_survives_put_and_transaction {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn on_sqlite() {
+        super::conformance::every_r4_resource_survives_put_and_transaction(
+            super::Store::sqlite(),
+            super::Store::sqlite(),
+        )
+        .await;
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn on_postgres() {
+        let (Some(a), Some(b)) = (
+            super::Store::postgres().await,
+            super::Store::postgres().await,
+        ) else {
+            return;
+        };
+        super::conformance::every_r4_resource_survives_put_and_transaction(a, b).await;
+    }
 }
 
 on_both_backends!(
