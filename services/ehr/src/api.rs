@@ -34,9 +34,15 @@ pub fn router(ehr: Arc<Ehr>) -> Router {
         .route("/fhir", axum::routing::post(bundle_post))
         .route("/fhir/metadata", get(metadata))
         .route("/fhir/_history", get(history_system))
-        .route("/fhir/{type}", get(search).post(create))
+        .route(
+            "/fhir/{type}",
+            get(search).post(create).patch(patch_conditional),
+        )
         .route("/fhir/{type}/_history", get(history_type))
-        .route("/fhir/{type}/{id}", get(read).put(update).delete(delete))
+        .route(
+            "/fhir/{type}/{id}",
+            get(read).put(update).delete(delete).patch(patch),
+        )
         .route("/fhir/{type}/{id}/_history", get(history_instance))
         .route("/fhir/{type}/{id}/_history/{vid}", get(vread))
         .with_state(ehr)
@@ -749,5 +755,161 @@ async fn search(
         StatusCode::OK,
         bundle("searchset", &links, &entries, None),
         out.pretty,
+    ))
+}
+
+/// The patch document of a PATCH request: JSON Patch only, as text.
+fn patch_document(headers: &HeaderMap, body: &Bytes) -> Result<String, EhrError> {
+    let media = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        });
+    if media.as_deref() != Some("application/json-patch+json") {
+        return Err(EhrError::PatchFormat);
+    }
+    String::from_utf8(body.to_vec()).map_err(|_| EhrError::PatchMalformed {
+        message: "not UTF-8".into(),
+    })
+}
+
+/// Applies `document` to the current version and writes the result as a new version. When the
+/// client gave no If-Match, a concurrent change is absorbed by patching the newer version.
+async fn patch_resource(
+    ehr: &Ehr,
+    rt: ResourceType,
+    id: &str,
+    document: &str,
+    expected: Option<i64>,
+) -> Result<crate::store::Updated, EhrError> {
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let current = ehr
+            .store
+            .read(rt, id)
+            .await?
+            .ok_or_else(|| EhrError::NotFound {
+                resource_type: rt.as_str(),
+                id: id.to_string(),
+            })?;
+        if current.deleted {
+            return Err(EhrError::Gone {
+                resource_type: rt.as_str(),
+                id: id.to_string(),
+                version: current.version,
+            });
+        }
+        if let Some(expected) = expected
+            && expected != current.version
+        {
+            return Err(EhrError::VersionConflict {
+                expected: expected.to_string(),
+                current: Some(current.version),
+            });
+        }
+        let patched = crate::patch::apply(&current.content, document).map_err(|e| match e {
+            crate::patch::PatchError::Malformed(message) => EhrError::PatchMalformed { message },
+            crate::patch::PatchError::Failed(message) => EhrError::PatchFailed { message },
+        })?;
+        let resource = IncomingResource::parse(patched.as_bytes(), ehr.defs)?;
+        if resource.resource_type != rt || resource.id.as_deref() != Some(id) {
+            return Err(EhrError::PatchChangesIdentity);
+        }
+        match ehr
+            .store
+            .update(rt, id, &resource, Some(current.version))
+            .await
+        {
+            Err(EhrError::VersionConflict { .. }) if expected.is_none() && attempts < 5 => continue,
+            other => return other,
+        }
+    }
+}
+
+async fn patch(
+    State(ehr): State<Arc<Ehr>>,
+    Path((type_name, id)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response> {
+    let rt = resource_type(&ehr, &type_name)?;
+    check_id(&id)?;
+    let params = params(query);
+    let out = output(&params, &headers, false)?;
+    let document = patch_document(&headers, &body)?;
+    let expected = if_match(&headers)?;
+    let updated = patch_resource(&ehr, rt, &id, &document, expected).await?;
+    let location = format!(
+        "{}/{rt}/{id}/_history/{}",
+        base_url(&ehr, &headers),
+        updated.version.version
+    );
+    Ok(write_response(
+        StatusCode::OK,
+        &updated.version,
+        Some(&location),
+        prefer_return(&headers),
+        &out,
+        "patched",
+    ))
+}
+
+/// `PATCH /fhir/{type}?criteria`: patches the one resource the criteria match.
+async fn patch_conditional(
+    State(ehr): State<Arc<Ehr>>,
+    Path(type_name): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response> {
+    let rt = resource_type(&ehr, &type_name)?;
+    let params = params(query);
+    let out = output(&params, &headers, false)?;
+    let document = patch_document(&headers, &body)?;
+    let criteria_pairs: Vec<(String, String)> = params
+        .iter()
+        .filter(|(k, _)| !RESULT_PARAMS.contains(&k.as_str()))
+        .cloned()
+        .collect();
+    if criteria_pairs.is_empty() {
+        return Err(EhrError::BadParameter {
+            name: "PATCH",
+            message: "a conditional patch needs search criteria".into(),
+        }
+        .into());
+    }
+    let criteria = Criteria::parse(&criteria_pairs)?;
+    let matches = ehr.store.search(rt, &criteria, None, 2).await?;
+    let id = match matches.as_slice() {
+        [] => {
+            return Err(EhrError::NotFound {
+                resource_type: rt.as_str(),
+                id: "(matching the criteria)".into(),
+            }
+            .into());
+        }
+        [(id, _)] => id.clone(),
+        many => return Err(EhrError::MultipleMatches { count: many.len() }.into()),
+    };
+    let updated = patch_resource(&ehr, rt, &id, &document, if_match(&headers)?).await?;
+    let location = format!(
+        "{}/{rt}/{id}/_history/{}",
+        base_url(&ehr, &headers),
+        updated.version.version
+    );
+    Ok(write_response(
+        StatusCode::OK,
+        &updated.version,
+        Some(&location),
+        prefer_return(&headers),
+        &out,
+        "patched",
     ))
 }

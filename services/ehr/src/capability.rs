@@ -13,6 +13,7 @@ pub const TYPE_INTERACTIONS: &[&str] = &[
     "read",
     "vread",
     "update",
+    "patch",
     "delete",
     "history-instance",
     "history-type",
@@ -73,7 +74,7 @@ pub fn capability_statement(defs: &Definitions, software_version: &str, date: &s
         "implementation": {"description": "Sen telehealth and electronic health record backend"},
         "fhirVersion": defs.fhir_version,
         "format": ["application/fhir+json", "json"],
-        "patchFormat": [],
+        "patchFormat": ["application/json-patch+json"],
         "rest": [{
             "mode": "server",
             "resource": resources,

@@ -59,6 +59,14 @@ pub enum EhrError {
     NotAcceptable { format: String },
     #[error("unsupported media type")]
     UnsupportedMediaType,
+    #[error("malformed patch")]
+    PatchMalformed { message: String },
+    #[error("patch does not apply")]
+    PatchFailed { message: String },
+    #[error("patch changes resourceType or id")]
+    PatchChangesIdentity,
+    #[error("unsupported patch format")]
+    PatchFormat,
     #[error("too many Bundle entries")]
     TooManyEntries { count: usize, max: usize },
     #[error("concurrent modification, retries exhausted")]
@@ -177,6 +185,25 @@ impl From<EhrError> for ApiError {
                 S::UNSUPPORTED_MEDIA_TYPE,
                 IssueCode::NotSupported,
                 "send the resource as application/fhir+json (or application/json)",
+            ),
+            E::PatchMalformed { message } => ApiError::new(
+                S::BAD_REQUEST,
+                IssueCode::Invalid,
+                format!("the JSON Patch document is malformed: {message}"),
+            ),
+            E::PatchFailed { message } => {
+                ApiError::new(S::UNPROCESSABLE_ENTITY, IssueCode::Processing, message)
+            }
+            E::PatchChangesIdentity => ApiError::new(
+                S::UNPROCESSABLE_ENTITY,
+                IssueCode::Processing,
+                "a patch may not change the resource's resourceType or id",
+            ),
+            E::PatchFormat => ApiError::new(
+                S::UNSUPPORTED_MEDIA_TYPE,
+                IssueCode::NotSupported,
+                "send a JSON Patch document as application/json-patch+json \
+                 (FHIRPath Patch is not supported yet)",
             ),
             E::TooManyEntries { count, max } => ApiError::new(
                 S::PAYLOAD_TOO_LARGE,

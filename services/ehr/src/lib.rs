@@ -11,6 +11,7 @@ pub mod definitions;
 pub mod error;
 pub mod json;
 pub mod migrations;
+pub mod patch;
 pub mod resource;
 pub mod store;
 pub mod transaction;

@@ -195,7 +195,7 @@ async fn bad_input_gets_a_precise_4xx_outcome_and_writes_nothing(app: TestApp) {
         ),
         (
             reqwest::Method::PATCH,
-            format!("/fhir/Patient/{id}"),
+            format!("/fhir/Patient/{id}/_history/1"),
             Some("application/json-patch+json"),
             "[]".into(),
             StatusCode::METHOD_NOT_ALLOWED,

@@ -25,6 +25,7 @@ macro_rules! on_both_backends {
 mod bundles;
 mod crud;
 mod errors;
+mod patch;
 mod queries;
 mod support;
 
