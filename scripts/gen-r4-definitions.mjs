@@ -47,6 +47,33 @@ for (const { resource: sd } of bundle.entry) {
   out[type] = { url: sd.url, elements };
 }
 const sorted = Object.fromEntries(Object.keys(out).sort().map((k) => [k, out[k]]));
+
+// Element tables for structural validation: every element of every concrete resource and
+// complex datatype snapshot, as [path below the root, min, max, type codes, contentReference].
+const types = JSON.parse(readFileSync(join(dir, 'dist/fhir/r4/profiles-types.json'), 'utf8'));
+const tables = {};
+for (const { resource: sd } of [...bundle.entry, ...types.entry]) {
+  if (sd.resourceType !== 'StructureDefinition' || sd.fhirVersion !== '4.0.1') continue;
+  if (sd.derivation !== 'specialization' || sd.abstract) continue;
+  if (!['resource', 'complex-type'].includes(sd.kind)) continue;
+  tables[sd.type] = sd.snapshot.element
+    .filter((el) => el.path.includes('.'))
+    .map((el) => [
+      el.path.slice(el.path.indexOf('.') + 1),
+      el.min,
+      el.max,
+      (el.type || []).map((t) => t.code.replace('http://hl7.org/fhirpath/System.', 'System.')),
+      el.contentReference ? el.contentReference.slice(el.contentReference.indexOf('.') + 1) : null,
+    ]);
+}
+const elementsTarget = join(dirname(fileURLToPath(import.meta.url)), '..', 'fhir-profiles', 'r4', 'elements.json');
+const sortedTables = Object.fromEntries(Object.keys(tables).sort().map((k) => [k, tables[k]]));
+writeFileSync(elementsTarget, JSON.stringify({
+  _source: `${PKG} dist/fhir/r4/profiles-resources.json and profiles-types.json (HL7 FHIR R4 4.0.1, CC0)`,
+  _format: '[path below the root, min, max, type codes, contentReference below the root or null]',
+  types: sortedTables,
+}) + '\n');
+console.log(`wrote element tables of ${Object.keys(tables).length} types to ${elementsTarget}`);
 const here = dirname(fileURLToPath(import.meta.url));
 const target = join(here, '..', 'fhir-profiles', 'r4', 'resource-types.json');
 writeFileSync(target, JSON.stringify({

@@ -356,6 +356,7 @@ async fn create(
         }
         .into());
     }
+    resource.validate()?;
     let condition = match headers.get("if-none-exist") {
         Some(value) => {
             let text = value.to_str().map_err(|_| EhrError::BadParameter {
@@ -497,6 +498,7 @@ async fn update(
         Some(body_id) if body_id != id => return Err(EhrError::IdMismatch.into()),
         Some(_) => {}
     }
+    resource.validate()?;
     let updated = ehr.store.update(rt, &id, &resource, expected).await?;
     let base = base_url(&ehr, &headers);
     let location = format!("{base}/{rt}/{id}/_history/{}", updated.version.version);
@@ -821,6 +823,7 @@ async fn patch_resource(
         if resource.resource_type != rt || resource.id.as_deref() != Some(id) {
             return Err(EhrError::PatchChangesIdentity);
         }
+        resource.validate()?;
         match ehr
             .store
             .update(rt, id, &resource, Some(current.version))

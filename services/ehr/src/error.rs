@@ -12,6 +12,10 @@ pub enum EhrError {
     },
     #[error("unknown resource type")]
     UnknownType { name: String },
+    #[error("the resource does not conform to its R4 definition")]
+    Nonconformant {
+        problems: Vec<crate::validation::Problem>,
+    },
     #[error("unknown resource type in the URL")]
     UnknownEndpointType { name: String },
     #[error("resource type in the body differs from the URL")]
@@ -87,6 +91,29 @@ impl From<EhrError> for ApiError {
                 let mut issue = OutcomeIssue::error(IssueCode::Invalid, message);
                 issue.expression.extend(expression);
                 ApiError::with_issues(S::BAD_REQUEST, vec![issue])
+            }
+            E::Nonconformant { problems } => {
+                use crate::validation::ProblemKind;
+                const SHOWN: usize = 100;
+                let mut issues: Vec<OutcomeIssue> = problems
+                    .iter()
+                    .take(SHOWN)
+                    .map(|p| {
+                        let code = match p.kind {
+                            ProblemKind::Structure => IssueCode::Structure,
+                            ProblemKind::Required => IssueCode::Required,
+                            ProblemKind::Value => IssueCode::Value,
+                        };
+                        OutcomeIssue::error(code, p.message.clone()).at(p.expression.clone())
+                    })
+                    .collect();
+                if problems.len() > SHOWN {
+                    issues.push(OutcomeIssue::error(
+                        IssueCode::TooCostly,
+                        format!("{} more problems not listed", problems.len() - SHOWN),
+                    ));
+                }
+                ApiError::with_issues(S::BAD_REQUEST, issues)
             }
             E::UnknownType { name } => ApiError::new(
                 S::BAD_REQUEST,

@@ -12,9 +12,11 @@ pub mod error;
 pub mod json;
 pub mod migrations;
 pub mod patch;
+pub mod primitives;
 pub mod resource;
 pub mod store;
 pub mod transaction;
+pub mod validation;
 
 use std::sync::Arc;
 

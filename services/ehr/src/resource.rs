@@ -199,6 +199,43 @@ impl IncomingResource {
         })
     }
 
+    /// Structural validation against the R4 definitions; every problem is reported.
+    pub fn validate(&self) -> Result<(), EhrError> {
+        let value: serde_json::Value =
+            serde_json::from_str(&self.object.to_json()).map_err(|_| EhrError::Invalid {
+                message: "the body is not valid JSON".into(),
+                expression: None,
+            })?;
+        let problems = crate::validation::Validator::r4().validate(&value);
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(EhrError::Nonconformant { problems })
+        }
+    }
+
+    /// Takes apart JSON this server stored (already validated when it was written).
+    pub fn parse_stored(text: &str, defs: &Definitions) -> Result<Self, EhrError> {
+        let object: RawObject = serde_json::from_str(text).map_err(|_| EhrError::Invalid {
+            message: "stored JSON is unreadable".into(),
+            expression: None,
+        })?;
+        let resource_type = object
+            .get("resourceType")
+            .and_then(string_of)
+            .and_then(|name| defs.resource_type(&name))
+            .ok_or_else(|| EhrError::Invalid {
+                message: "stored JSON has no known resourceType".into(),
+                expression: None,
+            })?;
+        let id = object.get("id").and_then(string_of);
+        Ok(Self {
+            resource_type,
+            id,
+            object,
+        })
+    }
+
     /// The top-level property `key` parsed as JSON (for index extraction).
     pub fn property(&self, key: &str) -> Option<serde_json::Value> {
         self.object
@@ -383,18 +420,20 @@ mod tests {
     use super::*;
 
     fn parse(body: &str) -> Result<IncomingResource, EhrError> {
-        IncomingResource::parse(body.as_bytes(), Definitions::r4())
+        let resource = IncomingResource::parse(body.as_bytes(), Definitions::r4())?;
+        resource.validate()?;
+        Ok(resource)
     }
 
     #[test]
     fn decimals_extensions_and_order_survive_storage() {
-        let body = r#"{"resourceType":"Observation","status":"final","valueQuantity":{"value":9000.00,"unit":"VND"},"zeta":[3,1,2],"extension":[{"url":"u","valueDecimal":1.50}]}"#;
+        let body = r#"{"resourceType":"Observation","status":"final","code":{"text":"c"},"valueQuantity":{"value":9000.00,"unit":"VND"},"note":[{"text":"z"},{"text":"a"}],"extension":[{"url":"u","valueDecimal":1.50}]}"#;
         let stored = parse(body)
             .unwrap()
             .stored_json("abc", 1, "2026-01-01T00:00:00.000Z");
         assert_eq!(
             stored,
-            r#"{"resourceType":"Observation","id":"abc","meta":{"versionId":"1","lastUpdated":"2026-01-01T00:00:00.000Z"},"status":"final","valueQuantity":{"value":9000.00,"unit":"VND"},"zeta":[3,1,2],"extension":[{"url":"u","valueDecimal":1.50}]}"#
+            r#"{"resourceType":"Observation","id":"abc","meta":{"versionId":"1","lastUpdated":"2026-01-01T00:00:00.000Z"},"status":"final","code":{"text":"c"},"valueQuantity":{"value":9000.00,"unit":"VND"},"note":[{"text":"z"},{"text":"a"}],"extension":[{"url":"u","valueDecimal":1.50}]}"#
         );
     }
 
@@ -442,7 +481,7 @@ mod tests {
     fn control_character_escapes_are_refused_but_escaped_backslashes_are_not() {
         assert!(parse(r#"{"resourceType":"Patient","gender":"a\u0000b"}"#).is_err());
         assert!(parse(r#"{"resourceType":"Patient","gender":"a\u001Fb"}"#).is_err());
-        assert!(parse(r#"{"resourceType":"Patient","gender":"a\u000ab\tc"}"#).is_ok());
+        assert!(parse(r#"{"resourceType":"Patient","name":[{"text":"a\u000ab\tc"}]}"#).is_ok());
         assert!(parse(r#"{"resourceType":"Patient","gender":"a\\u0000b"}"#).is_ok());
     }
 

@@ -401,6 +401,7 @@ async fn run_transaction(
                     body: resource.resource_type.as_str(),
                 }));
             }
+            resource.validate().map_err(at(i))?;
             outcomes[i] = Some(match verb {
                 Verb::Post => match ehr
                     .store
@@ -473,6 +474,7 @@ async fn batch_entry(ehr: &Ehr, entry: &Entry) -> Result<Outcome, EhrError> {
                     body: resource.resource_type.as_str(),
                 });
             }
+            resource.validate()?;
             if entry.verb == Verb::Post {
                 match ehr
                     .store

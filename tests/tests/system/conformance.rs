@@ -2,7 +2,8 @@
 //! `hl7.fhir.r4.examples@4.0.1` (examples and definitions, 5,306 files) is written with PUT
 //! under its own id and read back, then written again through one transaction Bundle per type
 //! (in chunks) and read back; both must equal what was sent apart from `meta`, with every
-//! number's digits intact.
+//! number's digits intact. Every resource must also pass structural validation, except those
+//! listed in `INVALID_EXAMPLES` with the reason, which must be refused with 400.
 //!
 //! The package is fetched once with `npm pack` into `$SEN_FHIR_PACKAGE_CACHE` (default
 //! `~/.cache/sen-fhir-packages`), never committed. Without npm the test skips with a notice,
@@ -23,10 +24,69 @@ const PACKAGE: &str = "hl7.fhir.r4.examples@4.0.1";
 
 /// Resources of the package that are themselves invalid R4, with the reason; each must be
 /// refused with a 400, and no other may be.
-const INVALID_EXAMPLES: &[(&str, &str)] = &[(
-    "SearchParameter-questionnaireresponse-extensions-QuestionnaireResponse-item-subject.json",
-    "its id has 67 characters; an R4 id has at most 64",
-)];
+const INVALID_EXAMPLES: &[(&str, &str)] = &[
+    (
+        "SearchParameter-questionnaireresponse-extensions-QuestionnaireResponse-item-subject.json",
+        "its id has 67 characters; an R4 id has at most 64",
+    ),
+    (
+        "CodeSystem-v2-0550.json",
+        "four codes contain repeated spaces, which the R4 code type forbids",
+    ),
+    (
+        "Bundle-v2-valuesets.json",
+        "codes of two v2 tables contain repeated spaces, which the R4 code type forbids",
+    ),
+    (
+        "ImplementationGuide-fhir.json",
+        "lacks the required name and status",
+    ),
+    ("ig-r4.json", "lacks the required name and status"),
+    (
+        "Questionnaire-qs1.json",
+        "nested items lack the required linkId",
+    ),
+    (
+        "SearchParameter-codesystem-extensions-CodeSystem-author.json",
+        "lacks the required base",
+    ),
+    (
+        "SearchParameter-codesystem-extensions-CodeSystem-effective.json",
+        "lacks the required base",
+    ),
+    (
+        "SearchParameter-codesystem-extensions-CodeSystem-end.json",
+        "lacks the required base",
+    ),
+    (
+        "SearchParameter-codesystem-extensions-CodeSystem-keyword.json",
+        "lacks the required base",
+    ),
+    (
+        "SearchParameter-codesystem-extensions-CodeSystem-workflow.json",
+        "lacks the required base",
+    ),
+    (
+        "SearchParameter-valueset-extensions-ValueSet-author.json",
+        "lacks the required base",
+    ),
+    (
+        "SearchParameter-valueset-extensions-ValueSet-effective.json",
+        "lacks the required base",
+    ),
+    (
+        "SearchParameter-valueset-extensions-ValueSet-end.json",
+        "lacks the required base",
+    ),
+    (
+        "SearchParameter-valueset-extensions-ValueSet-keyword.json",
+        "lacks the required base",
+    ),
+    (
+        "SearchParameter-valueset-extensions-ValueSet-workflow.json",
+        "lacks the required base",
+    ),
+];
 
 /// The unpacked package directory, fetched on first use.
 fn package_dir() -> Option<PathBuf> {

@@ -177,7 +177,7 @@ impl ResourceStore {
         let tokens = identifier_tokens(resource, self.defs);
         let unchanged = current.as_ref().is_some_and(|c| {
             !c.deleted
-                && IncomingResource::parse(c.content.as_bytes(), self.defs)
+                && IncomingResource::parse_stored(&c.content, self.defs)
                     .is_ok_and(|old| identifier_tokens(&old, self.defs) == tokens)
         });
         self.bind_version(sqlx::query(&self.sql.insert_history), &version)

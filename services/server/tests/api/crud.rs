@@ -367,26 +367,61 @@ async fn every_r4_resource_type_can_be_created_and_read(app: TestApp) {
         .map(|r| r["type"].as_str().unwrap().to_string())
         .collect();
     assert!(types.len() >= 145, "{}", types.len());
+    let (mut created, mut refused) = (0, 0);
     for rt in &types {
-        let created = app
+        // The smallest body: accepted when the type requires nothing, else refused naming
+        // exactly the required elements that are missing.
+        let response = app
             .post_raw(
                 &format!("/fhir/{rt}"),
                 &format!("{{\"resourceType\":\"{rt}\"}}"),
             )
             .await;
-        assert_eq!(created.status(), StatusCode::CREATED, "{rt}");
-        let id = created.json::<Value>().await.unwrap()["id"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        let read: Value = app
-            .get(&format!("/fhir/{rt}/{id}"))
-            .await
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(read["resourceType"], rt.as_str());
+        let status = response.status();
+        let body: Value = response.json().await.unwrap();
+        if status == StatusCode::CREATED {
+            let id = body["id"].as_str().unwrap();
+            let read: Value = app
+                .get(&format!("/fhir/{rt}/{id}"))
+                .await
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(read["resourceType"], rt.as_str());
+            created += 1;
+        } else {
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{rt}: {body}");
+            for issue in body["issue"].as_array().unwrap() {
+                assert_eq!(issue["code"], "required", "{rt}: {body}");
+                let expression = issue["expression"][0].as_str().unwrap();
+                assert!(
+                    expression.starts_with(&format!("{rt}."))
+                        && !expression[rt.len() + 1..].contains('.'),
+                    "{rt}: {expression}"
+                );
+            }
+            refused += 1;
+        }
     }
+    // Patient requires nothing; Observation requires status and code.
+    assert!(
+        created > 20 && refused > 20,
+        "created {created}, refused {refused}"
+    );
+    let observation: Value = app
+        .post_raw("/fhir/Observation", r#"{"resourceType":"Observation"}"#)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let mut missing: Vec<&str> = observation["issue"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["expression"][0].as_str().unwrap())
+        .collect();
+    missing.sort_unstable();
+    assert_eq!(missing, ["Observation.code", "Observation.status"]);
 }
 
 async fn prefer_header_chooses_the_response_body(app: TestApp) {

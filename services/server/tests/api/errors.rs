@@ -13,6 +13,7 @@ on_both_backends!(
     no_request_of_any_shape_gets_a_server_error,
     a_server_error_shows_only_the_request_id,
     health_and_metrics_report_without_patient_data,
+    an_invalid_resource_gets_every_problem_located,
 );
 
 /// method, path, content type, body, expected status, expected issue code.
@@ -479,4 +480,41 @@ async fn health_and_metrics_report_without_patient_data(app: TestApp) {
         !metrics.contains(&id) && !metrics.contains("087090000115"),
         "metrics must not carry ids or identifiers"
     );
+}
+
+async fn an_invalid_resource_gets_every_problem_located(app: TestApp) {
+    let body = r#"{"resourceType":"Patient","gender":7,"birthDate":"30/04/1990","name":{"family":"Nguyễn"},"nickname":"Hoa","telecom":[{"system":"phone","value":""}],"contact":[{"name":{"given":["Lan"]},"gender":"female","periodx":{}}],"deceasedBoolean":true,"deceasedDateTime":"2020","contained":[{"resourceType":"Observation","status":"final"}],"_birthDate":{"extension":[{"valueString":"x"}]}}"#;
+    let response = app.post_raw("/fhir/Patient", body).await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let outcome: Value = response.json().await.unwrap();
+    let mut found: Vec<(String, String)> = outcome["issue"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["expression"][0].as_str().unwrap().to_string(),
+                i["code"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    found.sort();
+    let mut expected: Vec<(String, String)> = [
+        ("Patient.gender", "value"),
+        ("Patient.birthDate", "value"),
+        ("Patient.name", "structure"),
+        ("Patient.nickname", "structure"),
+        ("Patient.telecom[0].value", "value"),
+        ("Patient.contact[0].periodx", "structure"),
+        ("Patient.contained[0].code", "required"),
+        ("Patient._birthDate.extension[0].url", "required"),
+    ]
+    .iter()
+    .map(|(e, c)| (e.to_string(), c.to_string()))
+    .collect();
+    expected.sort();
+    for item in &expected {
+        assert!(found.contains(item), "missing {item:?} in {found:?}");
+    }
+    assert_eq!(app.history_rows().await, 0);
 }

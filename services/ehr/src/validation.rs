@@ -1,0 +1,434 @@
+//! Structural validation against the R4 StructureDefinition snapshots committed in
+//! `fhir-profiles/r4/elements.json`: element names (unknown elements are errors), choice
+//! types, cardinality, JSON kinds, primitive formats, contained and nested resources, and
+//! primitive extensions (`_element`). Every problem found is reported, each located by a
+//! FHIRPath expression. Terminology bindings and FHIRPath invariants are not checked yet.
+
+use std::{collections::HashMap, sync::OnceLock};
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+const ELEMENTS_JSON: &str = include_str!("../../../fhir-profiles/r4/elements.json");
+
+/// What is wrong, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub kind: ProblemKind,
+    pub expression: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProblemKind {
+    /// Unknown element, wrong JSON kind, wrong cardinality.
+    Structure,
+    /// A required element is missing.
+    Required,
+    /// A primitive's value has the wrong format.
+    Value,
+}
+
+/// One row of the element table: path below the root, min, max, type codes, content reference.
+type Row = (String, u32, String, Vec<String>, Option<String>);
+
+#[derive(Debug, Deserialize)]
+struct File {
+    types: HashMap<String, Vec<Row>>,
+}
+
+#[derive(Debug)]
+struct Element {
+    /// Last path segment, without `[x]`.
+    name: String,
+    choice: bool,
+    min: u32,
+    many: bool,
+    prohibited: bool,
+    types: Vec<String>,
+    content_reference: Option<String>,
+}
+
+/// Elements of one type, grouped under their parent path ("" for the root).
+#[derive(Debug, Default)]
+struct Table {
+    children: HashMap<String, Vec<Element>>,
+}
+
+/// The validator for R4: built once from the committed definitions.
+#[derive(Debug)]
+pub struct Validator {
+    tables: HashMap<String, Table>,
+}
+
+fn is_primitive(code: &str) -> bool {
+    code.starts_with("System.") || code.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+}
+
+/// The suffix a choice element takes for a type: `Quantity`, `String`, `DateTime`.
+fn choice_suffix(code: &str) -> String {
+    let mut chars = code.chars();
+    chars
+        .next()
+        .map(|c| c.to_ascii_uppercase().to_string() + chars.as_str())
+        .unwrap_or_default()
+}
+
+impl Validator {
+    pub fn r4() -> &'static Validator {
+        static VALIDATOR: OnceLock<Validator> = OnceLock::new();
+        VALIDATOR.get_or_init(|| {
+            let file: File = serde_json::from_str(ELEMENTS_JSON)
+                .expect("fhir-profiles/r4/elements.json is valid (regenerate with scripts/gen-r4-definitions.mjs)");
+            let mut tables = HashMap::new();
+            for (type_name, rows) in file.types {
+                let mut table = Table::default();
+                for (path, min, max, types, content_reference) in rows {
+                    let (parent, last) = path.rsplit_once('.').unwrap_or(("", path.as_str()));
+                    let (name, choice) = match last.strip_suffix("[x]") {
+                        Some(stem) => (stem.to_string(), true),
+                        None => (last.to_string(), false),
+                    };
+                    table.children.entry(parent.to_string()).or_default().push(Element {
+                        name,
+                        choice,
+                        min,
+                        many: max == "*" || max.parse::<u32>().is_ok_and(|m| m > 1),
+                        prohibited: max == "0",
+                        types,
+                        content_reference,
+                    });
+                }
+                tables.insert(type_name, table);
+            }
+            Validator { tables }
+        })
+    }
+
+    /// Every structural problem of `resource` (parsed JSON of a whole resource).
+    pub fn validate(&self, resource: &Value) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        self.resource(resource, None, &mut problems);
+        problems
+    }
+
+    fn resource(&self, value: &Value, at: Option<&str>, problems: &mut Vec<Problem>) {
+        let Some(map) = value.as_object() else {
+            problems.push(problem(
+                ProblemKind::Structure,
+                at.unwrap_or("Resource"),
+                "a resource must be a JSON object",
+            ));
+            return;
+        };
+        let Some(rt) = map.get("resourceType").and_then(Value::as_str) else {
+            problems.push(problem(
+                ProblemKind::Structure,
+                at.unwrap_or("Resource"),
+                "a resource needs a resourceType",
+            ));
+            return;
+        };
+        let Some(table) = self
+            .tables
+            .get(rt)
+            .filter(|_| rt.chars().next().is_some_and(|c| c.is_ascii_uppercase()))
+        else {
+            problems.push(problem(
+                ProblemKind::Structure,
+                at.unwrap_or("Resource"),
+                format!("{rt:?} is not an R4 resource type"),
+            ));
+            return;
+        };
+        // Nested resources are located from the outer one; FHIRPath names them by type.
+        let expression = match at {
+            None => rt.to_string(),
+            Some(at) => at.to_string(),
+        };
+        self.object(table, "", map, &expression, true, problems);
+    }
+
+    fn object(
+        &self,
+        table: &Table,
+        parent: &str,
+        map: &Map<String, Value>,
+        at: &str,
+        is_resource: bool,
+        problems: &mut Vec<Problem>,
+    ) {
+        let empty = Vec::new();
+        let children = table.children.get(parent).unwrap_or(&empty);
+        if map.is_empty() {
+            problems.push(problem(
+                ProblemKind::Structure,
+                at,
+                "an element may not be an empty object",
+            ));
+        }
+        for (key, value) in map {
+            if is_resource && key == "resourceType" {
+                continue;
+            }
+            let (name, extension) = match key.strip_prefix('_') {
+                Some(name) => (name, true),
+                None => (key.as_str(), false),
+            };
+            let found = children.iter().find_map(|e| {
+                if e.choice {
+                    let suffix = name.strip_prefix(e.name.as_str())?;
+                    e.types
+                        .iter()
+                        .find(|t| choice_suffix(t) == suffix)
+                        .map(|t| (e, Some(t.as_str())))
+                } else {
+                    (e.name == name).then_some((e, None))
+                }
+            });
+            let here = format!("{at}.{key}");
+            let Some((element, chosen)) = found else {
+                problems.push(problem(
+                    ProblemKind::Structure,
+                    &here,
+                    format!("unknown element {key:?}"),
+                ));
+                continue;
+            };
+            if element.prohibited {
+                problems.push(problem(
+                    ProblemKind::Structure,
+                    &here,
+                    "this element is prohibited",
+                ));
+                continue;
+            }
+            let codes: Vec<&str> = match chosen {
+                Some(t) => vec![t],
+                None => element.types.iter().map(String::as_str).collect(),
+            };
+            if extension {
+                self.primitive_extension(value, element, &codes, &here, problems);
+                continue;
+            }
+            match value {
+                Value::Array(items) if element.many => {
+                    if items.is_empty() {
+                        problems.push(problem(
+                            ProblemKind::Structure,
+                            &here,
+                            "an array may not be empty",
+                        ));
+                    }
+                    let paired = map.contains_key(&format!("_{key}"));
+                    for (i, item) in items.iter().enumerate() {
+                        let item_at = format!("{here}[{i}]");
+                        if item.is_null() && paired && codes.iter().all(|c| is_primitive(c)) {
+                            continue;
+                        }
+                        self.value(table, parent, element, &codes, item, &item_at, problems);
+                    }
+                }
+                Value::Array(_) => problems.push(problem(
+                    ProblemKind::Structure,
+                    &here,
+                    "this element takes one value, not an array",
+                )),
+                _ if element.many => problems.push(problem(
+                    ProblemKind::Structure,
+                    &here,
+                    "this element takes an array",
+                )),
+                _ => self.value(table, parent, element, &codes, value, &here, problems),
+            }
+        }
+        for element in children.iter().filter(|e| e.min > 0) {
+            let present = map.keys().any(|k| {
+                let k = k.strip_prefix('_').unwrap_or(k);
+                if element.choice {
+                    k.strip_prefix(element.name.as_str())
+                        .is_some_and(|s| element.types.iter().any(|t| choice_suffix(t) == s))
+                } else {
+                    k == element.name
+                }
+            });
+            if !present {
+                let name = if element.choice {
+                    format!("{}[x]", element.name)
+                } else {
+                    element.name.clone()
+                };
+                problems.push(problem(
+                    ProblemKind::Required,
+                    &format!("{at}.{name}"),
+                    format!("required element {name:?} is missing"),
+                ));
+            }
+        }
+    }
+
+    /// `_element`: the id and extensions of a primitive (an array when the element repeats).
+    fn primitive_extension(
+        &self,
+        value: &Value,
+        element: &Element,
+        codes: &[&str],
+        at: &str,
+        problems: &mut Vec<Problem>,
+    ) {
+        if !codes.iter().all(|c| is_primitive(c)) {
+            problems.push(problem(
+                ProblemKind::Structure,
+                at,
+                "only primitive elements have an _element form",
+            ));
+            return;
+        }
+        let check = |item: &Value, at: &str, problems: &mut Vec<Problem>| match item {
+            Value::Object(map) => {
+                for (k, v) in map {
+                    match k.as_str() {
+                        "id" if v.is_string() => {}
+                        "extension" => {
+                            self.complex_list(v, "Extension", &format!("{at}.extension"), problems)
+                        }
+                        _ => problems.push(problem(
+                            ProblemKind::Structure,
+                            &format!("{at}.{k}"),
+                            format!("unknown element {k:?}"),
+                        )),
+                    }
+                }
+            }
+            _ => problems.push(problem(
+                ProblemKind::Structure,
+                at,
+                "expected an object with id or extension",
+            )),
+        };
+        match value {
+            Value::Array(items) if element.many => {
+                for (i, item) in items.iter().enumerate() {
+                    if !item.is_null() {
+                        check(item, &format!("{at}[{i}]"), problems);
+                    }
+                }
+            }
+            _ if element.many => problems.push(problem(
+                ProblemKind::Structure,
+                at,
+                "this element takes an array",
+            )),
+            other => check(other, at, problems),
+        }
+    }
+
+    fn complex_list(&self, value: &Value, type_name: &str, at: &str, problems: &mut Vec<Problem>) {
+        let Some(table) = self.tables.get(type_name) else {
+            return;
+        };
+        match value {
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    match item.as_object() {
+                        Some(map) => {
+                            self.object(table, "", map, &format!("{at}[{i}]"), false, problems)
+                        }
+                        None => problems.push(problem(
+                            ProblemKind::Structure,
+                            &format!("{at}[{i}]"),
+                            format!("expected a {type_name} object"),
+                        )),
+                    }
+                }
+            }
+            _ => problems.push(problem(
+                ProblemKind::Structure,
+                at,
+                "this element takes an array",
+            )),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn value(
+        &self,
+        table: &Table,
+        parent: &str,
+        element: &Element,
+        codes: &[&str],
+        value: &Value,
+        at: &str,
+        problems: &mut Vec<Problem>,
+    ) {
+        if value.is_null() {
+            problems.push(problem(ProblemKind::Structure, at, "null is not a value"));
+            return;
+        }
+        // Elements defined inline (backbone elements) or by reference to another element.
+        let own_path = if parent.is_empty() {
+            element.name.clone()
+        } else {
+            format!("{parent}.{}", element.name)
+        };
+        let inline = match &element.content_reference {
+            Some(reference) => Some(reference.clone()),
+            None if table.children.contains_key(&own_path) && !element.choice => Some(own_path),
+            None => None,
+        };
+        if let Some(path) = inline {
+            match value.as_object() {
+                Some(map) => self.object(table, &path, map, at, false, problems),
+                None => problems.push(problem(ProblemKind::Structure, at, "expected an object")),
+            }
+            return;
+        }
+        let [code] = codes else {
+            problems.push(problem(
+                ProblemKind::Structure,
+                at,
+                "a choice element needs its type in the name",
+            ));
+            return;
+        };
+        let resource_type = crate::definitions::Definitions::r4()
+            .resource_type(code)
+            .is_some();
+        if *code == "Resource" || resource_type {
+            let declared = value.get("resourceType").and_then(Value::as_str);
+            if resource_type && declared.is_some_and(|d| d != *code) {
+                problems.push(problem(
+                    ProblemKind::Structure,
+                    at,
+                    format!("expected a {code} resource"),
+                ));
+                return;
+            }
+            self.resource(value, Some(at), problems);
+            return;
+        }
+        if is_primitive(code) {
+            if let Err(message) = crate::primitives::check(code, value) {
+                problems.push(problem(ProblemKind::Value, at, message));
+            }
+            return;
+        }
+        match (self.tables.get(*code), value.as_object()) {
+            (Some(table), Some(map)) => self.object(table, "", map, at, false, problems),
+            (Some(_), None) => problems.push(problem(
+                ProblemKind::Structure,
+                at,
+                format!("expected a {code} object"),
+            )),
+            (None, _) => {}
+        }
+    }
+}
+
+fn problem(kind: ProblemKind, expression: &str, message: impl Into<String>) -> Problem {
+    Problem {
+        kind,
+        expression: expression.to_string(),
+        message: message.into(),
+    }
+}
