@@ -13,12 +13,20 @@ fn bench(c: &mut Criterion) {
     let defs = Definitions::r4();
     let mut group = c.benchmark_group("validate");
     group.throughput(Throughput::Elements(1));
-    for (name, body) in [("Patient", PATIENT), ("Observation", OBSERVATION), ("Encounter", ENCOUNTER)] {
+    for (name, body) in [
+        ("Patient", PATIENT),
+        ("Observation", OBSERVATION),
+        ("Encounter", ENCOUNTER),
+    ] {
         // The whole write-path check: parse, then validate against the R4 definitions.
-        IncomingResource::parse(body.as_bytes(), defs).unwrap().validate().unwrap();
+        IncomingResource::parse(body.as_bytes(), defs)
+            .unwrap()
+            .validate()
+            .unwrap();
         group.bench_function(name, |b| {
             b.iter(|| {
-                let resource = IncomingResource::parse(std::hint::black_box(body.as_bytes()), defs).unwrap();
+                let resource =
+                    IncomingResource::parse(std::hint::black_box(body.as_bytes()), defs).unwrap();
                 resource.validate().unwrap();
             })
         });

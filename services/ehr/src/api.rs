@@ -39,6 +39,11 @@ pub fn router(ehr: Arc<Ehr>) -> Router {
             get(search).post(create).patch(patch_conditional),
         )
         .route("/fhir/{type}/_history", get(history_type))
+        .route("/fhir/{type}/$validate", axum::routing::post(validate_type))
+        .route(
+            "/fhir/{type}/{id}/$validate",
+            axum::routing::post(validate_instance),
+        )
         .route(
             "/fhir/{type}/{id}",
             get(read).put(update).delete(delete).patch(patch),
@@ -915,4 +920,116 @@ async fn patch_conditional(
         &out,
         "patched",
     ))
+}
+
+/// The resource a `$validate` request carries: the body itself, or the `resource` parameter of
+/// a Parameters body. A `profile` parameter is refused until profiles are supported.
+fn resource_to_validate(ehr: &Ehr, body: &[u8]) -> Result<IncomingResource, EhrError> {
+    let parsed: serde_json::Value =
+        serde_json::from_slice(body).map_err(|_| EhrError::Invalid {
+            message: "the body is not valid JSON".into(),
+            expression: None,
+        })?;
+    if parsed
+        .get("resourceType")
+        .and_then(serde_json::Value::as_str)
+        != Some("Parameters")
+    {
+        return IncomingResource::parse(body, ehr.defs);
+    }
+    let parameters = parsed
+        .get("parameter")
+        .and_then(serde_json::Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let named = |name: &str| {
+        parameters
+            .iter()
+            .find(|p| p.get("name").and_then(serde_json::Value::as_str) == Some(name))
+    };
+    if named("profile").is_some() {
+        return Err(EhrError::BadParameter {
+            name: "profile",
+            message: "validation against profiles is not supported yet; only the R4 base definitions are checked".into(),
+        });
+    }
+    let resource = named("resource")
+        .and_then(|p| p.get("resource"))
+        .ok_or_else(|| EhrError::Invalid {
+            message: "Parameters needs a resource parameter".into(),
+            expression: Some("Parameters.parameter".into()),
+        })?;
+    IncomingResource::parse(resource.to_string().as_bytes(), ehr.defs)
+}
+
+/// The answer of `$validate`: 200 with an OperationOutcome, whatever the verdict.
+fn validation_outcome(resource: &IncomingResource, out: &Output) -> Result<Response> {
+    let outcome = match resource.validate() {
+        Ok(()) => OperationOutcome::new(vec![OutcomeIssue::information(
+            "no problems found against the R4 base definitions (structure, cardinality, formats)",
+        )]),
+        Err(error) => {
+            let api: ApiError = error.into();
+            OperationOutcome::new(api.issues)
+        }
+    };
+    Ok(body_response(StatusCode::OK, outcome.to_json(), out.pretty))
+}
+
+/// `POST /fhir/{type}/$validate`.
+async fn validate_type(
+    State(ehr): State<Arc<Ehr>>,
+    Path(type_name): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response> {
+    let rt = resource_type(&ehr, &type_name)?;
+    let out = output(&params(query), &headers, false)?;
+    check_content_type(&headers)?;
+    let resource = resource_to_validate(&ehr, &body)?;
+    if resource.resource_type != rt {
+        return Err(EhrError::TypeMismatch {
+            url: rt.as_str(),
+            body: resource.resource_type.as_str(),
+        }
+        .into());
+    }
+    validation_outcome(&resource, &out)
+}
+
+/// `POST /fhir/{type}/{id}/$validate`: the body if there is one, else the stored version.
+async fn validate_instance(
+    State(ehr): State<Arc<Ehr>>,
+    Path((type_name, id)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response> {
+    let rt = resource_type(&ehr, &type_name)?;
+    check_id(&id)?;
+    let out = output(&params(query), &headers, false)?;
+    let resource = if body.iter().all(u8::is_ascii_whitespace) {
+        let current = ehr
+            .store
+            .read(rt, &id)
+            .await?
+            .filter(|v| !v.deleted)
+            .ok_or_else(|| EhrError::NotFound {
+                resource_type: rt.as_str(),
+                id: id.clone(),
+            })?;
+        IncomingResource::parse(current.content.as_bytes(), ehr.defs)?
+    } else {
+        check_content_type(&headers)?;
+        resource_to_validate(&ehr, &body)?
+    };
+    if resource.resource_type != rt {
+        return Err(EhrError::TypeMismatch {
+            url: rt.as_str(),
+            body: resource.resource_type.as_str(),
+        }
+        .into());
+    }
+    validation_outcome(&resource, &out)
 }

@@ -61,6 +61,7 @@ pub fn capability_statement(defs: &Definitions, software_version: &str, date: &s
                 "conditionalUpdate": false,
                 "conditionalDelete": "not-supported",
                 "searchParam": params,
+                "operation": [{"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}],
             })
         })
         .collect();

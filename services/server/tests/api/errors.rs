@@ -14,6 +14,7 @@ on_both_backends!(
     a_server_error_shows_only_the_request_id,
     health_and_metrics_report_without_patient_data,
     an_invalid_resource_gets_every_problem_located,
+    validate_reports_problems_without_writing,
 );
 
 /// method, path, content type, body, expected status, expected issue code.
@@ -517,4 +518,83 @@ async fn an_invalid_resource_gets_every_problem_located(app: TestApp) {
         assert!(found.contains(item), "missing {item:?} in {found:?}");
     }
     assert_eq!(app.history_rows().await, 0);
+}
+
+async fn validate_reports_problems_without_writing(app: TestApp) {
+    let validate = |path: &str, body: String| {
+        app.request(reqwest::Method::POST, path)
+            .header("content-type", "application/fhir+json")
+            .body(body)
+            .send()
+    };
+    // A valid resource: 200 with an information issue.
+    let ok = validate(
+        "/fhir/Patient/$validate",
+        patient("087090000401").to_string(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(ok.status(), StatusCode::OK);
+    let outcome: Value = ok.json().await.unwrap();
+    assert_eq!(outcome["issue"][0]["severity"], "information");
+    // An invalid one: still 200, the problems listed with their expressions.
+    let bad = validate(
+        "/fhir/Observation/$validate",
+        r#"{"resourceType":"Observation","status":"final","valueQuantity":{"value":"72"}}"#.into(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(bad.status(), StatusCode::OK);
+    let outcome: Value = bad.json().await.unwrap();
+    let expressions: Vec<&str> = outcome["issue"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["expression"][0].as_str().unwrap())
+        .collect();
+    assert!(
+        expressions.contains(&"Observation.code")
+            && expressions.contains(&"Observation.valueQuantity.value"),
+        "{outcome}"
+    );
+    // Inside Parameters, and at instance level against the stored version.
+    let wrapped = serde_json::json!({"resourceType": "Parameters", "parameter": [{"name": "resource", "resource": patient("087090000402")}]});
+    let ok: Value = validate("/fhir/Patient/$validate", wrapped.to_string())
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ok["issue"][0]["severity"], "information");
+    let (id, _) = app.create(&patient("087090000403")).await;
+    let stored = app
+        .request(
+            reqwest::Method::POST,
+            &format!("/fhir/Patient/{id}/$validate"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stored.status(), StatusCode::OK);
+    // A profile is not silently ignored; a type mismatch is named.
+    let profiled = serde_json::json!({"resourceType": "Parameters", "parameter": [{"name": "resource", "resource": patient("1")}, {"name": "profile", "valueUri": "http://fhir.ehealth.gov.vn/core/StructureDefinition/vn-core-patient"}]});
+    assert_eq!(
+        validate("/fhir/Patient/$validate", profiled.to_string())
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        validate("/fhir/Observation/$validate", patient("1").to_string())
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        app.history_rows().await,
+        1,
+        "only the explicit create wrote"
+    );
 }
