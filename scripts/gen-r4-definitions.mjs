@@ -51,6 +51,46 @@ const sorted = Object.fromEntries(Object.keys(out).sort().map((k) => [k, out[k]]
 // Element tables for structural validation: every element of every concrete resource and
 // complex datatype snapshot, as [path below the root, min, max, type codes, contentReference].
 const types = JSON.parse(readFileSync(join(dir, 'dist/fhir/r4/profiles-types.json'), 'utf8'));
+
+// Required bindings whose value set the base specification enumerates: whole code systems or
+// listed concepts, without filters. Others (BCP-13 mime types, UCUM, languages) are left out.
+const terminology = JSON.parse(readFileSync(join(dir, 'dist/fhir/r4/valuesets.json'), 'utf8'));
+const codeSystems = new Map();
+const valueSets = new Map();
+for (const { resource: r } of terminology.entry) {
+  if (r.resourceType === 'CodeSystem' && r.content === 'complete') codeSystems.set(r.url, r);
+  if (r.resourceType === 'ValueSet') valueSets.set(r.url, r);
+}
+const allCodes = (concepts, out) => {
+  for (const c of concepts || []) {
+    out.push(c.code);
+    allCodes(c.concept, out);
+  }
+  return out;
+};
+const expand = (url) => {
+  const vs = valueSets.get(url.split('|')[0]);
+  if (!vs || !vs.compose || vs.compose.exclude) return null;
+  const codes = [];
+  for (const inc of vs.compose.include) {
+    if (inc.filter || inc.valueSet || !inc.system) return null;
+    if (inc.concept) {
+      for (const c of inc.concept) codes.push([inc.system, c.code]);
+    } else {
+      const cs = codeSystems.get(inc.system);
+      if (!cs) return null;
+      for (const code of allCodes(cs.concept, [])) codes.push([inc.system, code]);
+    }
+  }
+  return codes.length ? codes : null;
+};
+const bindings = {};
+const bindingOf = (el) => {
+  if (!el.binding || el.binding.strength !== 'required' || !el.binding.valueSet) return null;
+  const url = el.binding.valueSet.split('|')[0];
+  if (!(url in bindings)) bindings[url] = expand(url);
+  return bindings[url] ? url : null;
+};
 const tables = {};
 for (const { resource: sd } of [...bundle.entry, ...types.entry]) {
   if (sd.resourceType !== 'StructureDefinition' || sd.fhirVersion !== '4.0.1') continue;
@@ -64,14 +104,16 @@ for (const { resource: sd } of [...bundle.entry, ...types.entry]) {
       el.max,
       (el.type || []).map((t) => t.code.replace('http://hl7.org/fhirpath/System.', 'System.')),
       el.contentReference ? el.contentReference.slice(el.contentReference.indexOf('.') + 1) : null,
+      bindingOf(el),
     ]);
 }
 const elementsTarget = join(dirname(fileURLToPath(import.meta.url)), '..', 'fhir-profiles', 'r4', 'elements.json');
 const sortedTables = Object.fromEntries(Object.keys(tables).sort().map((k) => [k, tables[k]]));
 writeFileSync(elementsTarget, JSON.stringify({
   _source: `${PKG} dist/fhir/r4/profiles-resources.json and profiles-types.json (HL7 FHIR R4 4.0.1, CC0)`,
-  _format: '[path below the root, min, max, type codes, contentReference below the root or null]',
+  _format: '[path below the root, min, max, type codes, contentReference below the root or null, required value set or null]',
   types: sortedTables,
+  valueSets: Object.fromEntries(Object.entries(bindings).filter(([, v]) => v).sort()),
 }) + '\n');
 console.log(`wrote element tables of ${Object.keys(tables).length} types to ${elementsTarget}`);
 const here = dirname(fileURLToPath(import.meta.url));

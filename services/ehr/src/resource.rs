@@ -479,10 +479,10 @@ mod tests {
 
     #[test]
     fn control_character_escapes_are_refused_but_escaped_backslashes_are_not() {
-        assert!(parse(r#"{"resourceType":"Patient","gender":"a\u0000b"}"#).is_err());
-        assert!(parse(r#"{"resourceType":"Patient","gender":"a\u001Fb"}"#).is_err());
+        assert!(parse(r#"{"resourceType":"Patient","name":[{"text":"a\u0000b"}]}"#).is_err());
+        assert!(parse(r#"{"resourceType":"Patient","name":[{"text":"a\u001Fb"}]}"#).is_err());
         assert!(parse(r#"{"resourceType":"Patient","name":[{"text":"a\u000ab\tc"}]}"#).is_ok());
-        assert!(parse(r#"{"resourceType":"Patient","gender":"a\\u0000b"}"#).is_ok());
+        assert!(parse(r#"{"resourceType":"Patient","name":[{"text":"a\\u0000b"}]}"#).is_ok());
     }
 
     #[test]

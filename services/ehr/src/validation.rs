@@ -29,12 +29,34 @@ pub enum ProblemKind {
     Value,
 }
 
-/// One row of the element table: path below the root, min, max, type codes, content reference.
-type Row = (String, u32, String, Vec<String>, Option<String>);
+/// One row of the element table: path below the root, min, max, type codes, content reference,
+/// required value set.
+type Row = (
+    String,
+    u32,
+    String,
+    Vec<String>,
+    Option<String>,
+    Option<String>,
+);
 
 #[derive(Debug, Deserialize)]
 struct File {
     types: HashMap<String, Vec<Row>>,
+    #[serde(rename = "valueSets")]
+    value_sets: HashMap<String, Vec<(String, String)>>,
+}
+
+/// The codes of a value set the base specification enumerates.
+#[derive(Debug, Default)]
+struct ValueSet {
+    by_system: HashMap<String, std::collections::HashSet<String>>,
+}
+
+impl ValueSet {
+    fn has_code(&self, code: &str) -> bool {
+        self.by_system.values().any(|codes| codes.contains(code))
+    }
 }
 
 #[derive(Debug)]
@@ -47,6 +69,8 @@ struct Element {
     prohibited: bool,
     types: Vec<String>,
     content_reference: Option<String>,
+    /// Required binding to a value set enumerated in the definitions.
+    binding: Option<String>,
 }
 
 /// Elements of one type, grouped under their parent path ("" for the root).
@@ -59,6 +83,7 @@ struct Table {
 #[derive(Debug)]
 pub struct Validator {
     tables: HashMap<String, Table>,
+    value_sets: HashMap<String, ValueSet>,
 }
 
 fn is_primitive(code: &str) -> bool {
@@ -83,7 +108,7 @@ impl Validator {
             let mut tables = HashMap::new();
             for (type_name, rows) in file.types {
                 let mut table = Table::default();
-                for (path, min, max, types, content_reference) in rows {
+                for (path, min, max, types, content_reference, binding) in rows {
                     let (parent, last) = path.rsplit_once('.').unwrap_or(("", path.as_str()));
                     let (name, choice) = match last.strip_suffix("[x]") {
                         Some(stem) => (stem.to_string(), true),
@@ -97,11 +122,20 @@ impl Validator {
                         prohibited: max == "0",
                         types,
                         content_reference,
+                        binding,
                     });
                 }
                 tables.insert(type_name, table);
             }
-            Validator { tables }
+            let mut value_sets = HashMap::new();
+            for (url, codes) in file.value_sets {
+                let mut set = ValueSet::default();
+                for (system, code) in codes {
+                    set.by_system.entry(system).or_default().insert(code);
+                }
+                value_sets.insert(url, set);
+            }
+            Validator { tables, value_sets }
         })
     }
 
@@ -240,6 +274,25 @@ impl Validator {
                     "this element takes an array",
                 )),
                 _ => self.value(table, parent, element, &codes, value, &here, problems),
+            }
+        }
+        for element in children.iter().filter(|e| e.choice) {
+            let variants: Vec<&String> = map
+                .keys()
+                .filter(|k| {
+                    k.strip_prefix(element.name.as_str())
+                        .is_some_and(|s| element.types.iter().any(|t| choice_suffix(t) == s))
+                })
+                .collect();
+            if variants.len() > 1 {
+                problems.push(problem(
+                    ProblemKind::Structure,
+                    &format!("{at}.{}[x]", element.name),
+                    format!(
+                        "only one type of {}[x] may be given, not {variants:?}",
+                        element.name
+                    ),
+                ));
             }
         }
         for element in children.iter().filter(|e| e.min > 0) {
@@ -408,13 +461,17 @@ impl Validator {
             return;
         }
         if is_primitive(code) {
-            if let Err(message) = crate::primitives::check(code, value) {
-                problems.push(problem(ProblemKind::Value, at, message));
+            match crate::primitives::check(code, value) {
+                Err(message) => problems.push(problem(ProblemKind::Value, at, message)),
+                Ok(()) => self.binding(element, code, value, at, problems),
             }
             return;
         }
         match (self.tables.get(*code), value.as_object()) {
-            (Some(table), Some(map)) => self.object(table, "", map, at, false, problems),
+            (Some(table), Some(map)) => {
+                self.object(table, "", map, at, false, problems);
+                self.binding(element, code, value, at, problems);
+            }
             (Some(_), None) => problems.push(problem(
                 ProblemKind::Structure,
                 at,
@@ -425,10 +482,148 @@ impl Validator {
     }
 }
 
+impl Validator {
+    /// A required binding: a `code` must be in the value set; a `Coding` (alone or in a
+    /// `CodeableConcept`) whose system belongs to the value set must carry one of its codes.
+    /// Codings of other systems are left alone (they may be translations).
+    fn binding(
+        &self,
+        element: &Element,
+        code: &str,
+        value: &Value,
+        at: &str,
+        problems: &mut Vec<Problem>,
+    ) {
+        let Some(set) = element
+            .binding
+            .as_ref()
+            .and_then(|url| self.value_sets.get(url))
+        else {
+            return;
+        };
+        let url = element.binding.as_deref().unwrap_or_default();
+        let check_coding = |coding: &Value, at: &str, problems: &mut Vec<Problem>| {
+            let (Some(system), Some(c)) = (
+                coding.get("system").and_then(Value::as_str),
+                coding.get("code").and_then(Value::as_str),
+            ) else {
+                return;
+            };
+            if let Some(codes) = set.by_system.get(system)
+                && !codes.contains(c)
+            {
+                problems.push(problem(
+                    ProblemKind::Value,
+                    &format!("{at}.code"),
+                    format!(
+                        "{c:?} is not a code of {system} allowed by the required value set {url}"
+                    ),
+                ));
+            }
+        };
+        match code {
+            "code" => {
+                if let Some(c) = value.as_str()
+                    && !set.has_code(c)
+                {
+                    problems.push(problem(
+                        ProblemKind::Value,
+                        at,
+                        format!("{c:?} is not in the required value set {url}"),
+                    ));
+                }
+            }
+            "Coding" => check_coding(value, at, problems),
+            "CodeableConcept" => {
+                for (i, coding) in value
+                    .get("coding")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .enumerate()
+                {
+                    check_coding(coding, &format!("{at}.coding[{i}]"), problems);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 fn problem(kind: ProblemKind, expression: &str, message: impl Into<String>) -> Problem {
     Problem {
         kind,
         expression: expression.to_string(),
         message: message.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn problems(resource: Value) -> Vec<(String, ProblemKind)> {
+        Validator::r4()
+            .validate(&resource)
+            .into_iter()
+            .map(|p| (p.expression, p.kind))
+            .collect()
+    }
+
+    #[test]
+    fn required_bindings_are_enforced_on_codes_and_codings() {
+        assert!(problems(json!({"resourceType": "Patient", "gender": "female"})).is_empty());
+        assert_eq!(
+            problems(json!({"resourceType": "Patient", "gender": "nữ"})),
+            [("Patient.gender".to_string(), ProblemKind::Value)]
+        );
+        assert_eq!(
+            problems(
+                json!({"resourceType": "Observation", "status": "done", "code": {"text": "x"}})
+            ),
+            [("Observation.status".to_string(), ProblemKind::Value)]
+        );
+        // A Coding of the bound system must use one of its codes; other systems are left alone.
+        let coded = |code: &str, system: &str| json!({"resourceType": "Patient", "communication": [{"language": {"text": "vi"}}], "link": [{"other": {"reference": "Patient/x"}, "type": code}], "contact": [{"relationship": [{"coding": [{"system": system, "code": "N"}]}]}], "gender": "male"});
+        assert!(
+            problems(coded(
+                "seealso",
+                "http://terminology.hl7.org/CodeSystem/v2-0131"
+            ))
+            .is_empty()
+        );
+        assert_eq!(
+            problems(coded("see-also", "http://example.org")),
+            [("Patient.link[0].type".to_string(), ProblemKind::Value)]
+        );
+    }
+
+    #[test]
+    fn unknown_elements_wrong_kinds_and_missing_requirements_are_all_reported() {
+        let found = problems(json!({
+            "resourceType": "Observation",
+            "status": "final",
+            "valueQuantity": {"value": "72", "unit": 5},
+            "valueString": "both",
+            "component": [{"valueBoolean": true}],
+            "note": {"text": "not an array"},
+            "subject": {"reference": "Patient/1", "extra": 1}
+        }));
+        for expected in [
+            ("Observation.code", ProblemKind::Required),
+            ("Observation.valueQuantity.value", ProblemKind::Value),
+            ("Observation.valueQuantity.unit", ProblemKind::Value),
+            ("Observation.component[0].code", ProblemKind::Required),
+            ("Observation.note", ProblemKind::Structure),
+            ("Observation.subject.extra", ProblemKind::Structure),
+            ("Observation.value[x]", ProblemKind::Structure),
+        ] {
+            assert!(
+                found.contains(&(expected.0.to_string(), expected.1)),
+                "{expected:?} not in {found:?}"
+            );
+        }
     }
 }
