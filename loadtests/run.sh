@@ -5,6 +5,7 @@
 #
 #   loadtests/run.sh                 # both backends, 30 s per scenario
 #   RUN_TIME=10s BACKENDS=sqlite loadtests/run.sh
+#   SCENARIOS=transaction loadtests/run.sh   # 100-entry transaction Bundles (x100 = resources/s)
 #
 # Everything runs on loopback; the load generator shares the machine's cores with the server
 # and PostgreSQL, so compare figures within one run.

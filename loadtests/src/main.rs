@@ -5,6 +5,8 @@
 //! - `read`:   GET /fhir/Patient/{id} on one of the seeded patients
 //! - `create`: POST /fhir/Patient with a new Vietnamese patient
 //! - `update`: PUT /fhir/Patient/{id} on one of the seeded patients (no If-Match)
+//! - `transaction`: POST /fhir with a transaction Bundle of 100 entries: 20 patients, each with
+//!   an encounter and three vital-sign observations referring to them by urn:uuid
 //!
 //! `test_start` seeds `SEN_LOAD_PATIENTS` patients (default 1,000) with PUT under fixed ids, so
 //! reads and updates always hit existing resources.
@@ -134,6 +136,48 @@ async fn update(user: &mut GooseUser) -> TransactionResult {
     .await
 }
 
+/// A clinic's upload: 20 patients, each with a remote-consultation Encounter and three vital
+/// signs, linked by urn:uuid references (100 entries).
+fn transaction_bundle() -> String {
+    let mut rng = rand::rng();
+    let mut entries = Vec::with_capacity(100);
+    for _ in 0..20 {
+        let n = rng.random_range(0..100_000_000);
+        let (p, e) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+        entries.push(format!(
+            r#"{{"fullUrl":"urn:uuid:{p}","resource":{},"request":{{"method":"POST","url":"Patient"}}}}"#,
+            patient(n, None)
+        ));
+        entries.push(format!(
+            r#"{{"fullUrl":"urn:uuid:{e}","resource":{{"resourceType":"Encounter","status":"finished","class":{{"system":"http://terminology.hl7.org/CodeSystem/v3-ActCode","code":"VR"}},"subject":{{"reference":"urn:uuid:{p}"}},"period":{{"start":"2026-11-26T08:00:00+07:00","end":"2026-11-26T08:15:00+07:00"}}}},"request":{{"method":"POST","url":"Encounter"}}}}"#
+        ));
+        for (code, display, value, unit) in [
+            ("8867-4", "Heart rate", "72", "/min"),
+            ("8310-5", "Body temperature", "36.60", "Cel"),
+            ("29463-7", "Body weight", "58.40", "kg"),
+        ] {
+            entries.push(format!(
+                r#"{{"resource":{{"resourceType":"Observation","status":"final","code":{{"coding":[{{"system":"http://loinc.org","code":"{code}","display":"{display}"}}]}},"subject":{{"reference":"urn:uuid:{p}"}},"encounter":{{"reference":"urn:uuid:{e}"}},"effectiveDateTime":"2026-11-26T08:05:00+07:00","valueQuantity":{{"value":{value},"unit":"{unit}","system":"http://unitsofmeasure.org","code":"{unit}"}}}},"request":{{"method":"POST","url":"Observation"}}}}"#
+            ));
+        }
+    }
+    format!(
+        r#"{{"resourceType":"Bundle","type":"transaction","entry":[{}]}}"#,
+        entries.join(",")
+    )
+}
+
+async fn transaction(user: &mut GooseUser) -> TransactionResult {
+    send(
+        user,
+        GooseMethod::Post,
+        "/fhir",
+        "transaction of 100",
+        transaction_bundle(),
+    )
+    .await
+}
+
 #[tokio::main]
 async fn main() -> Result<(), GooseError> {
     GooseAttack::initialize()?
@@ -141,6 +185,7 @@ async fn main() -> Result<(), GooseError> {
         .register_scenario(scenario!("read").register_transaction(transaction!(read)))
         .register_scenario(scenario!("create").register_transaction(transaction!(create)))
         .register_scenario(scenario!("update").register_transaction(transaction!(update)))
+        .register_scenario(scenario!("transaction").register_transaction(transaction!(transaction)))
         .set_default(GooseDefault::Host, "http://127.0.0.1:8080")?
         .execute()
         .await?;
