@@ -26,6 +26,10 @@ cargo build --release -p sen-loadtests
 SEN="$CARGO_TARGET_DIR/release/sen"
 LOAD="$CARGO_TARGET_DIR/release/sen-load"
 
+# Whatever happens, no server outlives the run (a leftover would answer the next backend's load).
+pid=""
+trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null || true' EXIT
+
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 peak_kb() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
 
@@ -44,6 +48,7 @@ for backend in $BACKENDS; do
   DATABASE_URL="$url" SEN_LOG=warn "$SEN" serve --listen "127.0.0.1:$PORT" --migrate \
     > "$OUT/$backend-server.log" 2>&1 &
   pid=$!
+  if ! kill -0 "$pid" 2>/dev/null; then echo "sen did not start; see $OUT/$backend-server.log" >&2; exit 1; fi
   for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$PORT/health/ready" >/dev/null && break; sleep 0.1; done
   echo "== $backend: idle RSS $(( $(rss_kb $pid) / 1024 )) MB"
   for scenario in $SCENARIOS; do
@@ -51,7 +56,7 @@ for backend in $BACKENDS; do
       --run-time "$RUN_TIME" --report-file "$OUT/$backend-$scenario.md" --quiet > "$OUT/$backend-$scenario.txt" 2>&1 || true
     # The final report follows goose's "resetting metrics" line (the first is the ramp-up).
     sed -n '/resetting metrics/,$p' "$OUT/$backend-$scenario.txt" \
-      | grep -E "Patient" | grep -E "\|" | awk -v b="$backend" -v s="$scenario" 'NR==1 {print "-- " b " " s " (requests | fails | req/s):" $0} /\|.*\|.*\|.*\|.*\|.*\|/ && NR>2 {print "   percentiles 50/75/98/99/99.9/99.99 ms:" $0}' | head -3
+      | grep -E "Patient|transaction of" | grep -E "\|" | awk -v b="$backend" -v s="$scenario" 'NR==1 {print "-- " b " " s " (requests | fails | req/s):" $0} /\|.*\|.*\|.*\|.*\|.*\|/ && NR>2 {print "   percentiles 50/75/98/99/99.9/99.99 ms:" $0}' | head -3
   done
   if command -v wrk >/dev/null && [[ " $SCENARIOS " == *" read "* ]]; then
     echo "-- $backend read, wrk cross-check (1 thread, $USERS connections, one resource):"
