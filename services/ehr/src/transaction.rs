@@ -275,14 +275,29 @@ fn parse(body: &[u8], ehr: &Ehr, base: &str) -> Result<(bool, Vec<Entry>), Bundl
     Ok((transaction, entries))
 }
 
-/// Replaces every JSON string token equal to a mapped fullUrl with its `Type/id`.
+/// Rewrites `"reference": "<fullUrl>"` to `"reference": "Type/id"` for every mapped fullUrl.
+/// Only values of a `reference` key change: an identifier that happens to equal a fullUrl (a
+/// document's `urn:uuid:` master identifier, say) must stay as written.
 fn rewrite(text: &str, map: &HashMap<String, String>) -> String {
     let mut out = text.to_string();
     for (from, to) in map {
         let token = json::string(from);
-        if out.contains(&token) {
-            out = out.replace(&token, &json::string(to));
+        let replacement = json::string(to);
+        let mut result = String::with_capacity(out.len());
+        let mut rest = out.as_str();
+        while let Some(position) = rest.find(&token) {
+            let (before, after) = rest.split_at(position);
+            result.push_str(before);
+            let preceding = result.trim_end();
+            let is_reference = preceding
+                .strip_suffix(':')
+                .map(str::trim_end)
+                .is_some_and(|p| p.ends_with("\"reference\""));
+            result.push_str(if is_reference { &replacement } else { &token });
+            rest = &after[token.len()..];
         }
+        result.push_str(rest);
+        out = result;
     }
     out
 }
@@ -334,6 +349,21 @@ async fn run_transaction(
     let mut outcomes: Vec<Option<Outcome>> = entries.iter().map(|_| None).collect();
     let at = |index: usize| move |error: EhrError| BundleError::Entry { index, error };
 
+    // The same resource may not be written twice in one transaction.
+    let mut touched: HashMap<(ResourceType, &str), usize> = HashMap::new();
+    for (i, entry) in entries.iter().enumerate() {
+        if let (Verb::Put | Verb::Delete, Some(id)) = (entry.verb, entry.id.as_deref())
+            && let Some(first) = touched.insert((entry.resource_type, id), i)
+        {
+            return Err(at(i)(EhrError::Invalid {
+                message: format!(
+                    "{}/{id} is also written by entry {first}; a transaction writes each resource once",
+                    entry.resource_type
+                ),
+                expression: None,
+            }));
+        }
+    }
     for (i, entry) in entries
         .iter()
         .enumerate()

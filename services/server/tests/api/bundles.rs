@@ -13,6 +13,8 @@ on_both_backends!(
     an_unresolvable_reference_refuses_the_transaction,
     a_batch_reports_each_entry_on_its_own,
     bundles_that_are_too_large_or_not_bundles_are_refused,
+    only_reference_values_are_rewritten_to_new_ids,
+    a_transaction_may_not_write_one_resource_twice,
 );
 
 async fn post_bundle(app: &TestApp, bundle: &Value) -> reqwest::Response {
@@ -292,5 +294,45 @@ async fn bundles_that_are_too_large_or_not_bundles_are_refused(app: TestApp) {
     )
     .await;
     assert_eq!(empty.status(), StatusCode::OK);
+    assert_eq!(app.history_rows().await, 0);
+}
+
+async fn only_reference_values_are_rewritten_to_new_ids(app: TestApp) {
+    let full_url = "urn:uuid:3c9e1a62-6a0b-4a6f-9a3e-0d3b1f1a2b3c";
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": full_url, "resource": patient("087090000501"), "request": {"method": "POST", "url": "Patient"}},
+        {"fullUrl": "urn:uuid:7d1e2f30-0000-4000-8000-000000000002",
+         "resource": {"resourceType": "DocumentReference", "status": "current",
+                      "masterIdentifier": {"system": "urn:ietf:rfc:3986", "value": full_url},
+                      "subject": {"reference": full_url},
+                      "content": [{"attachment": {"contentType": "text/plain", "data": "eGlu"}}]},
+         "request": {"method": "POST", "url": "DocumentReference"}},
+    ]});
+    let response = post_bundle(&app, &bundle).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let result: Value = response.json().await.unwrap();
+    let patient_id = id_of(result["entry"][0]["response"]["location"].as_str().unwrap());
+    let document = &result["entry"][1]["resource"];
+    assert_eq!(
+        document["subject"]["reference"],
+        format!("Patient/{patient_id}")
+    );
+    assert_eq!(
+        document["masterIdentifier"]["value"], full_url,
+        "an identifier is not a reference"
+    );
+}
+
+async fn a_transaction_may_not_write_one_resource_twice(app: TestApp) {
+    let mut body = patient("087090000502");
+    body["id"] = json!("twice");
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": body.clone(), "request": {"method": "PUT", "url": "Patient/twice"}},
+        {"resource": body, "request": {"method": "PUT", "url": "Patient/twice"}},
+    ]});
+    let response = post_bundle(&app, &bundle).await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let outcome: Value = response.json().await.unwrap();
+    assert_eq!(outcome["issue"][0]["expression"][0], "Bundle.entry[1]");
     assert_eq!(app.history_rows().await, 0);
 }
