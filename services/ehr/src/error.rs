@@ -246,7 +246,7 @@ impl From<EhrError> for ApiError {
                 IssueCode::Conflict,
                 "the resource is being modified concurrently; retry the request",
             ),
-            E::Database(e) => ApiError::internal(&e),
+            E::Database(e) => ApiError::internal(&describe(&e)),
         }
     }
 }
@@ -257,5 +257,38 @@ fn article(word: &str) -> &'static str {
         "an"
     } else {
         "a"
+    }
+}
+
+/// What a database error may say in a log: its kind, code and constraint, never its message,
+/// which PostgreSQL fills with the offending values (`Key (id)=(…) already exists`).
+fn describe(error: &sqlx::Error) -> String {
+    match error {
+        sqlx::Error::Database(e) => format!(
+            "database error (code {}, constraint {})",
+            e.code().as_deref().unwrap_or("none"),
+            e.constraint().unwrap_or("none")
+        ),
+        sqlx::Error::PoolTimedOut => "database pool timed out".into(),
+        sqlx::Error::PoolClosed => "database pool closed".into(),
+        sqlx::Error::Io(e) => format!("database I/O error ({})", e.kind()),
+        sqlx::Error::ColumnDecode { index, .. } => format!("cannot decode database column {index}"),
+        sqlx::Error::RowNotFound => "database row not found".into(),
+        _ => "database error".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_errors_are_described_without_their_message() {
+        let described = describe(&sqlx::Error::Protocol("value 087090001234 rejected".into()));
+        assert!(!described.contains("087090001234"), "{described}");
+        assert_eq!(
+            describe(&sqlx::Error::PoolTimedOut),
+            "database pool timed out"
+        );
     }
 }
