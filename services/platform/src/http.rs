@@ -56,6 +56,26 @@ pub fn layered(router: Router, limits: &HttpLimits) -> Router {
         .layer(middleware::from_fn(observe))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(middleware::from_fn(drop_unusable_request_id))
+}
+
+/// A caller's `x-request-id` is kept only when it is a short token; anything else (long, or
+/// with characters that could carry data into logs) is replaced by a fresh UUID.
+async fn drop_unusable_request_id(mut request: Request, next: Next) -> Response {
+    let usable = request
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|id| {
+            (1..=64).contains(&id.len())
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        });
+    if !usable {
+        request.headers_mut().remove(REQUEST_ID);
+    }
+    next.run(request).await
 }
 
 async fn route_not_found() -> Response {
@@ -341,5 +361,17 @@ mod tests {
         let (status, headers, _) = call(app(Duration::from_secs(30)), "/ok").await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(headers[REQUEST_ID].to_str().unwrap().len(), 36);
+        let request = Request::builder()
+            .uri("/ok")
+            .header(REQUEST_ID, "Nguyen Van An 087090001234")
+            .body(Body::empty())
+            .unwrap();
+        let response = app(Duration::from_secs(30)).oneshot(request).await.unwrap();
+        let replaced = response.headers()[REQUEST_ID].to_str().unwrap();
+        assert_eq!(
+            replaced.len(),
+            36,
+            "an unusable request id is replaced: {replaced}"
+        );
     }
 }
