@@ -246,6 +246,19 @@ impl From<EhrError> for ApiError {
                 IssueCode::Conflict,
                 "the resource is being modified concurrently; retry the request",
             ),
+            // Every connection busy for the whole acquire timeout: overload, not a fault.
+            E::Database(sqlx::Error::PoolTimedOut) => {
+                tracing::warn!("database pool exhausted; answering 503");
+                ApiError::new(
+                    S::SERVICE_UNAVAILABLE,
+                    IssueCode::Transient,
+                    "the server is busy; retry shortly",
+                )
+                .header(
+                    http::header::RETRY_AFTER,
+                    http::HeaderValue::from_static("2"),
+                )
+            }
             E::Database(e) => ApiError::internal(&describe(&e)),
         }
     }
@@ -281,6 +294,17 @@ fn describe(error: &sqlx::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_exhausted_pool_is_a_503_with_retry_after() {
+        let api: ApiError = EhrError::Database(sqlx::Error::PoolTimedOut).into();
+        assert_eq!(api.status, http::StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            api.headers
+                .iter()
+                .any(|(name, _)| name == http::header::RETRY_AFTER)
+        );
+    }
 
     #[test]
     fn database_errors_are_described_without_their_message() {
