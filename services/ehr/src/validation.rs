@@ -516,7 +516,7 @@ impl Validator {
                     ProblemKind::Value,
                     &format!("{at}.code"),
                     format!(
-                        "{c:?} is not a code of {system} allowed by the required value set {url}"
+                        "the code is not one of {system} allowed by the required value set {url}"
                     ),
                 ));
             }
@@ -529,7 +529,7 @@ impl Validator {
                     problems.push(problem(
                         ProblemKind::Value,
                         at,
-                        format!("{c:?} is not in the required value set {url}"),
+                        format!("the code is not in the required value set {url}"),
                     ));
                 }
             }
