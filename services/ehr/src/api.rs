@@ -24,6 +24,8 @@ use crate::{
     store::{Created, Deleted, HistoryScope, Version},
 };
 
+mod operations;
+
 /// Media type of every FHIR response.
 pub const FHIR_JSON_R4: &str = "application/fhir+json; charset=utf-8; fhirVersion=4.0";
 
@@ -36,17 +38,20 @@ pub fn router(ehr: Arc<Ehr>) -> Router {
         .route("/fhir/_history", get(history_system))
         .route(
             "/fhir/{type}",
-            get(search).post(create).patch(patch_conditional),
+            get(search).post(create).patch(operations::patch_conditional),
         )
         .route("/fhir/{type}/_history", get(history_type))
-        .route("/fhir/{type}/$validate", axum::routing::post(validate_type))
+        .route(
+            "/fhir/{type}/$validate",
+            axum::routing::post(operations::validate_type),
+        )
         .route(
             "/fhir/{type}/{id}/$validate",
-            axum::routing::post(validate_instance),
+            axum::routing::post(operations::validate_instance),
         )
         .route(
             "/fhir/{type}/{id}",
-            get(read).put(update).delete(delete).patch(patch),
+            get(read).put(update).delete(delete).patch(operations::patch),
         )
         .route("/fhir/{type}/{id}/_history", get(history_instance))
         .route("/fhir/{type}/{id}/_history/{vid}", get(vread))
@@ -763,273 +768,4 @@ async fn search(
         bundle("searchset", &links, &entries, None),
         out.pretty,
     ))
-}
-
-/// The patch document of a PATCH request: JSON Patch only, as text.
-fn patch_document(headers: &HeaderMap, body: &Bytes) -> Result<String, EhrError> {
-    let media = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        });
-    if media.as_deref() != Some("application/json-patch+json") {
-        return Err(EhrError::PatchFormat);
-    }
-    String::from_utf8(body.to_vec()).map_err(|_| EhrError::PatchMalformed {
-        message: "not UTF-8".into(),
-    })
-}
-
-/// Applies `document` to the current version and writes the result as a new version. When the
-/// client gave no If-Match, a concurrent change is absorbed by patching the newer version.
-async fn patch_resource(
-    ehr: &Ehr,
-    rt: ResourceType,
-    id: &str,
-    document: &str,
-    expected: Option<i64>,
-) -> Result<crate::store::Updated, EhrError> {
-    let mut attempts = 0;
-    loop {
-        attempts += 1;
-        let current = ehr
-            .store
-            .read(rt, id)
-            .await?
-            .ok_or_else(|| EhrError::NotFound {
-                resource_type: rt.as_str(),
-                id: id.to_string(),
-            })?;
-        if current.deleted {
-            return Err(EhrError::Gone {
-                resource_type: rt.as_str(),
-                id: id.to_string(),
-                version: current.version,
-            });
-        }
-        if let Some(expected) = expected
-            && expected != current.version
-        {
-            return Err(EhrError::VersionConflict {
-                expected: expected.to_string(),
-                current: Some(current.version),
-            });
-        }
-        let patched = crate::patch::apply(&current.content, document).map_err(|e| match e {
-            crate::patch::PatchError::Malformed(message) => EhrError::PatchMalformed { message },
-            crate::patch::PatchError::Failed(message) => EhrError::PatchFailed { message },
-        })?;
-        let resource = IncomingResource::parse(patched.as_bytes(), ehr.defs)?;
-        if resource.resource_type != rt || resource.id.as_deref() != Some(id) {
-            return Err(EhrError::PatchChangesIdentity);
-        }
-        resource.validate()?;
-        match ehr
-            .store
-            .update(rt, id, &resource, Some(current.version))
-            .await
-        {
-            Err(EhrError::VersionConflict { .. }) if expected.is_none() && attempts < 5 => continue,
-            other => return other,
-        }
-    }
-}
-
-async fn patch(
-    State(ehr): State<Arc<Ehr>>,
-    Path((type_name, id)): Path<(String, String)>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response> {
-    let rt = resource_type(&ehr, &type_name)?;
-    check_id(&id)?;
-    let params = params(query);
-    let out = output(&params, &headers, false)?;
-    let document = patch_document(&headers, &body)?;
-    let expected = if_match(&headers)?;
-    let updated = patch_resource(&ehr, rt, &id, &document, expected).await?;
-    let location = format!(
-        "{}/{rt}/{id}/_history/{}",
-        base_url(&ehr, &headers),
-        updated.version.version
-    );
-    Ok(write_response(
-        StatusCode::OK,
-        &updated.version,
-        Some(&location),
-        prefer_return(&headers),
-        &out,
-        "patched",
-    ))
-}
-
-/// `PATCH /fhir/{type}?criteria`: patches the one resource the criteria match.
-async fn patch_conditional(
-    State(ehr): State<Arc<Ehr>>,
-    Path(type_name): Path<String>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response> {
-    let rt = resource_type(&ehr, &type_name)?;
-    let params = params(query);
-    let out = output(&params, &headers, false)?;
-    let document = patch_document(&headers, &body)?;
-    let criteria_pairs: Vec<(String, String)> = params
-        .iter()
-        .filter(|(k, _)| !RESULT_PARAMS.contains(&k.as_str()))
-        .cloned()
-        .collect();
-    if criteria_pairs.is_empty() {
-        return Err(EhrError::BadParameter {
-            name: "PATCH",
-            message: "a conditional patch needs search criteria".into(),
-        }
-        .into());
-    }
-    let criteria = Criteria::parse(&criteria_pairs)?;
-    let matches = ehr.store.search(rt, &criteria, None, 2).await?;
-    let id = match matches.as_slice() {
-        [] => {
-            return Err(EhrError::NotFound {
-                resource_type: rt.as_str(),
-                id: "(matching the criteria)".into(),
-            }
-            .into());
-        }
-        [(id, _)] => id.clone(),
-        many => return Err(EhrError::MultipleMatches { count: many.len() }.into()),
-    };
-    let updated = patch_resource(&ehr, rt, &id, &document, if_match(&headers)?).await?;
-    let location = format!(
-        "{}/{rt}/{id}/_history/{}",
-        base_url(&ehr, &headers),
-        updated.version.version
-    );
-    Ok(write_response(
-        StatusCode::OK,
-        &updated.version,
-        Some(&location),
-        prefer_return(&headers),
-        &out,
-        "patched",
-    ))
-}
-
-/// The resource a `$validate` request carries: the body itself, or the `resource` parameter of
-/// a Parameters body. A `profile` parameter is refused until profiles are supported.
-fn resource_to_validate(ehr: &Ehr, body: &[u8]) -> Result<IncomingResource, EhrError> {
-    let parsed: serde_json::Value =
-        serde_json::from_slice(body).map_err(|_| EhrError::Invalid {
-            message: "the body is not valid JSON".into(),
-            expression: None,
-        })?;
-    if parsed
-        .get("resourceType")
-        .and_then(serde_json::Value::as_str)
-        != Some("Parameters")
-    {
-        return IncomingResource::parse(body, ehr.defs);
-    }
-    let parameters = parsed
-        .get("parameter")
-        .and_then(serde_json::Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    let named = |name: &str| {
-        parameters
-            .iter()
-            .find(|p| p.get("name").and_then(serde_json::Value::as_str) == Some(name))
-    };
-    if named("profile").is_some() {
-        return Err(EhrError::BadParameter {
-            name: "profile",
-            message: "validation against profiles is not supported yet; only the R4 base definitions are checked".into(),
-        });
-    }
-    let resource = named("resource")
-        .and_then(|p| p.get("resource"))
-        .ok_or_else(|| EhrError::Invalid {
-            message: "Parameters needs a resource parameter".into(),
-            expression: Some("Parameters.parameter".into()),
-        })?;
-    IncomingResource::parse(resource.to_string().as_bytes(), ehr.defs)
-}
-
-/// The answer of `$validate`: 200 with an OperationOutcome, whatever the verdict.
-fn validation_outcome(resource: &IncomingResource, out: &Output) -> Result<Response> {
-    let outcome = match resource.validate() {
-        Ok(()) => OperationOutcome::new(vec![OutcomeIssue::information(
-            "no problems found against the R4 base definitions (structure, cardinality, formats)",
-        )]),
-        Err(error) => {
-            let api: ApiError = error.into();
-            OperationOutcome::new(api.issues)
-        }
-    };
-    Ok(body_response(StatusCode::OK, outcome.to_json(), out.pretty))
-}
-
-/// `POST /fhir/{type}/$validate`.
-async fn validate_type(
-    State(ehr): State<Arc<Ehr>>,
-    Path(type_name): Path<String>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response> {
-    let rt = resource_type(&ehr, &type_name)?;
-    let out = output(&params(query), &headers, false)?;
-    check_content_type(&headers)?;
-    let resource = resource_to_validate(&ehr, &body)?;
-    if resource.resource_type != rt {
-        return Err(EhrError::TypeMismatch {
-            url: rt.as_str(),
-            body: resource.resource_type.as_str(),
-        }
-        .into());
-    }
-    validation_outcome(&resource, &out)
-}
-
-/// `POST /fhir/{type}/{id}/$validate`: the body if there is one, else the stored version.
-async fn validate_instance(
-    State(ehr): State<Arc<Ehr>>,
-    Path((type_name, id)): Path<(String, String)>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response> {
-    let rt = resource_type(&ehr, &type_name)?;
-    check_id(&id)?;
-    let out = output(&params(query), &headers, false)?;
-    let resource = if body.iter().all(u8::is_ascii_whitespace) {
-        let current = ehr
-            .store
-            .read(rt, &id)
-            .await?
-            .filter(|v| !v.deleted)
-            .ok_or_else(|| EhrError::NotFound {
-                resource_type: rt.as_str(),
-                id: id.clone(),
-            })?;
-        IncomingResource::parse(current.content.as_bytes(), ehr.defs)?
-    } else {
-        check_content_type(&headers)?;
-        resource_to_validate(&ehr, &body)?
-    };
-    if resource.resource_type != rt {
-        return Err(EhrError::TypeMismatch {
-            url: rt.as_str(),
-            body: resource.resource_type.as_str(),
-        }
-        .into());
-    }
-    validation_outcome(&resource, &out)
 }
