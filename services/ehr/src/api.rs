@@ -38,7 +38,9 @@ pub fn router(ehr: Arc<Ehr>) -> Router {
         .route("/fhir/_history", get(history_system))
         .route(
             "/fhir/{type}",
-            get(search).post(create).patch(operations::patch_conditional),
+            get(search)
+                .post(create)
+                .patch(operations::patch_conditional),
         )
         .route("/fhir/{type}/_history", get(history_type))
         .route(
@@ -51,7 +53,10 @@ pub fn router(ehr: Arc<Ehr>) -> Router {
         )
         .route(
             "/fhir/{type}/{id}",
-            get(read).put(update).delete(delete).patch(operations::patch),
+            get(read)
+                .put(update)
+                .delete(delete)
+                .patch(operations::patch),
         )
         .route("/fhir/{type}/{id}/_history", get(history_instance))
         .route("/fhir/{type}/{id}/_history/{vid}", get(vread))
