@@ -275,31 +275,55 @@ fn parse(body: &[u8], ehr: &Ehr, base: &str) -> Result<(bool, Vec<Entry>), Bundl
     Ok((transaction, entries))
 }
 
-/// Rewrites `"reference": "<fullUrl>"` to `"reference": "Type/id"` for every mapped fullUrl.
-/// Only values of a `reference` key change: an identifier that happens to equal a fullUrl (a
-/// document's `urn:uuid:` master identifier, say) must stay as written.
+/// Rewrites `"reference": "<fullUrl>"` to `"reference": "Type/id"` for every mapped fullUrl, in
+/// one pass over the text (linear in its size, whatever the number of entries). Only values of
+/// a `reference` key change: an identifier that happens to equal a fullUrl (a document's
+/// `urn:uuid:` master identifier, say) must stay as written.
 fn rewrite(text: &str, map: &HashMap<String, String>) -> String {
-    let mut out = text.to_string();
-    for (from, to) in map {
-        let token = json::string(from);
-        let replacement = json::string(to);
-        let mut result = String::with_capacity(out.len());
-        let mut rest = out.as_str();
-        while let Some(position) = rest.find(&token) {
-            let (before, after) = rest.split_at(position);
-            result.push_str(before);
-            let preceding = result.trim_end();
-            let is_reference = preceding
-                .strip_suffix(':')
-                .map(str::trim_end)
-                .is_some_and(|p| p.ends_with("\"reference\""));
-            result.push_str(if is_reference { &replacement } else { &token });
-            rest = &after[token.len()..];
-        }
-        result.push_str(rest);
-        out = result;
+    const KEY: &str = "\"reference\"";
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(position) = rest.find(KEY) {
+        let (before, after) = rest.split_at(position + KEY.len());
+        out.push_str(before);
+        rest = after;
+        let Some(after_colon) = after.trim_start().strip_prefix(':') else {
+            continue;
+        };
+        let value = after_colon.trim_start();
+        let Some(end) = string_token_end(value) else {
+            continue;
+        };
+        let Some(target) = serde_json::from_str::<String>(&value[..end])
+            .ok()
+            .and_then(|v| map.get(&v))
+        else {
+            continue;
+        };
+        // Keep the separator exactly as written, then the new reference.
+        out.push_str(&after[..after.len() - value.len()]);
+        out.push_str(&json::string(target));
+        rest = &value[end..];
     }
+    out.push_str(rest);
     out
+}
+
+/// Length of the JSON string token at the start of `text` (quotes included), if it is one.
+fn string_token_end(text: &str) -> Option<usize> {
+    let bytes = text.as_bytes();
+    if bytes.first() != Some(&b'"') {
+        return None;
+    }
+    let mut i = 1;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' => i += 2,
+            b'"' => return Some(i + 1),
+            _ => i += 1,
+        }
+    }
+    None
 }
 
 /// A `reference` still pointing at a `urn:uuid:`/`urn:oid:` that no entry defines.
@@ -633,5 +657,21 @@ fn render(base: &str, outcome: &Result<Outcome, ApiError>) -> String {
                 OperationOutcome::new(issues).to_json()
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_reference_values_change_and_separators_stay() {
+        let map: HashMap<String, String> =
+            [("urn:uuid:a".to_string(), "Patient/1".to_string())].into();
+        let text = r#"{"subject":{"reference" : "urn:uuid:a"},"identifier":{"value":"urn:uuid:a"},"note":"\"reference\": \"urn:uuid:a\"","x":{"reference":"urn:uuid:b"}}"#;
+        assert_eq!(
+            rewrite(text, &map),
+            r#"{"subject":{"reference" : "Patient/1"},"identifier":{"value":"urn:uuid:a"},"note":"\"reference\": \"urn:uuid:a\"","x":{"reference":"urn:uuid:b"}}"#
+        );
     }
 }
