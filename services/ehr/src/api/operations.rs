@@ -93,6 +93,32 @@ pub(super) async fn patch_resource(
     }
 }
 
+/// Patches `rt/id` and answers like an update (200, ETag, Location, body per `Prefer`).
+async fn patch_and_answer(
+    ehr: &Ehr,
+    rt: ResourceType,
+    id: &str,
+    document: &str,
+    expected: Option<i64>,
+    headers: &HeaderMap,
+    out: &Output,
+) -> Result<Response> {
+    let updated = patch_resource(ehr, rt, id, document, expected).await?;
+    let location = format!(
+        "{}/{rt}/{id}/_history/{}",
+        base_url(ehr, headers),
+        updated.version.version
+    );
+    Ok(write_response(
+        StatusCode::OK,
+        &updated.version,
+        Some(&location),
+        prefer_return(headers),
+        out,
+        "patched",
+    ))
+}
+
 pub(super) async fn patch(
     State(ehr): State<Arc<Ehr>>,
     Path((type_name, id)): Path<(String, String)>,
@@ -106,20 +132,7 @@ pub(super) async fn patch(
     let out = output(&params, &headers, false)?;
     let document = patch_document(&headers, &body)?;
     let expected = if_match(&headers)?;
-    let updated = patch_resource(&ehr, rt, &id, &document, expected).await?;
-    let location = format!(
-        "{}/{rt}/{id}/_history/{}",
-        base_url(&ehr, &headers),
-        updated.version.version
-    );
-    Ok(write_response(
-        StatusCode::OK,
-        &updated.version,
-        Some(&location),
-        prefer_return(&headers),
-        &out,
-        "patched",
-    ))
+    patch_and_answer(&ehr, rt, &id, &document, expected, &headers, &out).await
 }
 
 /// `PATCH /fhir/{type}?criteria`: patches the one resource the criteria match.
@@ -159,20 +172,8 @@ pub(super) async fn patch_conditional(
         [(id, _)] => id.clone(),
         many => return Err(EhrError::MultipleMatches { count: many.len() }.into()),
     };
-    let updated = patch_resource(&ehr, rt, &id, &document, if_match(&headers)?).await?;
-    let location = format!(
-        "{}/{rt}/{id}/_history/{}",
-        base_url(&ehr, &headers),
-        updated.version.version
-    );
-    Ok(write_response(
-        StatusCode::OK,
-        &updated.version,
-        Some(&location),
-        prefer_return(&headers),
-        &out,
-        "patched",
-    ))
+    let expected = if_match(&headers)?;
+    patch_and_answer(&ehr, rt, &id, &document, expected, &headers, &out).await
 }
 
 /// The resource a `$validate` request carries: the body itself, or the `resource` parameter of
