@@ -363,15 +363,7 @@ async fn create(
     let params = params(query);
     let out = output(&params, &headers, false)?;
     check_content_type(&headers)?;
-    let resource = IncomingResource::parse(&body, ehr.defs)?;
-    if resource.resource_type != rt {
-        return Err(EhrError::TypeMismatch {
-            url: rt.as_str(),
-            body: resource.resource_type.as_str(),
-        }
-        .into());
-    }
-    resource.validate()?;
+    let resource = IncomingResource::parse_for(&body, ehr.defs, rt, None)?;
     let condition = match headers.get("if-none-exist") {
         Some(value) => {
             let text = value.to_str().map_err(|_| EhrError::BadParameter {
@@ -500,20 +492,7 @@ async fn update(
     let out = output(&params, &headers, false)?;
     check_content_type(&headers)?;
     let expected = if_match(&headers)?;
-    let resource = IncomingResource::parse(&body, ehr.defs)?;
-    if resource.resource_type != rt {
-        return Err(EhrError::TypeMismatch {
-            url: rt.as_str(),
-            body: resource.resource_type.as_str(),
-        }
-        .into());
-    }
-    match resource.id.as_deref() {
-        None => return Err(EhrError::IdMissing.into()),
-        Some(body_id) if body_id != id => return Err(EhrError::IdMismatch.into()),
-        Some(_) => {}
-    }
-    resource.validate()?;
+    let resource = IncomingResource::parse_for(&body, ehr.defs, rt, Some(&id))?;
     let updated = ehr.store.update(rt, &id, &resource, expected).await?;
     let base = base_url(&ehr, &headers);
     let location = format!("{base}/{rt}/{id}/_history/{}", updated.version.version);

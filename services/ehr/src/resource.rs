@@ -199,19 +199,36 @@ impl IncomingResource {
         })
     }
 
+    /// A resource sent to the URL of `rt` (and, for an update, of `id`): parsed, checked against
+    /// the URL, then validated — in that order, so a mismatch is reported as a mismatch.
+    pub fn parse_for(
+        body: &[u8],
+        defs: &Definitions,
+        rt: ResourceType,
+        id: Option<&str>,
+    ) -> Result<Self, EhrError> {
+        let resource = Self::parse(body, defs)?;
+        if resource.resource_type != rt {
+            return Err(EhrError::TypeMismatch {
+                url: rt.as_str(),
+                body: resource.resource_type.as_str(),
+            });
+        }
+        if let Some(id) = id {
+            match resource.id.as_deref() {
+                None => return Err(EhrError::IdMissing),
+                Some(body_id) if body_id != id => return Err(EhrError::IdMismatch),
+                Some(_) => {}
+            }
+        }
+        // The bytes as received: the same JSON, without serialising the object again.
+        validate_json(body)?;
+        Ok(resource)
+    }
+
     /// Structural validation against the R4 definitions; every problem is reported.
     pub fn validate(&self) -> Result<(), EhrError> {
-        let value: serde_json::Value =
-            serde_json::from_str(&self.object.to_json()).map_err(|_| EhrError::Invalid {
-                message: "the body is not valid JSON".into(),
-                expression: None,
-            })?;
-        let problems = crate::validation::Validator::r4().validate(&value);
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(EhrError::Nonconformant { problems })
-        }
+        validate_json(self.object.to_json().as_bytes())
     }
 
     /// Takes apart JSON this server stored (already validated when it was written).
@@ -294,6 +311,20 @@ fn forbidden_control_escape(body: &[u8]) -> Option<usize> {
         }
     }
     None
+}
+
+/// Validates JSON text that is known to hold one resource.
+fn validate_json(text: &[u8]) -> Result<(), EhrError> {
+    let value: serde_json::Value = serde_json::from_slice(text).map_err(|_| EhrError::Invalid {
+        message: "the body is not valid JSON".into(),
+        expression: None,
+    })?;
+    let problems = crate::validation::Validator::r4().validate(&value);
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(EhrError::Nonconformant { problems })
+    }
 }
 
 fn truncate(s: &str) -> String {

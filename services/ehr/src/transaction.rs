@@ -205,8 +205,13 @@ fn parse_entry(
     })
 }
 
-/// Parses the Bundle: its kind and its entries.
-fn parse(body: &[u8], ehr: &Ehr, base: &str) -> Result<(bool, Vec<Entry>), BundleError> {
+/// Parses the Bundle: its kind and its entries. A malformed entry refuses a transaction
+/// outright; in a batch it stays in its place as the error it will be answered with.
+fn parse(
+    body: &[u8],
+    ehr: &Ehr,
+    base: &str,
+) -> Result<(bool, Vec<Result<Entry, EhrError>>), BundleError> {
     let object: RawObject =
         serde_json::from_slice(body).map_err(|_| invalid("the body is not a JSON object"))?;
     let field = |key: &str| {
@@ -250,26 +255,10 @@ fn parse(body: &[u8], ehr: &Ehr, base: &str) -> Result<(bool, Vec<Entry>), Bundl
     let mut entries = Vec::with_capacity(raw_entries.len());
     for (index, raw) in raw_entries.iter().enumerate() {
         match parse_entry(raw, ehr, base) {
-            Ok(entry) => entries.push(entry),
+            Ok(entry) => entries.push(Ok(entry)),
             Err(error) if transaction => return Err(BundleError::Entry { index, error }),
-            // In a batch a malformed entry fails alone; keep its place with a marker.
-            Err(error) => entries.push(Entry {
-                full_url: None,
-                verb: Verb::Get,
-                resource_type: ehr.defs.resource_type("Bundle").expect("Bundle is a type"),
-                id: None,
-                version: None,
-                resource: Some(format!(
-                    "\u{0}{}",
-                    ApiError::from(error)
-                        .issues
-                        .first()
-                        .and_then(|i| i.diagnostics.clone())
-                        .unwrap_or_default()
-                )),
-                if_none_exist: None,
-                if_match: None,
-            }),
+            // In a batch a malformed entry fails alone, in its place.
+            Err(error) => entries.push(Err(error)),
         }
     }
     Ok((transaction, entries))
@@ -352,9 +341,11 @@ fn unresolved_reference(text: &str) -> Option<String> {
 pub async fn process(ehr: &Ehr, body: &[u8], base: &str) -> Result<String, BundleError> {
     let (transaction, entries) = parse(body, ehr, base)?;
     let outcomes = if transaction {
+        // parse() has already refused a transaction with a malformed entry.
+        let entries: Vec<Entry> = entries.into_iter().collect::<Result<_, _>>()?;
         run_transaction(ehr, &entries).await?
     } else {
-        run_batch(ehr, &entries).await
+        run_batch(ehr, entries).await
     };
     let rendered: Vec<String> = outcomes.iter().map(|o| render(base, o)).collect();
     let kind = if transaction {
@@ -448,39 +439,11 @@ async fn run_transaction(
                     expression: None,
                 }));
             }
-            let resource = IncomingResource::parse(text.as_bytes(), ehr.defs).map_err(at(i))?;
-            if resource.resource_type != entry.resource_type {
-                return Err(at(i)(EhrError::TypeMismatch {
-                    url: entry.resource_type.as_str(),
-                    body: resource.resource_type.as_str(),
-                }));
-            }
-            resource.validate().map_err(at(i))?;
-            outcomes[i] = Some(match verb {
-                Verb::Post => match ehr
-                    .store
-                    .create_in(&mut tx, &resource, None, assigned[i].clone())
+            outcomes[i] = Some(
+                write(ehr, &mut tx, entry, &text, None, assigned[i].clone())
                     .await
-                    .map_err(at(i))?
-                {
-                    Created::New(v) => Outcome::Created(v),
-                    Created::Existing(v) => Outcome::Existing(v),
-                },
-                _ => {
-                    let id = entry.id.as_deref().unwrap_or_default();
-                    match resource.id.as_deref() {
-                        None => return Err(at(i)(EhrError::IdMissing)),
-                        Some(body_id) if body_id != id => return Err(at(i)(EhrError::IdMismatch)),
-                        Some(_) => {}
-                    }
-                    let updated = ehr
-                        .store
-                        .update_in(&mut tx, entry.resource_type, id, &resource, entry.if_match)
-                        .await
-                        .map_err(at(i))?;
-                    Outcome::Updated(updated.version, updated.created)
-                }
-            });
+                    .map_err(at(i))?,
+            );
         }
     }
     for (i, entry) in entries
@@ -497,66 +460,69 @@ async fn run_transaction(
         .collect())
 }
 
-async fn run_batch(ehr: &Ehr, entries: &[Entry]) -> Vec<Result<Outcome, ApiError>> {
+async fn run_batch(
+    ehr: &Ehr,
+    entries: Vec<Result<Entry, EhrError>>,
+) -> Vec<Result<Outcome, ApiError>> {
     let mut outcomes = Vec::with_capacity(entries.len());
     for entry in entries {
-        outcomes.push(batch_entry(ehr, entry).await.map_err(ApiError::from));
+        let outcome = match entry {
+            Ok(entry) => batch_entry(ehr, &entry).await,
+            Err(error) => Err(error),
+        };
+        outcomes.push(outcome.map_err(ApiError::from));
     }
     outcomes
 }
 
 async fn batch_entry(ehr: &Ehr, entry: &Entry) -> Result<Outcome, EhrError> {
-    if let Some(message) = entry
-        .resource
-        .as_deref()
-        .and_then(|r| r.strip_prefix('\u{0}'))
-    {
-        return Err(invalid(message));
-    }
     let mut tx = ehr.store.begin().await?;
     let outcome = match entry.verb {
         Verb::Delete => delete(ehr, &mut tx, entry).await?,
         Verb::Get => read(ehr, &mut tx, entry).await?,
         Verb::Post | Verb::Put => {
-            let resource = IncomingResource::parse(
-                entry.resource.as_deref().unwrap_or_default().as_bytes(),
-                ehr.defs,
-            )?;
-            if resource.resource_type != entry.resource_type {
-                return Err(EhrError::TypeMismatch {
-                    url: entry.resource_type.as_str(),
-                    body: resource.resource_type.as_str(),
-                });
-            }
-            resource.validate()?;
-            if entry.verb == Verb::Post {
-                match ehr
-                    .store
-                    .create_in(&mut tx, &resource, entry.if_none_exist.as_ref(), None)
-                    .await?
-                {
-                    Created::New(v) => Outcome::Created(v),
-                    Created::Existing(v) => Outcome::Existing(v),
-                }
-            } else {
-                let id = entry.id.as_deref().unwrap_or_default();
-                if resource.id.as_deref() != Some(id) {
-                    return Err(if resource.id.is_none() {
-                        EhrError::IdMissing
-                    } else {
-                        EhrError::IdMismatch
-                    });
-                }
-                let updated = ehr
-                    .store
-                    .update_in(&mut tx, entry.resource_type, id, &resource, entry.if_match)
-                    .await?;
-                Outcome::Updated(updated.version, updated.created)
-            }
+            let text = entry.resource.as_deref().unwrap_or_default();
+            write(
+                ehr,
+                &mut tx,
+                entry,
+                text,
+                entry.if_none_exist.as_ref(),
+                None,
+            )
+            .await?
         }
     };
     tx.commit().await?;
     Ok(outcome)
+}
+
+/// Writes a POST or PUT entry inside `tx`: the resource is checked against the entry's URL and
+/// validated like any write, then created (with `id` when one was assigned) or updated.
+async fn write(
+    ehr: &Ehr,
+    tx: &mut Tx,
+    entry: &Entry,
+    text: &str,
+    condition: Option<&Criteria>,
+    id: Option<String>,
+) -> Result<Outcome, EhrError> {
+    let url_id = (entry.verb == Verb::Put).then(|| entry.id.as_deref().unwrap_or_default());
+    let resource =
+        IncomingResource::parse_for(text.as_bytes(), ehr.defs, entry.resource_type, url_id)?;
+    Ok(match url_id {
+        None => match ehr.store.create_in(tx, &resource, condition, id).await? {
+            Created::New(v) => Outcome::Created(v),
+            Created::Existing(v) => Outcome::Existing(v),
+        },
+        Some(url_id) => {
+            let updated = ehr
+                .store
+                .update_in(tx, entry.resource_type, url_id, &resource, entry.if_match)
+                .await?;
+            Outcome::Updated(updated.version, updated.created)
+        }
+    })
 }
 
 async fn delete(ehr: &Ehr, tx: &mut Tx, entry: &Entry) -> Result<Outcome, EhrError> {

@@ -156,9 +156,8 @@ async fn outcome_for_bare_errors(request: Request, next: Next) -> Response {
     let response = next.run(request).await;
     let status = response.status();
     if status.is_server_error() {
-        let (mut parts, _) = response.into_parts();
         let diagnostics = if status == StatusCode::SERVICE_UNAVAILABLE
-            && parts.headers.contains_key(header::RETRY_AFTER)
+            && response.headers().contains_key(header::RETRY_AFTER)
         {
             format!("service temporarily unavailable; retry later (request id {request_id})")
         } else {
@@ -169,12 +168,7 @@ async fn outcome_for_bare_errors(request: Request, next: Next) -> Response {
         } else {
             IssueCode::Exception
         };
-        let body = OperationOutcome::new(vec![OutcomeIssue::error(code, diagnostics)]).to_json();
-        parts
-            .headers
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
-        parts.headers.remove(header::CONTENT_LENGTH);
-        return Response::from_parts(parts, Body::from(body));
+        return with_outcome(response, code, diagnostics);
     }
     if !status.is_client_error() {
         return response;
@@ -216,6 +210,11 @@ async fn outcome_for_bare_errors(request: Request, next: Next) -> Response {
             ),
         ),
     };
+    with_outcome(response, code, diagnostics)
+}
+
+/// `response` with its status and headers kept and its body replaced by an OperationOutcome.
+fn with_outcome(response: Response, code: IssueCode, diagnostics: String) -> Response {
     let (mut parts, _) = response.into_parts();
     let body = OperationOutcome::new(vec![OutcomeIssue::error(code, diagnostics)]).to_json();
     parts
