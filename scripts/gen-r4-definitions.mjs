@@ -107,6 +107,32 @@ for (const { resource: sd } of [...bundle.entry, ...types.entry]) {
       bindingOf(el),
     ]);
 }
+// Invariants (FHIRPath constraints) per type: [path below the root or "" for the root, key,
+// severity, human text, expression]. ele-1 is checked natively (no empty elements); a
+// constraint a datatype declares on its root is listed once, on that datatype, and not again
+// on every element of that type.
+const rootConstraintKeys = new Map();
+for (const { resource: sd } of [...bundle.entry, ...types.entry]) {
+  if (sd.resourceType !== 'StructureDefinition' || sd.fhirVersion !== '4.0.1' || !sd.snapshot) continue;
+  rootConstraintKeys.set(sd.type, new Set((sd.snapshot.element[0].constraint || []).map((c) => c.key)));
+}
+const constraints = {};
+for (const { resource: sd } of [...bundle.entry, ...types.entry]) {
+  if (sd.resourceType !== 'StructureDefinition' || sd.fhirVersion !== '4.0.1') continue;
+  if (sd.derivation !== 'specialization' || sd.abstract) continue;
+  if (!['resource', 'complex-type'].includes(sd.kind)) continue;
+  const rows = [];
+  for (const el of sd.snapshot.element) {
+    const path = el.path.includes('.') ? el.path.slice(el.path.indexOf('.') + 1) : '';
+    const typeKeys = new Set();
+    if (path) for (const t of el.type || []) for (const k of rootConstraintKeys.get(t.code) || []) typeKeys.add(k);
+    for (const c of el.constraint || []) {
+      if (c.key === 'ele-1' || typeKeys.has(c.key) || !c.expression) continue;
+      rows.push([path, c.key, c.severity, c.human, c.expression]);
+    }
+  }
+  if (rows.length) constraints[sd.type] = rows;
+}
 const elementsTarget = join(dirname(fileURLToPath(import.meta.url)), '..', 'fhir-profiles', 'r4', 'elements.json');
 const sortedTables = Object.fromEntries(Object.keys(tables).sort().map((k) => [k, tables[k]]));
 writeFileSync(elementsTarget, JSON.stringify({
@@ -115,6 +141,13 @@ writeFileSync(elementsTarget, JSON.stringify({
   types: sortedTables,
   valueSets: Object.fromEntries(Object.entries(bindings).filter(([, v]) => v).sort()),
 }) + '\n');
+const constraintsTarget = join(dirname(fileURLToPath(import.meta.url)), '..', 'fhir-profiles', 'r4', 'constraints.json');
+writeFileSync(constraintsTarget, JSON.stringify({
+  _source: `${PKG} (HL7 FHIR R4 4.0.1, CC0)`,
+  _format: '[path below the root ("" = the root), key, severity, human, FHIRPath expression]',
+  types: Object.fromEntries(Object.keys(constraints).sort().map((k) => [k, constraints[k]])),
+}, null, 0).replace(/\],\[/g, '],\n[') + '\n');
+console.log(`wrote constraints of ${Object.keys(constraints).length} types to ${constraintsTarget}`);
 console.log(`wrote element tables of ${Object.keys(tables).length} types to ${elementsTarget}`);
 const here = dirname(fileURLToPath(import.meta.url));
 const target = join(here, '..', 'fhir-profiles', 'r4', 'resource-types.json');

@@ -79,6 +79,22 @@ pub enum EhrError {
     Database(#[from] sqlx::Error),
 }
 
+/// One validation problem as an OperationOutcome issue.
+pub fn problem_issue(p: &crate::validation::Problem) -> OutcomeIssue {
+    use crate::validation::{ProblemKind, Severity};
+    let code = match p.kind {
+        ProblemKind::Structure => IssueCode::Structure,
+        ProblemKind::Required => IssueCode::Required,
+        ProblemKind::Value => IssueCode::Value,
+        ProblemKind::Invariant => IssueCode::Invariant,
+    };
+    let issue = match p.severity {
+        Severity::Error => OutcomeIssue::error(code, p.message.clone()),
+        Severity::Warning => OutcomeIssue::warning(code, p.message.clone()),
+    };
+    issue.at(p.expression.clone())
+}
+
 impl From<EhrError> for ApiError {
     fn from(error: EhrError) -> Self {
         use EhrError as E;
@@ -93,20 +109,9 @@ impl From<EhrError> for ApiError {
                 ApiError::with_issues(S::BAD_REQUEST, vec![issue])
             }
             E::Nonconformant { problems } => {
-                use crate::validation::ProblemKind;
                 const SHOWN: usize = 100;
-                let mut issues: Vec<OutcomeIssue> = problems
-                    .iter()
-                    .take(SHOWN)
-                    .map(|p| {
-                        let code = match p.kind {
-                            ProblemKind::Structure => IssueCode::Structure,
-                            ProblemKind::Required => IssueCode::Required,
-                            ProblemKind::Value => IssueCode::Value,
-                        };
-                        OutcomeIssue::error(code, p.message.clone()).at(p.expression.clone())
-                    })
-                    .collect();
+                let mut issues: Vec<OutcomeIssue> =
+                    problems.iter().take(SHOWN).map(problem_issue).collect();
                 if problems.len() > SHOWN {
                     issues.push(OutcomeIssue::error(
                         IssueCode::TooCostly,
@@ -229,8 +234,8 @@ impl From<EhrError> for ApiError {
             E::PatchFormat => ApiError::new(
                 S::UNSUPPORTED_MEDIA_TYPE,
                 IssueCode::NotSupported,
-                "send a JSON Patch document as application/json-patch+json \
-                 (FHIRPath Patch is not supported yet)",
+                "send JSON Patch as application/json-patch+json, or FHIRPath Patch (a \
+                 Parameters resource) as application/fhir+json",
             ),
             E::TooManyEntries { count, max } => ApiError::new(
                 S::PAYLOAD_TOO_LARGE,

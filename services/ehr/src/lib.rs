@@ -9,6 +9,8 @@ pub mod capability;
 pub mod criteria;
 pub mod definitions;
 pub mod error;
+pub mod fhirpath;
+pub mod invariants;
 pub mod json;
 pub mod migrations;
 pub mod patch;

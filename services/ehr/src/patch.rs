@@ -5,9 +5,30 @@
 //! Errors say which operation failed and why; nothing is written unless every operation
 //! applies.
 
+mod fhirpath_patch;
+
 use serde_json::value::RawValue;
 
 use crate::{json, resource::RawObject};
+
+/// A patch document, by its media type.
+#[derive(Debug, Clone)]
+pub enum Document {
+    /// `application/json-patch+json`
+    JsonPatch(String),
+    /// A `Parameters` resource (`application/fhir+json`).
+    FhirPath(String),
+}
+
+impl Document {
+    /// Applies the document to `resource`; answers the new resource text.
+    pub fn apply(&self, resource: &str) -> Result<String, PatchError> {
+        match self {
+            Document::JsonPatch(patch) => apply(resource, patch),
+            Document::FhirPath(patch) => fhirpath_patch::apply(resource, patch),
+        }
+    }
+}
 
 /// A JSON value whose numbers keep their original text.
 #[derive(Debug, Clone)]

@@ -16,6 +16,7 @@ use serde_json::value::RawValue;
 use crate::{
     definitions::{Definitions, ResourceType},
     error::EhrError,
+    validation::{Problem, Severity},
 };
 
 /// A JSON object whose property order is kept and whose values are unparsed JSON.
@@ -226,8 +227,9 @@ impl IncomingResource {
         Ok(resource)
     }
 
-    /// Structural validation against the R4 definitions; every problem is reported.
-    pub fn validate(&self) -> Result<(), EhrError> {
+    /// Validation against the R4 definitions; every problem is reported. Warnings alone do
+    /// not refuse the resource: they are returned.
+    pub fn validate(&self) -> Result<Vec<Problem>, EhrError> {
         validate_json(self.object.to_json().as_bytes())
     }
 
@@ -313,17 +315,17 @@ fn forbidden_control_escape(body: &[u8]) -> Option<usize> {
     None
 }
 
-/// Validates JSON text that is known to hold one resource.
-fn validate_json(text: &[u8]) -> Result<(), EhrError> {
+/// Validates JSON text that is known to hold one resource; the warnings when it passes.
+fn validate_json(text: &[u8]) -> Result<Vec<Problem>, EhrError> {
     let value: serde_json::Value = serde_json::from_slice(text).map_err(|_| EhrError::Invalid {
         message: "the body is not valid JSON".into(),
         expression: None,
     })?;
     let problems = crate::validation::Validator::r4().validate(&value);
-    if problems.is_empty() {
-        Ok(())
-    } else {
+    if problems.iter().any(|p| p.severity == Severity::Error) {
         Err(EhrError::Nonconformant { problems })
+    } else {
+        Ok(problems)
     }
 }
 

@@ -6,6 +6,7 @@
 
 use std::{collections::HashMap, sync::OnceLock};
 
+use rustc_hash::FxHashMap;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -15,8 +16,16 @@ const ELEMENTS_JSON: &str = include_str!("../../../fhir-profiles/r4/elements.jso
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
     pub kind: ProblemKind,
+    pub severity: Severity,
     pub expression: String,
     pub message: String,
+}
+
+/// Errors refuse a write; warnings are reported and never block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    Error,
+    Warning,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +36,8 @@ pub enum ProblemKind {
     Required,
     /// A primitive's value has the wrong format.
     Value,
+    /// A FHIRPath invariant of the definitions does not hold.
+    Invariant,
 }
 
 /// One row of the element table: path below the root, min, max, type codes, content reference,
@@ -60,15 +71,19 @@ impl ValueSet {
 }
 
 #[derive(Debug)]
-struct Element {
+pub(crate) struct Element {
     /// Last path segment, without `[x]`.
-    name: String,
-    choice: bool,
+    pub(crate) name: String,
+    /// Path below the root of the type that defines it (`contact.name`).
+    pub(crate) path: String,
+    pub(crate) choice: bool,
     min: u32,
-    many: bool,
+    pub(crate) many: bool,
     prohibited: bool,
-    types: Vec<String>,
-    content_reference: Option<String>,
+    pub(crate) types: Vec<String>,
+    pub(crate) content_reference: Option<String>,
+    /// Defines elements of its own (a backbone element).
+    pub(crate) backbone: bool,
     /// Required binding to a value set enumerated in the definitions.
     binding: Option<String>,
 }
@@ -76,22 +91,32 @@ struct Element {
 /// Elements of one type, grouped under their parent path ("" for the root).
 #[derive(Debug, Default)]
 struct Table {
-    children: HashMap<String, Vec<Element>>,
+    children: FxHashMap<String, Vec<Element>>,
 }
 
 /// The validator for R4: built once from the committed definitions.
 #[derive(Debug)]
 pub struct Validator {
-    tables: HashMap<String, Table>,
+    tables: FxHashMap<String, Table>,
     value_sets: HashMap<String, ValueSet>,
 }
 
-fn is_primitive(code: &str) -> bool {
+pub(crate) fn is_primitive(code: &str) -> bool {
     code.starts_with("System.") || code.chars().next().is_some_and(|c| c.is_ascii_lowercase())
 }
 
 /// The suffix a choice element takes for a type: `Quantity`, `String`, `DateTime`.
-fn choice_suffix(code: &str) -> String {
+/// Whether `suffix` is the choice suffix of `code` (`Quantity` of `Quantity`, `String` of
+/// `string`), without building it.
+pub(crate) fn is_choice_suffix(code: &str, suffix: &str) -> bool {
+    let (mut c, mut s) = (code.chars(), suffix.chars());
+    match (c.next(), s.next()) {
+        (Some(a), Some(b)) => a.to_ascii_uppercase() == b && c.as_str() == s.as_str(),
+        _ => false,
+    }
+}
+
+pub(crate) fn choice_suffix(code: &str) -> String {
     let mut chars = code.chars();
     chars
         .next()
@@ -105,7 +130,7 @@ impl Validator {
         VALIDATOR.get_or_init(|| {
             let file: File = serde_json::from_str(ELEMENTS_JSON)
                 .expect("fhir-profiles/r4/elements.json is valid (regenerate with scripts/gen-r4-definitions.mjs)");
-            let mut tables = HashMap::new();
+            let mut tables = FxHashMap::default();
             for (type_name, rows) in file.types {
                 let mut table = Table::default();
                 for (path, min, max, types, content_reference, binding) in rows {
@@ -116,14 +141,22 @@ impl Validator {
                     };
                     table.children.entry(parent.to_string()).or_default().push(Element {
                         name,
+                        path: path.clone(),
                         choice,
                         min,
                         many: max == "*" || max.parse::<u32>().is_ok_and(|m| m > 1),
                         prohibited: max == "0",
                         types,
                         content_reference,
+                        backbone: false,
                         binding,
                     });
+                }
+                let parents: Vec<String> = table.children.keys().cloned().collect();
+                for elements in table.children.values_mut() {
+                    for e in elements.iter_mut() {
+                        e.backbone = !e.choice && parents.contains(&e.path);
+                    }
                 }
                 tables.insert(type_name, table);
             }
@@ -139,10 +172,29 @@ impl Validator {
         })
     }
 
-    /// Every structural problem of `resource` (parsed JSON of a whole resource).
+    /// The name under which a type's element table is kept, if the type has one.
+    pub(crate) fn table_name(&'static self, type_name: &str) -> Option<&'static str> {
+        self.tables
+            .get_key_value(type_name)
+            .map(|(k, _)| k.as_str())
+    }
+
+    /// The elements directly below `parent` ("" for the root) in the table of `type_name`.
+    pub(crate) fn elements(&'static self, type_name: &str, parent: &str) -> &'static [Element] {
+        self.tables
+            .get(type_name)
+            .and_then(|t| t.children.get(parent))
+            .map_or(&[], Vec::as_slice)
+    }
+
+    /// Every problem of `resource` (parsed JSON of a whole resource): structure first; the
+    /// invariants only when the structure is sound (they presume it).
     pub fn validate(&self, resource: &Value) -> Vec<Problem> {
         let mut problems = Vec::new();
         self.resource(resource, None, &mut problems);
+        if problems.is_empty() {
+            crate::invariants::Invariants::r4().check(resource, &mut problems, &mut Vec::new());
+        }
         problems
     }
 
@@ -214,7 +266,7 @@ impl Validator {
                     let suffix = name.strip_prefix(e.name.as_str())?;
                     e.types
                         .iter()
-                        .find(|t| choice_suffix(t) == suffix)
+                        .find(|t| is_choice_suffix(t, suffix))
                         .map(|t| (e, Some(t.as_str())))
                 } else {
                     (e.name == name).then_some((e, None))
@@ -281,7 +333,7 @@ impl Validator {
                 .keys()
                 .filter(|k| {
                     k.strip_prefix(element.name.as_str())
-                        .is_some_and(|s| element.types.iter().any(|t| choice_suffix(t) == s))
+                        .is_some_and(|s| element.types.iter().any(|t| is_choice_suffix(t, s)))
                 })
                 .collect();
             if variants.len() > 1 {
@@ -300,7 +352,7 @@ impl Validator {
                 let k = k.strip_prefix('_').unwrap_or(k);
                 if element.choice {
                     k.strip_prefix(element.name.as_str())
-                        .is_some_and(|s| element.types.iter().any(|t| choice_suffix(t) == s))
+                        .is_some_and(|s| element.types.iter().any(|t| is_choice_suffix(t, s)))
                 } else {
                     k == element.name
                 }
@@ -553,6 +605,7 @@ impl Validator {
 fn problem(kind: ProblemKind, expression: &str, message: impl Into<String>) -> Problem {
     Problem {
         kind,
+        severity: Severity::Error,
         expression: expression.to_string(),
         message: message.into(),
     }
@@ -568,6 +621,7 @@ mod tests {
         Validator::r4()
             .validate(&resource)
             .into_iter()
+            .filter(|p| p.severity == Severity::Error)
             .map(|p| (p.expression, p.kind))
             .collect()
     }
@@ -586,7 +640,7 @@ mod tests {
             [("Observation.status".to_string(), ProblemKind::Value)]
         );
         // A Coding of the bound system must use one of its codes; other systems are left alone.
-        let coded = |code: &str, system: &str| json!({"resourceType": "Patient", "communication": [{"language": {"text": "vi"}}], "link": [{"other": {"reference": "Patient/x"}, "type": code}], "contact": [{"relationship": [{"coding": [{"system": system, "code": "N"}]}]}], "gender": "male"});
+        let coded = |code: &str, system: &str| json!({"resourceType": "Patient", "communication": [{"language": {"text": "vi"}}], "link": [{"other": {"reference": "Patient/x"}, "type": code}], "contact": [{"relationship": [{"coding": [{"system": system, "code": "N"}]}], "name": {"text": "Lan"}}], "gender": "male"});
         assert!(
             problems(coded(
                 "seealso",
@@ -597,6 +651,55 @@ mod tests {
         assert_eq!(
             problems(coded("see-also", "http://example.org")),
             [("Patient.link[0].type".to_string(), ProblemKind::Value)]
+        );
+    }
+
+    #[test]
+    fn invariants_of_resources_backbones_and_datatypes_are_checked_where_they_apply() {
+        let all = |resource: Value| -> Vec<(String, Severity, String)> {
+            Validator::r4()
+                .validate(&resource)
+                .into_iter()
+                .map(|p| {
+                    let key = p.message.split(':').next().unwrap_or_default().to_string();
+                    (p.expression, p.severity, key)
+                })
+                .collect()
+        };
+        let found = all(json!({
+            "resourceType": "Patient",
+            "text": {"status": "generated", "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\">x</div>"},
+            "contact": [{"gender": "male"}],
+            "generalPractitioner": [{"reference": "#missing"}],
+            "identifier": [{"period": {"start": "2020-02-01", "end": "2020-01-01"}}],
+            "contained": [{"resourceType": "Organization", "id": "o", "meta": {"versionId": "1"}, "name": "x"}]
+        }));
+        let error = |at: &str, key: &str| (at.to_string(), Severity::Error, key.to_string());
+        for expected in [
+            error("Patient.contact[0]", "pat-1"),
+            error("Patient.generalPractitioner[0]", "ref-1"),
+            error("Patient.identifier[0].period", "per-1"),
+            error("Patient", "dom-4"),
+            error("Patient", "dom-3"),
+        ] {
+            assert!(found.contains(&expected), "{expected:?} not in {found:?}");
+        }
+        assert_eq!(found.len(), 5, "{found:?}");
+        // Warnings are reported and do not make a resource invalid.
+        assert_eq!(
+            all(json!({"resourceType": "Patient"})),
+            [(
+                "Patient".to_string(),
+                Severity::Warning,
+                "dom-6".to_string()
+            )]
+        );
+        // Times with offsets are compared on one clock.
+        assert!(
+            all(json!({"resourceType": "Encounter", "status": "finished", "class": {"code": "VR"},
+                "text": {"status": "generated", "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\">x</div>"},
+                "period": {"start": "2026-01-01T10:00:00+07:00", "end": "2026-01-01T03:30:00Z"}}))
+            .is_empty()
         );
     }
 

@@ -76,6 +76,13 @@ impl OutcomeIssue {
         }
     }
 
+    pub fn warning(code: IssueCode, diagnostics: impl Into<String>) -> Self {
+        Self {
+            severity: IssueSeverity::Warning,
+            ..Self::error(code, diagnostics)
+        }
+    }
+
     pub fn information(diagnostics: impl Into<String>) -> Self {
         Self {
             severity: IssueSeverity::Information,

@@ -43,6 +43,26 @@ const INVALID_EXAMPLES: &[(&str, &str)] = &[
     ),
     ("ig-r4.json", "lacks the required name and status"),
     (
+        "Bundle-dataelements.json",
+        "bdl-7: entries share fullUrls without distinct versionIds",
+    ),
+    (
+        "StructureDefinition-Definition.json",
+        "sdf-4: a logical model that is not abstract has no baseDefinition",
+    ),
+    (
+        "StructureDefinition-Event.json",
+        "sdf-4: a logical model that is not abstract has no baseDefinition",
+    ),
+    (
+        "StructureDefinition-FiveWs.json",
+        "sdf-4: a logical model that is not abstract has no baseDefinition",
+    ),
+    (
+        "StructureDefinition-Request.json",
+        "sdf-4: a logical model that is not abstract has no baseDefinition",
+    ),
+    (
         "Questionnaire-qs1.json",
         "nested items lack the required linkId",
     ),
@@ -439,5 +459,66 @@ fn number_tokens_keep_the_digits_as_written() {
             r#"{"meta":{"versionId":"3"},"a":1.50}"#
         )
         .is_none()
+    );
+}
+
+/// Every invariant of the R4 definitions parses, and evaluating all of them on every resource
+/// of the package never fails (a failure would be a constraint silently not checked); the
+/// resources the specification ships as valid break none of them.
+#[test]
+fn every_r4_invariant_parses_and_holds_on_the_specification_resources() {
+    use sen_ehr::{
+        invariants::Invariants,
+        validation::{Severity, Validator},
+    };
+    let invariants = Invariants::r4();
+    assert!(
+        invariants.unparsed.is_empty(),
+        "constraints that do not parse: {:?}",
+        invariants.unparsed
+    );
+    let count = invariants.all().count();
+    assert!(count > 900, "only {count} invariants loaded");
+    let Some(dir) = package_dir() else { return };
+    let examples = load(&dir);
+    let mut checked = 0;
+    let mut warnings: BTreeMap<String, usize> = BTreeMap::new();
+    let mut failures = Vec::new();
+    for example in &examples {
+        let value: Value = serde_json::from_str(&example.text).unwrap();
+        let mut problems = Vec::new();
+        let mut errors = Vec::new();
+        invariants.check(&value, &mut problems, &mut errors);
+        for (key, at, error) in errors {
+            failures.push(format!(
+                "{}: {key} at {at} could not be evaluated: {error}",
+                example.file
+            ));
+        }
+        if is_known_invalid(&example.file) {
+            continue;
+        }
+        checked += 1;
+        for p in Validator::r4().validate(&value) {
+            match p.severity {
+                Severity::Error => failures.push(format!(
+                    "{}: {} at {}",
+                    example.file, p.message, p.expression
+                )),
+                Severity::Warning => {
+                    let key = p.message.split(':').next().unwrap_or_default().to_string();
+                    *warnings.entry(key).or_default() += 1;
+                }
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failures, first 40:\n{}",
+        failures.len(),
+        failures[..failures.len().min(40)].join("\n")
+    );
+    eprintln!(
+        "{count} invariants; {checked} valid resources hold all of them; warnings by key: {warnings:?}"
     );
 }

@@ -15,11 +15,13 @@ use super::{
     output, params, prefer_return, resource_type, write_response,
 };
 use crate::{
-    Ehr, criteria::Criteria, definitions::ResourceType, error::EhrError, resource::IncomingResource,
+    Ehr, criteria::Criteria, definitions::ResourceType, error::EhrError, patch::Document,
+    resource::IncomingResource,
 };
 
-/// The patch document of a PATCH request: JSON Patch only, as text.
-fn patch_document(headers: &HeaderMap, body: &Bytes) -> Result<String, EhrError> {
+/// The patch document of a PATCH request: JSON Patch, or FHIRPath Patch as a Parameters
+/// resource.
+fn patch_document(headers: &HeaderMap, body: &Bytes) -> Result<Document, EhrError> {
     let media = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -30,12 +32,16 @@ fn patch_document(headers: &HeaderMap, body: &Bytes) -> Result<String, EhrError>
                 .trim()
                 .to_ascii_lowercase()
         });
-    if media.as_deref() != Some("application/json-patch+json") {
-        return Err(EhrError::PatchFormat);
+    let text = || {
+        String::from_utf8(body.to_vec()).map_err(|_| EhrError::PatchMalformed {
+            message: "not UTF-8".into(),
+        })
+    };
+    match media.as_deref() {
+        Some("application/json-patch+json") => Ok(Document::JsonPatch(text()?)),
+        Some("application/fhir+json" | "application/json") => Ok(Document::FhirPath(text()?)),
+        _ => Err(EhrError::PatchFormat),
     }
-    String::from_utf8(body.to_vec()).map_err(|_| EhrError::PatchMalformed {
-        message: "not UTF-8".into(),
-    })
 }
 
 /// Applies `document` to the current version and writes the result as a new version. When the
@@ -44,7 +50,7 @@ pub(super) async fn patch_resource(
     ehr: &Ehr,
     rt: ResourceType,
     id: &str,
-    document: &str,
+    document: &Document,
     expected: Option<i64>,
 ) -> Result<crate::store::Updated, EhrError> {
     let mut attempts = 0;
@@ -73,7 +79,7 @@ pub(super) async fn patch_resource(
                 current: Some(current.version),
             });
         }
-        let patched = crate::patch::apply(&current.content, document).map_err(|e| match e {
+        let patched = document.apply(&current.content).map_err(|e| match e {
             crate::patch::PatchError::Malformed(message) => EhrError::PatchMalformed { message },
             crate::patch::PatchError::Failed(message) => EhrError::PatchFailed { message },
         })?;
@@ -98,7 +104,7 @@ async fn patch_and_answer(
     ehr: &Ehr,
     rt: ResourceType,
     id: &str,
-    document: &str,
+    document: &Document,
     expected: Option<i64>,
     headers: &HeaderMap,
     out: &Output,
@@ -219,9 +225,14 @@ fn resource_to_validate(ehr: &Ehr, body: &[u8]) -> Result<IncomingResource, EhrE
 /// The answer of `$validate`: 200 with an OperationOutcome, whatever the verdict.
 fn validation_outcome(resource: &IncomingResource, out: &Output) -> Result<Response> {
     let outcome = match resource.validate() {
-        Ok(()) => OperationOutcome::new(vec![OutcomeIssue::information(
-            "no problems found against the R4 base definitions (structure, cardinality, formats)",
-        )]),
+        Ok(warnings) if warnings.is_empty() => {
+            OperationOutcome::new(vec![OutcomeIssue::information(
+                "no problems found against the R4 base definitions (structure, cardinality, formats, bindings, invariants)",
+            )])
+        }
+        Ok(warnings) => {
+            OperationOutcome::new(warnings.iter().map(crate::error::problem_issue).collect())
+        }
         Err(error) => {
             let api: ApiError = error.into();
             OperationOutcome::new(api.issues)

@@ -1,7 +1,7 @@
 //! Bad input, server errors, health and metrics.
 
 use reqwest::StatusCode;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::{
     patient,
@@ -146,6 +146,15 @@ async fn bad_input_gets_a_precise_4xx_outcome_and_writes_nothing(app: TestApp) {
             format!("{{\"resourceType\":\"Observation\",\"id\":\"{id}\"}}"),
             StatusCode::BAD_REQUEST,
             "invalid",
+        ),
+        (
+            // An invariant of the definitions (per-1: a period may not end before it starts).
+            reqwest::Method::POST,
+            "/fhir/Encounter".into(),
+            Some("application/fhir+json"),
+            r#"{"resourceType":"Encounter","status":"finished","class":{"code":"VR"},"period":{"start":"2026-02-01","end":"2026-01-01"}}"#.into(),
+            StatusCode::BAD_REQUEST,
+            "invariant",
         ),
         (
             reqwest::Method::PUT,
@@ -528,15 +537,25 @@ async fn validate_reports_problems_without_writing(app: TestApp) {
             .send()
     };
     // A valid resource: 200 with an information issue.
-    let ok = validate(
+    let mut valid = patient("087090000401");
+    valid["text"] = json!({"status": "generated", "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\">Patient</div>"});
+    let ok = validate("/fhir/Patient/$validate", valid.to_string())
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), StatusCode::OK);
+    let outcome: Value = ok.json().await.unwrap();
+    assert_eq!(outcome["issue"][0]["severity"], "information", "{outcome}");
+    // Without narrative: valid still, with dom-6 as a warning.
+    let warned = validate(
         "/fhir/Patient/$validate",
         patient("087090000401").to_string(),
     )
     .await
     .unwrap();
-    assert_eq!(ok.status(), StatusCode::OK);
-    let outcome: Value = ok.json().await.unwrap();
-    assert_eq!(outcome["issue"][0]["severity"], "information");
+    let outcome: Value = warned.json().await.unwrap();
+    assert_eq!(outcome["issue"][0]["severity"], "warning", "{outcome}");
+    assert_eq!(outcome["issue"][0]["code"], "invariant", "{outcome}");
+    assert_eq!(outcome["issue"].as_array().unwrap().len(), 1, "{outcome}");
     // An invalid one: still 200, the problems listed with their expressions.
     let bad = validate(
         "/fhir/Observation/$validate",
@@ -558,7 +577,7 @@ async fn validate_reports_problems_without_writing(app: TestApp) {
         "{outcome}"
     );
     // Inside Parameters, and at instance level against the stored version.
-    let wrapped = serde_json::json!({"resourceType": "Parameters", "parameter": [{"name": "resource", "resource": patient("087090000402")}]});
+    let wrapped = serde_json::json!({"resourceType": "Parameters", "parameter": [{"name": "resource", "resource": valid}]});
     let ok: Value = validate("/fhir/Patient/$validate", wrapped.to_string())
         .await
         .unwrap()

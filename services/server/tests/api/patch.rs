@@ -1,4 +1,4 @@
-//! PATCH with JSON Patch, plain and conditional.
+//! PATCH with JSON Patch and FHIRPath Patch, plain and conditional.
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -7,6 +7,7 @@ use crate::{patient, support::TestApp};
 
 on_both_backends!(
     a_json_patch_changes_only_what_it_names,
+    a_fhirpath_patch_adds_inserts_replaces_moves_and_deletes,
     a_patch_that_does_not_apply_writes_nothing,
     a_conditional_patch_patches_the_one_match,
 );
@@ -65,6 +66,81 @@ async fn a_json_patch_changes_only_what_it_names(app: TestApp) {
         .await
         .unwrap();
     assert_eq!(v1["status"], "preliminary");
+}
+
+async fn a_fhirpath_patch_adds_inserts_replaces_moves_and_deletes(app: TestApp) {
+    let body = r#"{"resourceType":"Observation","status":"preliminary","code":{"text":"cân nặng"},"valueQuantity":{"value":9000.00,"unit":"g"},"note":[{"text":"a"},{"text":"b"},{"text":"c"}],"extension":[{"url":"http://example.org/x","valueDecimal":1.250}]}"#;
+    let created = app.post_raw("/fhir/Observation", body).await;
+    let id = created.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let operation = |parts: Value| json!({"name": "operation", "part": parts});
+    let document = json!({"resourceType": "Parameters", "parameter": [
+        operation(json!([{"name": "type", "valueCode": "replace"}, {"name": "path", "valueString": "Observation.status"}, {"name": "value", "valueCode": "final"}])),
+        operation(json!([{"name": "type", "valueCode": "add"}, {"name": "path", "valueString": "Observation"}, {"name": "name", "valueString": "effective"}, {"name": "value", "valueDateTime": "2026-11-26T10:00:00+07:00"}])),
+        operation(json!([{"name": "type", "valueCode": "add"}, {"name": "path", "valueString": "Observation"}, {"name": "name", "valueString": "referenceRange"}, {"name": "value", "part": [{"name": "text", "valueString": "2500–4000 g"}]}])),
+        operation(json!([{"name": "type", "valueCode": "insert"}, {"name": "path", "valueString": "Observation.note"}, {"name": "index", "valueInteger": 1}, {"name": "value", "valueAnnotation": {"text": "chèn"}}])),
+        operation(json!([{"name": "type", "valueCode": "move"}, {"name": "path", "valueString": "Observation.note"}, {"name": "source", "valueInteger": 0}, {"name": "destination", "valueInteger": 3}])),
+        operation(json!([{"name": "type", "valueCode": "delete"}, {"name": "path", "valueString": "Observation.note.where(text = 'b')"}])),
+        operation(json!([{"name": "type", "valueCode": "delete"}, {"name": "path", "valueString": "Observation.interpretation"}])),
+        operation(json!([{"name": "type", "valueCode": "replace"}, {"name": "path", "valueString": "Observation.code.text"}, {"name": "value", "valueString": "cân nặng (g)"}])),
+    ]});
+    let response = app
+        .request(reqwest::Method::PATCH, &format!("/fhir/Observation/{id}"))
+        .header("content-type", "application/fhir+json")
+        .header("if-match", "W/\"1\"")
+        .body(document.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let stored = app
+        .get(&format!("/fhir/Observation/{id}"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    // Numbers elsewhere keep their digits.
+    assert!(
+        stored.contains("\"value\":9000.00") && stored.contains("\"valueDecimal\":1.250"),
+        "{stored}"
+    );
+    let stored: Value = serde_json::from_str(&stored).unwrap();
+    assert_eq!(stored["status"], "final");
+    assert_eq!(stored["effectiveDateTime"], "2026-11-26T10:00:00+07:00");
+    assert_eq!(stored["referenceRange"][0]["text"], "2500–4000 g");
+    let notes: Vec<&str> = stored["note"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["text"].as_str().unwrap())
+        .collect();
+    // [a, b, c] → insert at 1 → [a, chèn, b, c] → move 0 to 3 → [chèn, b, c, a] → delete b.
+    assert_eq!(notes, ["chèn", "c", "a"]);
+    assert_eq!(stored["code"]["text"], "cân nặng (g)");
+    assert_eq!(stored["meta"]["versionId"], "2");
+    // Replacing a choice element with another type renames it.
+    let to_string = json!({"resourceType": "Parameters", "parameter": [operation(json!([
+        {"name": "type", "valueCode": "replace"}, {"name": "path", "valueString": "Observation.value"}, {"name": "value", "valueString": "không cân được"}]))]});
+    let response = app
+        .request(reqwest::Method::PATCH, &format!("/fhir/Observation/{id}"))
+        .header("content-type", "application/fhir+json")
+        .body(to_string.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let stored: Value = app
+        .get(&format!("/fhir/Observation/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stored["valueString"], "không cân được");
+    assert!(stored.get("valueQuantity").is_none(), "{stored}");
 }
 
 async fn a_patch_that_does_not_apply_writes_nothing(app: TestApp) {
@@ -150,14 +226,69 @@ async fn a_patch_that_does_not_apply_writes_nothing(app: TestApp) {
             .contains("operation 1 (remove /photo)"),
         "{failing}"
     );
-    let fhirpath = app
-        .request(reqwest::Method::PATCH, &path)
-        .header("content-type", "application/fhir+json")
-        .body(json!({"resourceType": "Parameters"}).to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(fhirpath.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    // FHIRPath Patch documents that do not apply: malformed (400) or not matching (422).
+    let op = |parts: Value| json!({"resourceType": "Parameters", "parameter": [{"name": "operation", "part": parts}]});
+    let fhirpath_cases = [
+        (
+            json!({"resourceType": "Parameters"}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (json!({"resourceType": "Patient"}), StatusCode::BAD_REQUEST),
+        (
+            op(
+                json!([{"name": "type", "valueCode": "fly"}, {"name": "path", "valueString": "Patient"}]),
+            ),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            op(
+                json!([{"name": "type", "valueCode": "replace"}, {"name": "path", "valueString": "Patient.gender.("}, {"name": "value", "valueCode": "male"}]),
+            ),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            op(
+                json!([{"name": "type", "valueCode": "replace"}, {"name": "path", "valueString": "Patient.gender"}]),
+            ),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            op(
+                json!([{"name": "type", "valueCode": "replace"}, {"name": "path", "valueString": "Patient.photo"}, {"name": "value", "valueString": "x"}]),
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            op(
+                json!([{"name": "type", "valueCode": "replace"}, {"name": "path", "valueString": "Patient.gender"}, {"name": "value", "valueCode": "nữ"}]),
+            ),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            op(
+                json!([{"name": "type", "valueCode": "insert"}, {"name": "path", "valueString": "Patient.identifier"}, {"name": "index", "valueInteger": 9}, {"name": "value", "valueIdentifier": {"value": "x"}}]),
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            op(
+                json!([{"name": "type", "valueCode": "add"}, {"name": "path", "valueString": "Patient"}, {"name": "name", "valueString": "gender"}, {"name": "value", "valueCode": "male"}]),
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+    ];
+    for (document, status) in fhirpath_cases {
+        let response = app
+            .request(reqwest::Method::PATCH, &path)
+            .header("content-type", "application/fhir+json")
+            .body(document.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), status, "{document}");
+        let outcome: Value = response.json().await.unwrap();
+        assert_eq!(outcome["resourceType"], "OperationOutcome", "{document}");
+    }
     assert_eq!(
         send_patch(&app, "/fhir/Patient/nobody", "[]", None)
             .await
