@@ -20,7 +20,7 @@ use crate::{
     definitions::ResourceType,
     error::EhrError,
     json,
-    resource::{ElementFilter, IncomingResource, Summary, is_valid_id},
+    resource::{ElementFilter, Summary, is_valid_id},
     store::{Created, Deleted, HistoryScope, Version},
 };
 
@@ -40,6 +40,8 @@ pub fn router(ehr: Arc<Ehr>) -> Router {
             "/fhir/{type}",
             get(search)
                 .post(create)
+                .put(update_conditional)
+                .delete(delete_conditional)
                 .patch(operations::patch_conditional),
         )
         .route("/fhir/{type}/_history", get(history_type))
@@ -363,7 +365,7 @@ async fn create(
     let params = params(query);
     let out = output(&params, &headers, false)?;
     check_content_type(&headers)?;
-    let resource = IncomingResource::parse_for(&body, ehr.defs, rt, None)?;
+    let resource = ehr.accept(&body, rt, None)?;
     let condition = match headers.get("if-none-exist") {
         Some(value) => {
             let text = value.to_str().map_err(|_| EhrError::BadParameter {
@@ -492,7 +494,7 @@ async fn update(
     let out = output(&params, &headers, false)?;
     check_content_type(&headers)?;
     let expected = if_match(&headers)?;
-    let resource = IncomingResource::parse_for(&body, ehr.defs, rt, Some(&id))?;
+    let resource = ehr.accept(&body, rt, Some(&id))?;
     let updated = ehr.store.update(rt, &id, &resource, expected).await?;
     let base = base_url(&ehr, &headers);
     let location = format!("{base}/{rt}/{id}/_history/{}", updated.version.version);
@@ -543,6 +545,92 @@ async fn delete(
         }
         Deleted::Already => Ok(outcome(&format!("{rt}/{id} was already deleted"))),
     }
+}
+
+/// The search criteria of a conditional interaction: every query parameter but those that
+/// shape the response. At least one is needed.
+fn conditional_criteria(params: &[(String, String)], what: &str) -> Result<Criteria, EhrError> {
+    let pairs: Vec<(String, String)> = params
+        .iter()
+        .filter(|(k, _)| !RESULT_PARAMS.contains(&k.as_str()))
+        .cloned()
+        .collect();
+    if pairs.is_empty() {
+        return Err(EhrError::BadParameter {
+            name: "criteria",
+            message: format!(
+                "a conditional {what} needs search criteria (e.g. ?identifier=system|value)"
+            ),
+        });
+    }
+    Criteria::parse(&pairs)
+}
+
+/// `PUT /fhir/{type}?criteria`: conditional update.
+async fn update_conditional(
+    State(ehr): State<Arc<Ehr>>,
+    Path(type_name): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response> {
+    let rt = resource_type(&ehr, &type_name)?;
+    let params = params(query);
+    let out = output(&params, &headers, false)?;
+    check_content_type(&headers)?;
+    let criteria = conditional_criteria(&params, "update")?;
+    let expected = if_match(&headers)?;
+    let (version, created) =
+        crate::transaction::conditional_update(&ehr, rt, criteria, &body, expected).await?;
+    let base = base_url(&ehr, &headers);
+    let location = format!("{base}/{rt}/{}/_history/{}", version.id, version.version);
+    let (status, message) = if created {
+        (StatusCode::CREATED, "created")
+    } else {
+        (StatusCode::OK, "updated")
+    };
+    Ok(write_response(
+        status,
+        &version,
+        Some(&location),
+        prefer_return(&headers),
+        &out,
+        message,
+    ))
+}
+
+/// `DELETE /fhir/{type}?criteria`: conditional delete of the one match.
+async fn delete_conditional(
+    State(ehr): State<Arc<Ehr>>,
+    Path(type_name): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response> {
+    let rt = resource_type(&ehr, &type_name)?;
+    let params = params(query);
+    let out = output(&params, &headers, false)?;
+    let criteria = conditional_criteria(&params, "delete")?;
+    let expected = if_match(&headers)?;
+    let deleted = crate::transaction::conditional_delete(&ehr, rt, criteria, expected).await?;
+    let message = match deleted {
+        Some(_) => "the matching resource was deleted",
+        None => "no resource matched; nothing was deleted",
+    };
+    let mut response = if prefer_return(&headers) == Return::Minimal {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        body_response(
+            StatusCode::OK,
+            OperationOutcome::new(vec![OutcomeIssue::information(message)]).to_json(),
+            out.pretty,
+        )
+    };
+    if let Some(version) = deleted
+        && let Ok(v) = HeaderValue::from_str(&etag(version))
+    {
+        response.headers_mut().insert(header::ETAG, v);
+    }
+    Ok(response)
 }
 
 /// Parameters that only shape the response and may accompany any query.

@@ -58,8 +58,8 @@ pub fn capability_statement(defs: &Definitions, software_version: &str, date: &s
                 "updateCreate": true,
                 "conditionalCreate": true,
                 "conditionalRead": "not-supported",
-                "conditionalUpdate": false,
-                "conditionalDelete": "not-supported",
+                "conditionalUpdate": true,
+                "conditionalDelete": "single",
                 "searchParam": params,
                 "operation": [{"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}],
             })
@@ -75,7 +75,7 @@ pub fn capability_statement(defs: &Definitions, software_version: &str, date: &s
         "implementation": {"description": "Sen telehealth and electronic health record backend"},
         "fhirVersion": defs.fhir_version,
         "format": ["application/fhir+json", "json"],
-        "patchFormat": ["application/json-patch+json"],
+        "patchFormat": ["application/json-patch+json", "application/fhir+json"],
         "rest": [{
             "mode": "server",
             "resource": resources,

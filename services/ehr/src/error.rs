@@ -12,6 +12,10 @@ pub enum EhrError {
     },
     #[error("unknown resource type")]
     UnknownType { name: String },
+    #[error("the resource does not conform to a profile")]
+    ProfileViolation {
+        problems: Vec<crate::validation::Problem>,
+    },
     #[error("the resource does not conform to its R4 definition")]
     Nonconformant {
         problems: Vec<crate::validation::Problem>,
@@ -120,6 +124,10 @@ impl From<EhrError> for ApiError {
                 }
                 ApiError::with_issues(S::BAD_REQUEST, issues)
             }
+            E::ProfileViolation { problems } => ApiError::with_issues(
+                S::UNPROCESSABLE_ENTITY,
+                problems.iter().take(100).map(problem_issue).collect(),
+            ),
             E::UnknownType { name } => ApiError::new(
                 S::BAD_REQUEST,
                 IssueCode::NotSupported,

@@ -15,16 +15,25 @@ pub mod json;
 pub mod migrations;
 pub mod patch;
 pub mod primitives;
+pub mod profiles;
 pub mod resource;
 pub mod store;
 pub mod transaction;
 pub mod validation;
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 use sen_platform::{Database, config::FhirConfig};
 
-use crate::{definitions::Definitions, store::ResourceStore};
+use crate::{
+    definitions::{Definitions, ResourceType},
+    error::EhrError,
+    patch::{Document, PatchError},
+    profiles::{ProfileError, Registry},
+    resource::IncomingResource,
+    store::ResourceStore,
+    validation::{Problem, Severity},
+};
 
 /// Name under which this service records its migrations.
 pub const SERVICE: &str = "ehr";
@@ -36,25 +45,149 @@ pub struct Ehr {
     pub defs: &'static Definitions,
     pub fhir: FhirConfig,
     pub public_url: Option<String>,
+    /// Profiles, value sets and code systems: built in, plus `fhir.profile_dir`.
+    pub profiles: Registry,
+    /// The profile each resource of a type must conform to (`fhir.required_profiles`).
+    required: HashMap<ResourceType, String>,
     /// `/fhir/metadata`, rendered once.
     capability: String,
 }
 
 impl Ehr {
-    pub fn new(db: Database, fhir: FhirConfig, public_url: Option<String>) -> Arc<Self> {
+    /// Builds the service; fails when a profile cannot be loaded or a required profile is
+    /// unknown or of another type, naming the file or setting.
+    pub fn new(
+        db: Database,
+        fhir: FhirConfig,
+        public_url: Option<String>,
+    ) -> Result<Arc<Self>, ProfileError> {
         let defs = Definitions::r4();
+        let profiles = Registry::load(fhir.profile_dir.as_deref())?;
+        let mut required = HashMap::new();
+        for (type_name, url) in &fhir.required_profiles {
+            let setting = |message: String| ProfileError {
+                file: format!("fhir.required_profiles.{type_name}"),
+                message,
+            };
+            let rt = defs
+                .resource_type(type_name)
+                .ok_or_else(|| setting(format!("{type_name:?} is not an R4 resource type")))?;
+            let profile = profiles.profile(url).ok_or_else(|| {
+                setting(format!(
+                    "unknown profile {url}; known: {}",
+                    profiles.urls().join(", ")
+                ))
+            })?;
+            if profile.type_name != type_name.as_str() {
+                return Err(setting(format!(
+                    "{url} constrains {}, not {type_name}",
+                    profile.type_name
+                )));
+            }
+            required.insert(rt, profile.url.clone());
+        }
         let started = time::OffsetDateTime::now_utc()
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default();
         let capability =
             capability::capability_statement(defs, env!("CARGO_PKG_VERSION"), &started).to_string();
-        Arc::new(Self {
+        Ok(Arc::new(Self {
             store: ResourceStore::new(db, defs),
             defs,
             fhir,
             public_url,
+            profiles,
+            required,
             capability,
-        })
+        }))
+    }
+
+    /// Parses a resource sent for `rt` (and `id`), validates it against the R4 definitions,
+    /// then against the profiles it claims that this server knows and the profile required
+    /// for its type.
+    pub fn accept(
+        &self,
+        body: &[u8],
+        rt: ResourceType,
+        id: Option<&str>,
+    ) -> Result<IncomingResource, EhrError> {
+        let resource = IncomingResource::parse_for(body, self.defs, rt, id)?;
+        self.conform(&resource, None)?;
+        Ok(resource)
+    }
+
+    /// Applies a patch document to the current text of `rt/id`; answers the result, checked
+    /// like any write. A patch may not change the resource's type or id.
+    pub fn patched(
+        &self,
+        rt: ResourceType,
+        id: &str,
+        current: &str,
+        document: &Document,
+    ) -> Result<IncomingResource, EhrError> {
+        let patched = document.apply(current).map_err(|e| match e {
+            PatchError::Malformed(message) => EhrError::PatchMalformed { message },
+            PatchError::Failed(message) => EhrError::PatchFailed { message },
+        })?;
+        let resource = IncomingResource::parse(patched.as_bytes(), self.defs)?;
+        if resource.resource_type != rt || resource.id.as_deref() != Some(id) {
+            return Err(EhrError::PatchChangesIdentity);
+        }
+        resource.validate()?;
+        self.conform(&resource, None)?;
+        Ok(resource)
+    }
+
+    /// Profile validation of a resource that passed base validation: the profiles it claims
+    /// (unknown ones are left alone), the one required for its type, and `extra`. Errors
+    /// refuse it (422); warnings are returned.
+    pub fn conform(
+        &self,
+        resource: &IncomingResource,
+        extra: Option<&str>,
+    ) -> Result<Vec<Problem>, EhrError> {
+        let claimed = resource.claimed_profiles();
+        let mut urls: Vec<&str> = claimed
+            .iter()
+            .map(String::as_str)
+            .filter(|u| self.profiles.profile(u).is_some())
+            .collect();
+        urls.extend(
+            self.required
+                .get(&resource.resource_type)
+                .map(String::as_str),
+        );
+        urls.extend(extra);
+        urls.sort_unstable();
+        urls.dedup();
+        if urls.is_empty() {
+            return Ok(Vec::new());
+        }
+        let value = resource.to_value();
+        let mut problems = Vec::new();
+        for url in urls {
+            let profile = self
+                .profiles
+                .profile(url)
+                .ok_or_else(|| EhrError::BadParameter {
+                    name: "profile",
+                    message: format!("unknown profile {url}"),
+                })?;
+            if profile.type_name != resource.resource_type.as_str() {
+                return Err(EhrError::BadParameter {
+                    name: "profile",
+                    message: format!(
+                        "{url} constrains {}, not {}",
+                        profile.type_name, resource.resource_type
+                    ),
+                });
+            }
+            problems.extend(self.profiles.check(profile, &value));
+        }
+        if problems.iter().any(|p| p.severity == Severity::Error) {
+            return Err(EhrError::ProfileViolation { problems });
+        }
+        Ok(problems)
     }
 
     pub fn router(self: &Arc<Self>) -> axum::Router {

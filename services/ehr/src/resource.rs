@@ -227,6 +227,21 @@ impl IncomingResource {
         Ok(resource)
     }
 
+    /// The canonical URLs in `meta.profile`.
+    pub fn claimed_profiles(&self) -> Vec<String> {
+        self.object
+            .get("meta")
+            .and_then(|meta| serde_json::from_str::<serde_json::Value>(meta.get()).ok())
+            .and_then(|meta| meta.get("profile").cloned())
+            .and_then(|p| serde_json::from_value::<Vec<String>>(p).ok())
+            .unwrap_or_default()
+    }
+
+    /// The resource as a JSON tree.
+    pub fn to_value(&self) -> serde_json::Value {
+        serde_json::from_str(&self.object.to_json()).unwrap_or_default()
+    }
+
     /// Validation against the R4 definitions; every problem is reported. Warnings alone do
     /// not refuse the resource: they are returned.
     pub fn validate(&self) -> Result<Vec<Problem>, EhrError> {

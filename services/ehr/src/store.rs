@@ -329,6 +329,18 @@ impl ResourceStore {
             .await
     }
 
+    /// [`Self::search`] seen from inside `tx` (a Bundle's GET entries see its writes).
+    pub async fn search_in(
+        &self,
+        tx: &mut Tx,
+        rt: ResourceType,
+        criteria: &Criteria,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, EhrError> {
+        self.find_with(&mut **tx, rt, criteria, None, limit, true)
+            .await
+    }
+
     async fn find<'c, E>(
         &self,
         executor: E,

@@ -19,7 +19,8 @@ use crate::{
     definitions::ResourceType,
     error::EhrError,
     json,
-    resource::{IncomingResource, RawObject, is_valid_id},
+    patch::Document,
+    resource::{RawObject, is_valid_id},
     store::{Created, Deleted, Tx, Version},
 };
 
@@ -67,6 +68,7 @@ enum Verb {
     Get,
     Post,
     Put,
+    Patch,
     Delete,
 }
 
@@ -76,10 +78,15 @@ struct Entry {
     full_url: Option<String>,
     verb: Verb,
     resource_type: ResourceType,
-    /// `Type/id` entries carry the id; `Type` (POST) does not.
+    /// `Type/id` entries carry the id; `Type` (POST) and `Type?criteria` do not.
     id: Option<String>,
+    /// `Type?criteria`: a conditional update, patch or delete, or a search.
+    criteria: Option<Criteria>,
     version: Option<i64>,
     resource: Option<String>,
+    /// What a PATCH entry applies: a Binary holding JSON Patch, or a Parameters resource
+    /// (FHIRPath Patch).
+    patch: Option<Document>,
     if_none_exist: Option<Criteria>,
     if_match: Option<i64>,
 }
@@ -92,6 +99,8 @@ enum Outcome {
     Updated(Version, bool),
     Deleted(Option<i64>),
     Read(Version),
+    /// A search entry: the searchset Bundle.
+    Searched(String),
 }
 
 fn invalid(message: impl Into<String>) -> EhrError {
@@ -132,11 +141,12 @@ fn parse_entry(
         Some("POST") => Verb::Post,
         Some("PUT") => Verb::Put,
         Some("DELETE") => Verb::Delete,
+        Some("PATCH") => Verb::Patch,
         Some(other) => {
             return Err(EhrError::BadParameter {
                 name: "request.method",
                 message: format!(
-                    "{} is not supported in Bundles yet (GET, POST, PUT, DELETE are)",
+                    "{} is not a method of Bundle entries (GET, POST, PUT, PATCH, DELETE are)",
                     other.chars().take(16).collect::<String>()
                 ),
             });
@@ -148,11 +158,15 @@ fn parse_entry(
         .strip_prefix(base)
         .map(|u| u.trim_start_matches('/'))
         .unwrap_or(url);
-    if url.contains('?') {
-        return Err(EhrError::UnsupportedCriteria {
-            parameter: "conditional or search URLs in Bundle entries".into(),
-        });
-    }
+    let (url, criteria) = match url.split_once('?') {
+        None => (url, None),
+        Some(_) if verb == Verb::Post => {
+            return Err(invalid(
+                "a POST entry's url is a type; put create conditions in request.ifNoneExist",
+            ));
+        }
+        Some((path, query)) => (path, Some(Criteria::parse_query(query)?)),
+    };
     let segments: Vec<&str> = url.split('/').collect();
     let resource_type =
         ehr.defs
@@ -162,7 +176,10 @@ fn parse_entry(
             })?;
     let (id, version) = match (verb, segments.as_slice()) {
         (Verb::Post, [_]) => (None, None),
-        (Verb::Put | Verb::Delete | Verb::Get, [_, id]) => (Some(*id), None),
+        (_, [_]) if criteria.is_some() => (None, None),
+        (Verb::Put | Verb::Patch | Verb::Delete | Verb::Get, [_, id]) if criteria.is_none() => {
+            (Some(*id), None)
+        }
         (Verb::Get, [_, id, "_history", v]) => (
             Some(*id),
             Some(
@@ -172,7 +189,7 @@ fn parse_entry(
         ),
         _ => {
             return Err(invalid(
-                "request.url must be Type for POST and Type/id for PUT, DELETE and GET",
+                "request.url must be Type for POST, and Type/id or Type?criteria for PUT, PATCH, DELETE and GET",
             ));
         }
     };
@@ -180,9 +197,13 @@ fn parse_entry(
         return Err(EhrError::InvalidId);
     }
     let resource = object.get("resource").map(|r| r.get().to_string());
-    if matches!(verb, Verb::Post | Verb::Put) && resource.is_none() {
-        return Err(invalid("POST and PUT entries need a resource"));
+    if matches!(verb, Verb::Post | Verb::Put | Verb::Patch) && resource.is_none() {
+        return Err(invalid("POST, PUT and PATCH entries need a resource"));
     }
+    let patch = match verb {
+        Verb::Patch => Some(patch_document(resource.as_deref().unwrap_or_default())?),
+        _ => None,
+    };
     let if_none_exist = field("ifNoneExist")
         .map(Criteria::parse_query)
         .transpose()?;
@@ -198,11 +219,42 @@ fn parse_entry(
         verb,
         resource_type,
         id: id.map(str::to_string),
+        criteria,
         version,
         resource,
+        patch,
         if_none_exist,
         if_match,
     })
+}
+
+/// The patch a PATCH entry carries: a Binary with a JSON Patch document (base64 `data`,
+/// `contentType` application/json-patch+json), or a Parameters resource (FHIRPath Patch).
+fn patch_document(resource: &str) -> Result<Document, EhrError> {
+    use base64::Engine;
+    let value: Value =
+        serde_json::from_str(resource).map_err(|_| invalid("the entry's resource is not JSON"))?;
+    match value.get("resourceType").and_then(Value::as_str) {
+        Some("Parameters") => Ok(Document::FhirPath(resource.to_string())),
+        Some("Binary") => {
+            if value.get("contentType").and_then(Value::as_str)
+                != Some("application/json-patch+json")
+            {
+                return Err(EhrError::PatchFormat);
+            }
+            let data = value
+                .get("data")
+                .and_then(Value::as_str)
+                .ok_or_else(|| invalid("the Binary holding a JSON Patch needs data"))?;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(data)
+                .map_err(|_| invalid("Binary.data is not base64"))?;
+            String::from_utf8(bytes)
+                .map(Document::JsonPatch)
+                .map_err(|_| invalid("the JSON Patch in Binary.data is not UTF-8"))
+        }
+        _ => Err(EhrError::PatchFormat),
+    }
 }
 
 /// Parses the Bundle: its kind and its entries. A malformed entry refuses a transaction
@@ -356,6 +408,31 @@ pub async fn process(ehr: &Ehr, body: &[u8], base: &str) -> Result<String, Bundl
     Ok(bundle(kind, &[], &rendered, None))
 }
 
+/// The resource a PUT, PATCH or DELETE entry acts on: its URL's id, or for `Type?criteria`
+/// the one current match (none: `None`; several: 412), found inside `tx` so that writers with
+/// the same criteria wait for each other.
+async fn resolve_target(ehr: &Ehr, tx: &mut Tx, entry: &Entry) -> Result<Option<String>, EhrError> {
+    match (&entry.criteria, entry.verb) {
+        (Some(criteria), Verb::Put | Verb::Patch | Verb::Delete) => Ok(ehr
+            .store
+            .find_match_in(tx, entry.resource_type, criteria)
+            .await?
+            .map(|v| v.id)),
+        _ => Ok(entry.id.clone()),
+    }
+}
+
+/// The id a PUT entry writes: its target, else (a conditional update without a match) the
+/// resource's own id, else a new one.
+fn put_id(entry: &Entry, target: Option<String>) -> String {
+    target
+        .or_else(|| {
+            let object: RawObject = serde_json::from_str(entry.resource.as_deref()?).ok()?;
+            serde_json::from_str::<String>(object.get("id")?.get()).ok()
+        })
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+}
+
 async fn run_transaction(
     ehr: &Ehr,
     entries: &[Entry],
@@ -364,10 +441,20 @@ async fn run_transaction(
     let mut outcomes: Vec<Option<Outcome>> = entries.iter().map(|_| None).collect();
     let at = |index: usize| move |error: EhrError| BundleError::Entry { index, error };
 
+    // What each PUT, PATCH and DELETE acts on, conditional URLs resolved first.
+    let mut targets: Vec<Option<String>> = Vec::with_capacity(entries.len());
+    for (i, entry) in entries.iter().enumerate() {
+        let target = resolve_target(ehr, &mut tx, entry).await.map_err(at(i))?;
+        targets.push(match entry.verb {
+            Verb::Put => Some(put_id(entry, target)),
+            _ => target,
+        });
+    }
     // The same resource may not be written twice in one transaction.
     let mut touched: HashMap<(ResourceType, &str), usize> = HashMap::new();
     for (i, entry) in entries.iter().enumerate() {
-        if let (Verb::Put | Verb::Delete, Some(id)) = (entry.verb, entry.id.as_deref())
+        if let (Verb::Put | Verb::Patch | Verb::Delete, Some(id)) =
+            (entry.verb, targets[i].as_deref())
             && let Some(first) = touched.insert((entry.resource_type, id), i)
         {
             return Err(at(i)(EhrError::Invalid {
@@ -384,7 +471,11 @@ async fn run_transaction(
         .enumerate()
         .filter(|(_, e)| e.verb == Verb::Delete)
     {
-        outcomes[i] = Some(delete(ehr, &mut tx, entry).await.map_err(at(i))?);
+        outcomes[i] = Some(
+            delete(ehr, &mut tx, entry, targets[i].as_deref())
+                .await
+                .map_err(at(i))?,
+        );
     }
     // Give every POST its id (or its existing match) before anything refers to it.
     let mut map: HashMap<String, String> = HashMap::new();
@@ -413,23 +504,30 @@ async fn run_transaction(
                     }
                 }
             }
-            Verb::Put => format!(
-                "{}/{}",
-                entry.resource_type,
-                entry.id.as_deref().unwrap_or_default()
-            ),
+            Verb::Put | Verb::Patch => match &targets[i] {
+                Some(id) => format!("{}/{id}", entry.resource_type),
+                None => continue,
+            },
             _ => continue,
         };
         if let Some(full_url) = &entry.full_url {
             map.insert(full_url.clone(), target);
         }
     }
-    for verb in [Verb::Post, Verb::Put] {
+    for verbs in [&[Verb::Post][..], &[Verb::Put, Verb::Patch]] {
         let pending: Vec<usize> = (0..entries.len())
-            .filter(|&i| entries[i].verb == verb && outcomes[i].is_none())
+            .filter(|&i| verbs.contains(&entries[i].verb) && outcomes[i].is_none())
             .collect();
         for i in pending {
             let entry = &entries[i];
+            if entry.verb == Verb::Patch {
+                outcomes[i] = Some(
+                    patch(ehr, &mut tx, entry, targets[i].as_deref())
+                        .await
+                        .map_err(at(i))?,
+                );
+                continue;
+            }
             let text = rewrite(entry.resource.as_deref().unwrap_or_default(), &map);
             // A Bundle being stored (a document, say) resolves its own urn:uuid references.
             let stored_bundle = entry.resource_type.as_str() == "Bundle";
@@ -439,8 +537,12 @@ async fn run_transaction(
                     expression: None,
                 }));
             }
+            let id = match entry.verb {
+                Verb::Put => targets[i].clone(),
+                _ => assigned[i].clone(),
+            };
             outcomes[i] = Some(
-                write(ehr, &mut tx, entry, &text, None, assigned[i].clone())
+                write(ehr, &mut tx, entry, &text, None, id)
                     .await
                     .map_err(at(i))?,
             );
@@ -477,10 +579,17 @@ async fn run_batch(
 
 async fn batch_entry(ehr: &Ehr, entry: &Entry) -> Result<Outcome, EhrError> {
     let mut tx = ehr.store.begin().await?;
+    let target = resolve_target(ehr, &mut tx, entry).await?;
     let outcome = match entry.verb {
-        Verb::Delete => delete(ehr, &mut tx, entry).await?,
+        Verb::Delete => delete(ehr, &mut tx, entry, target.as_deref()).await?,
         Verb::Get => read(ehr, &mut tx, entry).await?,
-        Verb::Post | Verb::Put => {
+        Verb::Patch => patch(ehr, &mut tx, entry, target.as_deref()).await?,
+        Verb::Put => {
+            let text = entry.resource.as_deref().unwrap_or_default();
+            let id = put_id(entry, target);
+            write(ehr, &mut tx, entry, text, None, Some(id)).await?
+        }
+        Verb::Post => {
             let text = entry.resource.as_deref().unwrap_or_default();
             write(
                 ehr,
@@ -497,8 +606,62 @@ async fn batch_entry(ehr: &Ehr, entry: &Entry) -> Result<Outcome, EhrError> {
     Ok(outcome)
 }
 
+/// `PUT /fhir/{type}?criteria`: updates the one match, or creates the resource when nothing
+/// matches; several matches are refused (412). Answers the version and whether it was created.
+pub async fn conditional_update(
+    ehr: &Ehr,
+    rt: ResourceType,
+    criteria: Criteria,
+    body: &[u8],
+    if_match: Option<i64>,
+) -> Result<(Version, bool), EhrError> {
+    let text = std::str::from_utf8(body).map_err(|_| invalid("the body is not UTF-8"))?;
+    let entry = conditional_entry(Verb::Put, rt, criteria, Some(text.to_string()), if_match);
+    match batch_entry(ehr, &entry).await? {
+        Outcome::Updated(version, created) => Ok((version, created)),
+        _ => unreachable!("a PUT entry updates"),
+    }
+}
+
+/// `DELETE /fhir/{type}?criteria`: deletes the one match; nothing matching is not an error,
+/// several are (412). Answers the deleted version, if one was.
+pub async fn conditional_delete(
+    ehr: &Ehr,
+    rt: ResourceType,
+    criteria: Criteria,
+    if_match: Option<i64>,
+) -> Result<Option<i64>, EhrError> {
+    let entry = conditional_entry(Verb::Delete, rt, criteria, None, if_match);
+    match batch_entry(ehr, &entry).await? {
+        Outcome::Deleted(version) => Ok(version),
+        _ => unreachable!("a DELETE entry deletes"),
+    }
+}
+
+fn conditional_entry(
+    verb: Verb,
+    resource_type: ResourceType,
+    criteria: Criteria,
+    resource: Option<String>,
+    if_match: Option<i64>,
+) -> Entry {
+    Entry {
+        full_url: None,
+        verb,
+        resource_type,
+        id: None,
+        criteria: Some(criteria),
+        version: None,
+        resource,
+        patch: None,
+        if_none_exist: None,
+        if_match,
+    }
+}
+
 /// Writes a POST or PUT entry inside `tx`: the resource is checked against the entry's URL and
-/// validated like any write, then created (with `id` when one was assigned) or updated.
+/// validated like any write, then created (with `id` when one was assigned) or updated (`id`
+/// is the PUT's target). A conditional update's resource may leave its id out.
 async fn write(
     ehr: &Ehr,
     tx: &mut Tx,
@@ -507,26 +670,70 @@ async fn write(
     condition: Option<&Criteria>,
     id: Option<String>,
 ) -> Result<Outcome, EhrError> {
-    let url_id = (entry.verb == Verb::Put).then(|| entry.id.as_deref().unwrap_or_default());
-    let resource =
-        IncomingResource::parse_for(text.as_bytes(), ehr.defs, entry.resource_type, url_id)?;
-    Ok(match url_id {
-        None => match ehr.store.create_in(tx, &resource, condition, id).await? {
-            Created::New(v) => Outcome::Created(v),
-            Created::Existing(v) => Outcome::Existing(v),
-        },
-        Some(url_id) => {
-            let updated = ehr
-                .store
-                .update_in(tx, entry.resource_type, url_id, &resource, entry.if_match)
-                .await?;
-            Outcome::Updated(updated.version, updated.created)
+    if entry.verb != Verb::Put {
+        let resource = ehr.accept(text.as_bytes(), entry.resource_type, None)?;
+        return Ok(
+            match ehr.store.create_in(tx, &resource, condition, id).await? {
+                Created::New(v) => Outcome::Created(v),
+                Created::Existing(v) => Outcome::Existing(v),
+            },
+        );
+    }
+    let target = id.unwrap_or_default();
+    let resource = if entry.criteria.is_some() {
+        let resource = ehr.accept(text.as_bytes(), entry.resource_type, None)?;
+        if resource.id.as_deref().is_some_and(|own| own != target) {
+            return Err(EhrError::IdMismatch);
         }
-    })
+        resource
+    } else {
+        ehr.accept(text.as_bytes(), entry.resource_type, Some(&target))?
+    };
+    let updated = ehr
+        .store
+        .update_in(tx, entry.resource_type, &target, &resource, entry.if_match)
+        .await?;
+    Ok(Outcome::Updated(updated.version, updated.created))
 }
 
-async fn delete(ehr: &Ehr, tx: &mut Tx, entry: &Entry) -> Result<Outcome, EhrError> {
-    let id = entry.id.as_deref().unwrap_or_default();
+/// A PATCH entry: the current version read inside `tx`, patched, checked, written.
+async fn patch(
+    ehr: &Ehr,
+    tx: &mut Tx,
+    entry: &Entry,
+    target: Option<&str>,
+) -> Result<Outcome, EhrError> {
+    let rt = entry.resource_type;
+    let not_found = || EhrError::NotFound {
+        resource_type: rt.as_str(),
+        id: target.unwrap_or("(no match)").to_string(),
+    };
+    let id = target.ok_or_else(not_found)?;
+    let current = ehr.store.read_in(tx, rt, id).await?.ok_or_else(not_found)?;
+    if current.deleted {
+        return Err(EhrError::Gone {
+            resource_type: rt.as_str(),
+            id: id.to_string(),
+            version: current.version,
+        });
+    }
+    let document = entry.patch.as_ref().ok_or(EhrError::PatchFormat)?;
+    let resource = ehr.patched(rt, id, &current.content, document)?;
+    let expected = entry.if_match.or(Some(current.version));
+    let updated = ehr.store.update_in(tx, rt, id, &resource, expected).await?;
+    Ok(Outcome::Updated(updated.version, false))
+}
+
+async fn delete(
+    ehr: &Ehr,
+    tx: &mut Tx,
+    entry: &Entry,
+    target: Option<&str>,
+) -> Result<Outcome, EhrError> {
+    // A conditional delete that matches nothing has nothing to do.
+    let Some(id) = target else {
+        return Ok(Outcome::Deleted(None));
+    };
     Ok(
         match ehr
             .store
@@ -540,6 +747,9 @@ async fn delete(ehr: &Ehr, tx: &mut Tx, entry: &Entry) -> Result<Outcome, EhrErr
 }
 
 async fn read(ehr: &Ehr, tx: &mut Tx, entry: &Entry) -> Result<Outcome, EhrError> {
+    if let Some(criteria) = &entry.criteria {
+        return search(ehr, tx, entry.resource_type, criteria).await;
+    }
     let id = entry.id.clone().unwrap_or_default();
     let rt = entry.resource_type.as_str();
     let version = match entry.version {
@@ -558,6 +768,27 @@ async fn read(ehr: &Ehr, tx: &mut Tx, entry: &Entry) -> Result<Outcome, EhrError
         });
     }
     Ok(Outcome::Read(version))
+}
+
+/// A GET entry with criteria: the first page of matches as a searchset Bundle.
+async fn search(
+    ehr: &Ehr,
+    tx: &mut Tx,
+    rt: ResourceType,
+    criteria: &Criteria,
+) -> Result<Outcome, EhrError> {
+    let count = ehr.fhir.default_count as usize;
+    let found = ehr.store.search_in(tx, rt, criteria, count).await?;
+    let entries: Vec<String> = found
+        .iter()
+        .map(|(id, content)| {
+            format!(
+                "{{\"fullUrl\":{},\"resource\":{content},\"search\":{{\"mode\":\"match\"}}}}",
+                json::string(&format!("{rt}/{id}")),
+            )
+        })
+        .collect();
+    Ok(Outcome::Searched(bundle("searchset", &[], &entries, None)))
 }
 
 fn render(base: &str, outcome: &Result<Outcome, ApiError>) -> String {
@@ -600,6 +831,9 @@ fn render(base: &str, outcome: &Result<Outcome, ApiError>) -> String {
             ),
         ),
         Ok(Outcome::Read(v)) => with_resource(v, response("200 OK", Some(v), false)),
+        Ok(Outcome::Searched(bundle)) => {
+            format!("{{\"resource\":{bundle},\"response\":{{\"status\":\"200 OK\"}}}}")
+        }
         Ok(Outcome::Deleted(version)) => {
             let etag = version
                 .map(|n| format!(",\"etag\":{}", json::string(&etag(n))))

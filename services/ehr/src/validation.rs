@@ -179,6 +179,19 @@ impl Validator {
             .map(|(k, _)| k.as_str())
     }
 
+    /// Whether a value set of the base specification is enumerated here.
+    pub(crate) fn knows_value_set(&self, url: &str) -> bool {
+        self.value_sets.contains_key(url)
+    }
+
+    /// Whether a code (of `system`, when given) is in a base value set.
+    pub(crate) fn value_set_has(&self, url: &str, system: Option<&str>, code: &str) -> bool {
+        self.value_sets.get(url).is_some_and(|set| match system {
+            Some(system) => set.by_system.get(system).is_some_and(|c| c.contains(code)),
+            None => set.has_code(code),
+        })
+    }
+
     /// The elements directly below `parent` ("" for the root) in the table of `type_name`.
     pub(crate) fn elements(&'static self, type_name: &str, parent: &str) -> &'static [Element] {
         self.tables

@@ -137,6 +137,11 @@ pub struct FhirConfig {
     pub max_count: u32,
     /// Most entries accepted in one batch or transaction Bundle.
     pub max_bundle_entries: u32,
+    /// A directory of extra profiles, value sets and code systems (`*.json`) loaded at
+    /// start-up beside the built-in ones (which it may replace by URL).
+    pub profile_dir: Option<std::path::PathBuf>,
+    /// Profiles every resource of a type must conform to: `Patient = "<profile URL>"`.
+    pub required_profiles: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for FhirConfig {
@@ -145,6 +150,8 @@ impl Default for FhirConfig {
             default_count: 20,
             max_count: 1000,
             max_bundle_entries: 1000,
+            profile_dir: None,
+            required_profiles: Default::default(),
         }
     }
 }
@@ -232,6 +239,8 @@ enum Kind {
     Str,
     Int,
     Bool,
+    /// `key=value,key=value`
+    Map,
 }
 
 /// Environment variables Sen reads, and the key each one sets.
@@ -283,6 +292,12 @@ const ENV_KEYS: &[(&str, &str, Kind)] = &[
         "SEN_FHIR_MAX_BUNDLE_ENTRIES",
         "fhir.max_bundle_entries",
         Kind::Int,
+    ),
+    ("SEN_FHIR_PROFILE_DIR", "fhir.profile_dir", Kind::Str),
+    (
+        "SEN_FHIR_REQUIRED_PROFILES",
+        "fhir.required_profiles",
+        Kind::Map,
     ),
 ];
 
@@ -353,6 +368,20 @@ impl Config {
                         expected: "true or false",
                         value,
                     })?,
+                Kind::Map => {
+                    let mut map = toml::Table::new();
+                    for pair in value.split(',').filter(|p| !p.trim().is_empty()) {
+                        let Some((k, v)) = pair.split_once('=') else {
+                            return Err(ConfigError::EnvValue {
+                                name: name.clone(),
+                                expected: "comma-separated key=value pairs",
+                                value,
+                            });
+                        };
+                        map.insert(k.trim().into(), toml::Value::String(v.trim().into()));
+                    }
+                    toml::Value::Table(map)
+                }
             };
             let (section, field) = key.split_once('.').expect("keys are section.field");
             let section = table

@@ -144,7 +144,8 @@ pub async fn build(
                     db.clone(),
                     config.fhir.clone(),
                     config.server.public_url.clone(),
-                );
+                )
+                .context("FHIR profiles")?;
                 router.merge(ehr.router())
             }
         };

@@ -346,3 +346,63 @@ async fn serve_on_postgres_refuses_to_start_with_pending_migrations_until_migrat
         .unwrap();
     assert_eq!(response.status(), 200);
 }
+
+/// Runs `sen serve` expecting it to refuse to start; answers its stderr. A server that starts
+/// anyway is killed after a deadline and fails the test.
+fn serve_must_refuse(envs: &[(&str, &str)]) -> String {
+    let data = tempfile::tempdir().unwrap();
+    let mut child = Command::new(sen_binary())
+        .arg("serve")
+        .env("SEN_DATA_DIR", data.path())
+        .env("SEN_LISTEN", "127.0.0.1:0")
+        .envs(envs.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("sen started despite {envs:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "{stderr}");
+    stderr
+}
+
+#[test]
+fn a_broken_profile_stops_start_up_naming_the_file_and_the_problem() {
+    let profiles = tempfile::tempdir().unwrap();
+    let file = profiles
+        .path()
+        .join("StructureDefinition-clinic-patient.json");
+    std::fs::write(
+        &file,
+        r#"{"resourceType":"StructureDefinition","url":"http://clinic.example/p","type":"Patient",
+            "derivation":"constraint","baseDefinition":"http://hl7.org/fhir/StructureDefinition/Patient",
+            "differential":{"element":[{"path":"Patient.gendr","min":1}]}}"#,
+    )
+    .unwrap();
+    let message = serve_must_refuse(&[("SEN_FHIR_PROFILE_DIR", profiles.path().to_str().unwrap())]);
+    assert!(
+        message.contains("StructureDefinition-clinic-patient.json")
+            && message.contains("gendr is not an element of Patient"),
+        "{message}"
+    );
+    let message = serve_must_refuse(&[(
+        "SEN_FHIR_REQUIRED_PROFILES",
+        "Patient=http://fhir.sen.vn/StructureDefinition/sen-vn-encounter-remote",
+    )]);
+    assert!(
+        message.contains("fhir.required_profiles.Patient")
+            && message.contains("constrains Encounter"),
+        "{message}"
+    );
+}

@@ -79,15 +79,7 @@ pub(super) async fn patch_resource(
                 current: Some(current.version),
             });
         }
-        let patched = document.apply(&current.content).map_err(|e| match e {
-            crate::patch::PatchError::Malformed(message) => EhrError::PatchMalformed { message },
-            crate::patch::PatchError::Failed(message) => EhrError::PatchFailed { message },
-        })?;
-        let resource = IncomingResource::parse(patched.as_bytes(), ehr.defs)?;
-        if resource.resource_type != rt || resource.id.as_deref() != Some(id) {
-            return Err(EhrError::PatchChangesIdentity);
-        }
-        resource.validate()?;
+        let resource = ehr.patched(rt, id, &current.content, document)?;
         match ehr
             .store
             .update(rt, id, &resource, Some(current.version))
@@ -182,9 +174,26 @@ pub(super) async fn patch_conditional(
     patch_and_answer(&ehr, rt, &id, &document, expected, &headers, &out).await
 }
 
-/// The resource a `$validate` request carries: the body itself, or the `resource` parameter of
-/// a Parameters body. A `profile` parameter is refused until profiles are supported.
-fn resource_to_validate(ehr: &Ehr, body: &[u8]) -> Result<IncomingResource, EhrError> {
+/// What a `$validate` request carries: the resource (the body itself, or the `resource`
+/// parameter of a Parameters body) and the profile to check it against, if one is named (the
+/// `profile` parameter, in the body or the query).
+struct ToValidate {
+    resource: IncomingResource,
+    profile: Option<String>,
+}
+
+fn profile_in_query(query: &[(String, String)]) -> Option<String> {
+    query
+        .iter()
+        .find(|(k, _)| k == "profile")
+        .map(|(_, v)| v.clone())
+}
+
+fn resource_to_validate(
+    ehr: &Ehr,
+    body: &[u8],
+    query: &[(String, String)],
+) -> Result<ToValidate, EhrError> {
     let parsed: serde_json::Value =
         serde_json::from_slice(body).map_err(|_| EhrError::Invalid {
             message: "the body is not valid JSON".into(),
@@ -195,7 +204,10 @@ fn resource_to_validate(ehr: &Ehr, body: &[u8]) -> Result<IncomingResource, EhrE
         .and_then(serde_json::Value::as_str)
         != Some("Parameters")
     {
-        return IncomingResource::parse(body, ehr.defs);
+        return Ok(ToValidate {
+            resource: IncomingResource::parse(body, ehr.defs)?,
+            profile: profile_in_query(query),
+        });
     }
     let parameters = parsed
         .get("parameter")
@@ -207,32 +219,73 @@ fn resource_to_validate(ehr: &Ehr, body: &[u8]) -> Result<IncomingResource, EhrE
             .iter()
             .find(|p| p.get("name").and_then(serde_json::Value::as_str) == Some(name))
     };
-    if named("profile").is_some() {
-        return Err(EhrError::BadParameter {
-            name: "profile",
-            message: "validation against profiles is not supported yet; only the R4 base definitions are checked".into(),
-        });
-    }
+    let profile = match named("profile") {
+        None => profile_in_query(query),
+        Some(p) => Some(
+            p.get("valueUri")
+                .or_else(|| p.get("valueCanonical"))
+                .and_then(serde_json::Value::as_str)
+                .ok_or_else(|| EhrError::BadParameter {
+                    name: "profile",
+                    message: "give the profile as valueUri or valueCanonical".into(),
+                })?
+                .to_string(),
+        ),
+    };
     let resource = named("resource")
         .and_then(|p| p.get("resource"))
         .ok_or_else(|| EhrError::Invalid {
             message: "Parameters needs a resource parameter".into(),
             expression: Some("Parameters.parameter".into()),
         })?;
-    IncomingResource::parse(resource.to_string().as_bytes(), ehr.defs)
+    Ok(ToValidate {
+        resource: IncomingResource::parse(resource.to_string().as_bytes(), ehr.defs)?,
+        profile,
+    })
 }
 
-/// The answer of `$validate`: 200 with an OperationOutcome, whatever the verdict.
-fn validation_outcome(resource: &IncomingResource, out: &Output) -> Result<Response> {
-    let outcome = match resource.validate() {
+/// The answer of `$validate`: 200 with an OperationOutcome, whatever the verdict; 400 when the
+/// profile asked for is unknown or constrains another type.
+fn validation_outcome(
+    ehr: &Ehr,
+    rt: ResourceType,
+    request: ToValidate,
+    out: &Output,
+) -> Result<Response> {
+    let ToValidate { resource, profile } = request;
+    if resource.resource_type != rt {
+        return Err(EhrError::TypeMismatch {
+            url: rt.as_str(),
+            body: resource.resource_type.as_str(),
+        }
+        .into());
+    }
+    if let Some(url) = &profile
+        && ehr.profiles.profile(url).is_none()
+    {
+        return Err(EhrError::BadParameter {
+            name: "profile",
+            message: format!(
+                "unknown profile {url}; known: {}",
+                ehr.profiles.urls().join(", ")
+            ),
+        }
+        .into());
+    }
+    let verdict = resource.validate().and_then(|mut warnings| {
+        warnings.extend(ehr.conform(&resource, profile.as_deref())?);
+        Ok(warnings)
+    });
+    let outcome = match verdict {
         Ok(warnings) if warnings.is_empty() => {
             OperationOutcome::new(vec![OutcomeIssue::information(
-                "no problems found against the R4 base definitions (structure, cardinality, formats, bindings, invariants)",
+                "no problems found against the R4 base definitions (structure, cardinality, formats, bindings, invariants) and the profiles that apply",
             )])
         }
         Ok(warnings) => {
             OperationOutcome::new(warnings.iter().map(crate::error::problem_issue).collect())
         }
+        Err(error @ EhrError::BadParameter { .. }) => return Err(error.into()),
         Err(error) => {
             let api: ApiError = error.into();
             OperationOutcome::new(api.issues)
@@ -250,17 +303,11 @@ pub(super) async fn validate_type(
     body: Bytes,
 ) -> Result<Response> {
     let rt = resource_type(&ehr, &type_name)?;
-    let out = output(&params(query), &headers, false)?;
+    let query = params(query);
+    let out = output(&query, &headers, false)?;
     check_content_type(&headers)?;
-    let resource = resource_to_validate(&ehr, &body)?;
-    if resource.resource_type != rt {
-        return Err(EhrError::TypeMismatch {
-            url: rt.as_str(),
-            body: resource.resource_type.as_str(),
-        }
-        .into());
-    }
-    validation_outcome(&resource, &out)
+    let request = resource_to_validate(&ehr, &body, &query)?;
+    validation_outcome(&ehr, rt, request, &out)
 }
 
 /// `POST /fhir/{type}/{id}/$validate`: the body if there is one, else the stored version.
@@ -273,8 +320,9 @@ pub(super) async fn validate_instance(
 ) -> Result<Response> {
     let rt = resource_type(&ehr, &type_name)?;
     check_id(&id)?;
-    let out = output(&params(query), &headers, false)?;
-    let resource = if body.iter().all(u8::is_ascii_whitespace) {
+    let query = params(query);
+    let out = output(&query, &headers, false)?;
+    let request = if body.iter().all(u8::is_ascii_whitespace) {
         let current = ehr
             .store
             .read(rt, &id)
@@ -284,17 +332,13 @@ pub(super) async fn validate_instance(
                 resource_type: rt.as_str(),
                 id: id.clone(),
             })?;
-        IncomingResource::parse(current.content.as_bytes(), ehr.defs)?
+        ToValidate {
+            resource: IncomingResource::parse(current.content.as_bytes(), ehr.defs)?,
+            profile: profile_in_query(&query),
+        }
     } else {
         check_content_type(&headers)?;
-        resource_to_validate(&ehr, &body)?
+        resource_to_validate(&ehr, &body, &query)?
     };
-    if resource.resource_type != rt {
-        return Err(EhrError::TypeMismatch {
-            url: rt.as_str(),
-            body: resource.resource_type.as_str(),
-        }
-        .into());
-    }
-    validation_outcome(&resource, &out)
+    validation_outcome(&ehr, rt, request, &out)
 }

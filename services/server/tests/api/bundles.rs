@@ -3,7 +3,7 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::{patient, support::TestApp};
+use crate::{CCCD, patient, support::TestApp};
 
 on_both_backends!(
     a_transaction_creates_linked_resources_and_resolves_urn_uuid_references,
@@ -15,6 +15,8 @@ on_both_backends!(
     bundles_that_are_too_large_or_not_bundles_are_refused,
     only_reference_values_are_rewritten_to_new_ids,
     a_transaction_may_not_write_one_resource_twice,
+    conditional_urls_and_patch_entries_act_on_their_match,
+    a_conditional_entry_with_several_matches_refuses_the_transaction,
 );
 
 async fn post_bundle(app: &TestApp, bundle: &Value) -> reqwest::Response {
@@ -335,4 +337,143 @@ async fn a_transaction_may_not_write_one_resource_twice(app: TestApp) {
     let outcome: Value = response.json().await.unwrap();
     assert_eq!(outcome["issue"][0]["expression"][0], "Bundle.entry[1]");
     assert_eq!(app.history_rows().await, 0);
+}
+
+async fn conditional_urls_and_patch_entries_act_on_their_match(app: TestApp) {
+    let (a, _) = app.create(&patient("087090000801")).await;
+    let (b, _) = app.create(&patient("087090000802")).await;
+    let (c, _) = app.create(&patient("087090000803")).await;
+    let (d, _) = app.create(&patient("087090000804")).await;
+    let by_cccd = |cccd: &str| format!("Patient?identifier={CCCD}|{cccd}");
+    let mut updated_a = patient("087090000801");
+    updated_a["gender"] = json!("male");
+    let json_patch = base64_of(r#"[{"op":"replace","path":"/gender","value":"other"}]"#);
+    let fhirpath_patch = json!({"resourceType": "Parameters", "parameter": [{"name": "operation", "part": [
+        {"name": "type", "valueCode": "replace"}, {"name": "path", "valueString": "Patient.birthDate"},
+        {"name": "value", "valueDate": "1991-01-01"}]}]});
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"request": {"method": "GET", "url": by_cccd("087090000899")}},
+        {"resource": updated_a, "request": {"method": "PUT", "url": by_cccd("087090000801")}},
+        {"resource": patient("087090000899"), "request": {"method": "PUT", "url": by_cccd("087090000899")}},
+        {"request": {"method": "DELETE", "url": by_cccd("087090000802")}},
+        {"request": {"method": "DELETE", "url": by_cccd("000000000000")}},
+        {"resource": {"resourceType": "Binary", "contentType": "application/json-patch+json", "data": json_patch},
+            "request": {"method": "PATCH", "url": format!("Patient/{c}"), "ifMatch": "W/\"1\""}},
+        {"resource": fhirpath_patch, "request": {"method": "PATCH", "url": by_cccd("087090000804")}},
+    ]});
+    let response = post_bundle(&app, &bundle).await;
+    let status = response.status();
+    let result: Value = response.json().await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{result}");
+    let statuses: Vec<&str> = result["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["response"]["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            "200 OK",
+            "200 OK",
+            "201 Created",
+            "204 No Content",
+            "204 No Content",
+            "200 OK",
+            "200 OK"
+        ]
+    );
+    // The GET ran last and saw the conditional create.
+    let searchset = &result["entry"][0]["resource"];
+    assert_eq!(searchset["type"], "searchset");
+    assert_eq!(
+        searchset["entry"].as_array().unwrap().len(),
+        1,
+        "{searchset}"
+    );
+    let read = |id: String| {
+        let app = &app;
+        async move {
+            app.get(&format!("/fhir/Patient/{id}"))
+                .await
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(read(a.clone()).await["gender"], "male");
+    assert_eq!(read(a).await["meta"]["versionId"], "2");
+    assert_eq!(
+        app.get(&format!("/fhir/Patient/{b}")).await.status(),
+        StatusCode::GONE
+    );
+    assert_eq!(read(c).await["gender"], "other");
+    assert_eq!(read(d).await["birthDate"], "1991-01-01");
+}
+
+async fn a_conditional_entry_with_several_matches_refuses_the_transaction(app: TestApp) {
+    app.create(&patient("087090000901")).await;
+    app.create(&patient("087090000901")).await;
+    let rows = app.history_rows().await;
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": patient("087090000902"), "request": {"method": "POST", "url": "Patient"}},
+        {"request": {"method": "DELETE", "url": format!("Patient?identifier={CCCD}|087090000901")}},
+    ]});
+    let response = post_bundle(&app, &bundle).await;
+    assert_eq!(response.status(), StatusCode::PRECONDITION_FAILED);
+    let outcome: Value = response.json().await.unwrap();
+    assert_eq!(outcome["issue"][0]["code"], "multiple-matches", "{outcome}");
+    assert_eq!(
+        outcome["issue"][0]["expression"][0], "Bundle.entry[1]",
+        "{outcome}"
+    );
+    assert_eq!(app.history_rows().await, rows);
+    // The standalone conditional update and delete answer the same.
+    let put = app
+        .request(
+            reqwest::Method::PUT,
+            &format!("/fhir/Patient?identifier={CCCD}|087090000901"),
+        )
+        .header("content-type", "application/fhir+json")
+        .body(patient("087090000901").to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), StatusCode::PRECONDITION_FAILED);
+    let delete = app
+        .request(
+            reqwest::Method::DELETE,
+            &format!("/fhir/Patient?identifier={CCCD}|087090000901"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(delete.status(), StatusCode::PRECONDITION_FAILED);
+    // No criteria at all: 400.
+    let bare = app
+        .request(reqwest::Method::DELETE, "/fhir/Patient")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bare.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(app.history_rows().await, rows);
+}
+
+fn base64_of(text: &str) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let bytes = text.as_bytes();
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = (u32::from(chunk[0]) << 16)
+            | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*chunk.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }

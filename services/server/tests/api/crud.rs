@@ -15,6 +15,7 @@ on_both_backends!(
     an_update_that_changes_identifiers_moves_them_in_the_index,
     every_r4_resource_type_can_be_created_and_read,
     prefer_header_chooses_the_response_body,
+    conditional_update_and_delete_act_on_the_one_match,
 );
 
 async fn a_created_resource_reads_back_exactly_as_written(app: TestApp) {
@@ -470,5 +471,63 @@ async fn prefer_header_chooses_the_response_body(app: TestApp) {
     assert_eq!(
         full.json::<Value>().await.unwrap()["resourceType"],
         "Patient"
+    );
+}
+
+async fn conditional_update_and_delete_act_on_the_one_match(app: TestApp) {
+    let url = format!("/fhir/Patient?identifier={}|087090001001", crate::CCCD);
+    let put = |body: Value| {
+        app.request(reqwest::Method::PUT, &url)
+            .header("content-type", "application/fhir+json")
+            .body(body.to_string())
+            .send()
+    };
+    // Nothing matches: created (the body needs no id).
+    let created = put(crate::patient("087090001001")).await.unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let location = created.headers()["location"].to_str().unwrap().to_string();
+    let id = location
+        .split("/_history")
+        .next()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
+    // One match: updated in place, a new version of the same id.
+    let mut changed = crate::patient("087090001001");
+    changed["gender"] = json!("male");
+    let updated = put(changed.clone()).await.unwrap();
+    assert_eq!(updated.status(), StatusCode::OK);
+    assert_eq!(updated.headers()["etag"], "W/\"2\"");
+    let read: Value = app
+        .get(&format!("/fhir/Patient/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(read["gender"], "male");
+    // A body naming another id than the match is refused.
+    changed["id"] = json!("someone-else");
+    assert_eq!(
+        put(changed).await.unwrap().status(),
+        StatusCode::BAD_REQUEST
+    );
+    // Delete the match; again: nothing matches, nothing to do.
+    for expected_etag in [Some("W/\"3\""), None] {
+        let deleted = app
+            .request(reqwest::Method::DELETE, &url)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(deleted.status(), StatusCode::OK);
+        assert_eq!(
+            deleted.headers().get("etag").map(|v| v.to_str().unwrap()),
+            expected_etag
+        );
+    }
+    assert_eq!(
+        app.get(&format!("/fhir/Patient/{id}")).await.status(),
+        StatusCode::GONE
     );
 }

@@ -26,6 +26,7 @@ mod bundles;
 mod crud;
 mod errors;
 mod patch;
+mod profiles;
 mod queries;
 mod support;
 

@@ -25,18 +25,33 @@ pub struct TestApp {
 
 impl TestApp {
     pub async fn sqlite() -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let url = format!("sqlite://{}/sen.db", dir.path().display());
-        Self::start(url, Some(dir), None).await
+        Self::sqlite_with(|_| {}).await
     }
 
     /// `None` (with a notice) when `TEST_DATABASE_URL` is unset outside CI.
     pub async fn postgres() -> Option<Self> {
-        let pg = TestDatabase::from_env().await?;
-        Some(Self::start(pg.url.clone(), None, Some(pg)).await)
+        Self::postgres_with(|_| {}).await
     }
 
-    async fn start(url: String, dir: Option<tempfile::TempDir>, pg: Option<TestDatabase>) -> Self {
+    /// On SQLite, with the configuration changed by `configure`.
+    pub async fn sqlite_with(configure: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}/sen.db", dir.path().display());
+        Self::start(url, Some(dir), None, configure).await
+    }
+
+    /// On PostgreSQL, with the configuration changed by `configure`.
+    pub async fn postgres_with(configure: impl FnOnce(&mut Config)) -> Option<Self> {
+        let pg = TestDatabase::from_env().await?;
+        Some(Self::start(pg.url.clone(), None, Some(pg), configure).await)
+    }
+
+    async fn start(
+        url: String,
+        dir: Option<tempfile::TempDir>,
+        pg: Option<TestDatabase>,
+        configure: impl FnOnce(&mut Config),
+    ) -> Self {
         let mut config = Config::default();
         config.database.url = Some(Secret::new(url));
         config.database.max_connections = 8;
@@ -46,6 +61,7 @@ impl TestApp {
             .ok()
             .filter(|u| !u.is_empty());
         config.redis.url = redis_url.clone().map(Secret::new);
+        configure(&mut config);
         let app = sen_server::build(&config, sen_server::ServiceName::ALL, true)
             .await
             .expect("app builds");
