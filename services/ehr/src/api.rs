@@ -496,21 +496,67 @@ async fn update(
     let expected = if_match(&headers)?;
     let resource = ehr.accept(&body, rt, Some(&id))?;
     let updated = ehr.store.update(rt, &id, &resource, expected).await?;
-    let base = base_url(&ehr, &headers);
-    let location = format!("{base}/{rt}/{id}/_history/{}", updated.version.version);
-    let (status, message) = if updated.created {
+    Ok(update_response(
+        &ehr,
+        &headers,
+        &out,
+        &updated.version,
+        updated.created,
+    ))
+}
+
+/// The answer to an update: 201 when it created the resource, else 200, with Location, ETag
+/// and the body `Prefer` asks for.
+fn update_response(
+    ehr: &Ehr,
+    headers: &HeaderMap,
+    out: &Output,
+    version: &Version,
+    created: bool,
+) -> Response {
+    let base = base_url(ehr, headers);
+    let location = format!(
+        "{base}/{}/{}/_history/{}",
+        version.resource_type, version.id, version.version
+    );
+    let (status, message) = if created {
         (StatusCode::CREATED, "created")
     } else {
         (StatusCode::OK, "updated")
     };
-    Ok(write_response(
+    write_response(
         status,
-        &updated.version,
+        version,
         Some(&location),
-        prefer_return(&headers),
-        &out,
+        prefer_return(headers),
+        out,
         message,
-    ))
+    )
+}
+
+/// The answer to a delete: the OperationOutcome saying what happened (or nothing with
+/// `Prefer: return=minimal`), and the deleted version's ETag when one was deleted now.
+fn delete_response(
+    headers: &HeaderMap,
+    out: &Output,
+    message: &str,
+    deleted: Option<i64>,
+) -> Response {
+    let mut response = if deleted.is_some() && prefer_return(headers) == Return::Minimal {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        body_response(
+            StatusCode::OK,
+            OperationOutcome::new(vec![OutcomeIssue::information(message)]).to_json(),
+            out.pretty,
+        )
+    };
+    if let Some(version) = deleted
+        && let Ok(v) = HeaderValue::from_str(&etag(version))
+    {
+        response.headers_mut().insert(header::ETAG, v);
+    }
+    response
 }
 
 async fn delete(
@@ -524,27 +570,20 @@ async fn delete(
     let params = params(query);
     let out = output(&params, &headers, false)?;
     let expected = if_match(&headers)?;
-    let outcome = |message: &str| {
-        body_response(
-            StatusCode::OK,
-            OperationOutcome::new(vec![OutcomeIssue::information(message)]).to_json(),
-            out.pretty,
-        )
-    };
-    match ehr.store.delete(rt, &id, expected).await? {
-        Deleted::Now(version) => {
-            let mut response = if prefer_return(&headers) == Return::Minimal {
-                StatusCode::NO_CONTENT.into_response()
-            } else {
-                outcome(&format!("{rt}/{id} deleted"))
-            };
-            if let Ok(v) = HeaderValue::from_str(&etag(version.version)) {
-                response.headers_mut().insert(header::ETAG, v);
-            }
-            Ok(response)
-        }
-        Deleted::Already => Ok(outcome(&format!("{rt}/{id} was already deleted"))),
-    }
+    Ok(match ehr.store.delete(rt, &id, expected).await? {
+        Deleted::Now(version) => delete_response(
+            &headers,
+            &out,
+            &format!("{rt}/{id} deleted"),
+            Some(version.version),
+        ),
+        Deleted::Already => delete_response(
+            &headers,
+            &out,
+            &format!("{rt}/{id} was already deleted"),
+            None,
+        ),
+    })
 }
 
 /// The search criteria of a conditional interaction: every query parameter but those that
@@ -582,21 +621,7 @@ async fn update_conditional(
     let expected = if_match(&headers)?;
     let (version, created) =
         crate::transaction::conditional_update(&ehr, rt, criteria, &body, expected).await?;
-    let base = base_url(&ehr, &headers);
-    let location = format!("{base}/{rt}/{}/_history/{}", version.id, version.version);
-    let (status, message) = if created {
-        (StatusCode::CREATED, "created")
-    } else {
-        (StatusCode::OK, "updated")
-    };
-    Ok(write_response(
-        status,
-        &version,
-        Some(&location),
-        prefer_return(&headers),
-        &out,
-        message,
-    ))
+    Ok(update_response(&ehr, &headers, &out, &version, created))
 }
 
 /// `DELETE /fhir/{type}?criteria`: conditional delete of the one match.
@@ -616,21 +641,7 @@ async fn delete_conditional(
         Some(_) => "the matching resource was deleted",
         None => "no resource matched; nothing was deleted",
     };
-    let mut response = if prefer_return(&headers) == Return::Minimal {
-        StatusCode::NO_CONTENT.into_response()
-    } else {
-        body_response(
-            StatusCode::OK,
-            OperationOutcome::new(vec![OutcomeIssue::information(message)]).to_json(),
-            out.pretty,
-        )
-    };
-    if let Some(version) = deleted
-        && let Ok(v) = HeaderValue::from_str(&etag(version))
-    {
-        response.headers_mut().insert(header::ETAG, v);
-    }
-    Ok(response)
+    Ok(delete_response(&headers, &out, message, deleted))
 }
 
 /// Parameters that only shape the response and may accompany any query.
