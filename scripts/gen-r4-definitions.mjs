@@ -133,6 +133,27 @@ for (const { resource: sd } of [...bundle.entry, ...types.entry]) {
   }
   if (rows.length) constraints[sd.type] = rows;
 }
+// Search parameters: every R4 SearchParameter with an expression, as
+// [code, base types, type, FHIRPath expression, target types, components [[code, expression]]].
+const searchBundle = JSON.parse(readFileSync(join(dir, 'dist/fhir/r4/search-parameters.json'), 'utf8'));
+const spByUrl = new Map(searchBundle.entry.map(({ resource: r }) => [r.url, r]));
+const searchParams = [];
+for (const { resource: r } of searchBundle.entry) {
+  if (!r.expression) continue;
+  const components = (r.component || []).map((c) => {
+    const def = spByUrl.get(c.definition);
+    return [def ? def.code : c.definition, c.expression, def ? def.type : null];
+  });
+  searchParams.push([r.code, r.base, r.type, r.expression, r.target || [], components]);
+}
+searchParams.sort((a, b) => (a[1][0] + a[0]).localeCompare(b[1][0] + b[0]));
+const searchTarget = join(dirname(fileURLToPath(import.meta.url)), '..', 'fhir-profiles', 'r4', 'search-parameters.json');
+const header = JSON.stringify({
+  _source: `${PKG} dist/fhir/r4/search-parameters.json (HL7 FHIR R4 4.0.1, CC0)`,
+  _format: '[code, base types, type, FHIRPath expression, target types, components [[code, expression, type]]]',
+}).slice(0, -1);
+writeFileSync(searchTarget, `${header},"params":[\n${searchParams.map((p) => JSON.stringify(p)).join(',\n')}\n]}\n`);
+console.log(`wrote ${searchParams.length} search parameters to ${searchTarget}`);
 const elementsTarget = join(dirname(fileURLToPath(import.meta.url)), '..', 'fhir-profiles', 'r4', 'elements.json');
 const sortedTables = Object.fromEntries(Object.keys(tables).sort().map((k) => [k, tables[k]]));
 writeFileSync(elementsTarget, JSON.stringify({

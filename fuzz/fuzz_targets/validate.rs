@@ -13,7 +13,7 @@ use sen_ehr::{
     resource::IncomingResource,
 };
 
-const PATIENT: &str = r#"{"resourceType":"Patient","id":"p","name":[{"family":"Nguyễn","given":["Hoa"]}],"birthDate":"1990-04-30","deceasedBoolean":false,"contained":[{"resourceType":"Organization","id":"o"}],"managingOrganization":{"reference":"#o"}}"#;
+const PATIENT: &str = r##"{"resourceType":"Patient","id":"p","name":[{"family":"Nguyễn","given":["Hoa"]}],"birthDate":"1990-04-30","deceasedBoolean":false,"contained":[{"resourceType":"Organization","id":"o"}],"managingOrganization":{"reference":"#o"}}"##;
 
 fuzz_target!(|data: &[u8]| {
     static REGISTRY: OnceLock<Registry> = OnceLock::new();

@@ -21,7 +21,8 @@ use crate::{
     error::EhrError,
     json,
     resource::{ElementFilter, Summary, is_valid_id},
-    store::{Created, Deleted, HistoryScope, Version},
+    search::query::{SearchRequest, Total},
+    store::{Created, Deleted, Found, HistoryScope, PageStart, Version},
 };
 
 mod operations;
@@ -45,6 +46,7 @@ pub fn router(ehr: Arc<Ehr>) -> Router {
                 .patch(operations::patch_conditional),
         )
         .route("/fhir/{type}/_history", get(history_type))
+        .route("/fhir/{type}/_search", axum::routing::post(search_post))
         .route(
             "/fhir/{type}/$validate",
             axum::routing::post(operations::validate_type),
@@ -372,7 +374,7 @@ async fn create(
                 name: "If-None-Exist",
                 message: "must be a query string".into(),
             })?;
-            Some(Criteria::parse_query(text)?)
+            Some(Criteria::parse_query(rt, text)?)
         }
         None => None,
     };
@@ -588,7 +590,11 @@ async fn delete(
 
 /// The search criteria of a conditional interaction: every query parameter but those that
 /// shape the response. At least one is needed.
-fn conditional_criteria(params: &[(String, String)], what: &str) -> Result<Criteria, EhrError> {
+fn conditional_criteria(
+    rt: ResourceType,
+    params: &[(String, String)],
+    what: &str,
+) -> Result<Criteria, EhrError> {
     let pairs: Vec<(String, String)> = params
         .iter()
         .filter(|(k, _)| !RESULT_PARAMS.contains(&k.as_str()))
@@ -602,7 +608,7 @@ fn conditional_criteria(params: &[(String, String)], what: &str) -> Result<Crite
             ),
         });
     }
-    Criteria::parse(&pairs)
+    Criteria::parse(rt, &pairs)
 }
 
 /// `PUT /fhir/{type}?criteria`: conditional update.
@@ -617,7 +623,7 @@ async fn update_conditional(
     let params = params(query);
     let out = output(&params, &headers, false)?;
     check_content_type(&headers)?;
-    let criteria = conditional_criteria(&params, "update")?;
+    let criteria = conditional_criteria(rt, &params, "update")?;
     let expected = if_match(&headers)?;
     let (version, created) =
         crate::transaction::conditional_update(&ehr, rt, criteria, &body, expected).await?;
@@ -634,7 +640,7 @@ async fn delete_conditional(
     let rt = resource_type(&ehr, &type_name)?;
     let params = params(query);
     let out = output(&params, &headers, false)?;
-    let criteria = conditional_criteria(&params, "delete")?;
+    let criteria = conditional_criteria(rt, &params, "delete")?;
     let expected = if_match(&headers)?;
     let deleted = crate::transaction::conditional_delete(&ehr, rt, criteria, expected).await?;
     let message = match deleted {
@@ -786,69 +792,140 @@ async fn search(
     headers: HeaderMap,
 ) -> Result<Response> {
     let rt = resource_type(&ehr, &type_name)?;
-    let params = params(query);
-    let out = output(&params, &headers, true)?;
-    if out.filter == ElementFilter::Summary(Summary::Count) {
+    search_answer(&ehr, rt, params(query), &headers).await
+}
+
+/// `POST /fhir/{type}/_search`: the parameters in a form body (and the query string).
+async fn search_post(
+    State(ehr): State<Arc<Ehr>>,
+    Path(type_name): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response> {
+    let rt = resource_type(&ehr, &type_name)?;
+    let form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    if !form && !body.is_empty() {
         return Err(EhrError::BadParameter {
-            name: "_summary",
-            message: "count is not supported yet".into(),
+            name: "Content-Type",
+            message: "POST _search takes application/x-www-form-urlencoded parameters".into(),
         }
         .into());
     }
-    let count = parse_count(&ehr, &params)?;
-    let after = param(&params, "_page_token");
-    if after.is_some_and(|a| !is_valid_id(a)) {
-        return Err(EhrError::BadParameter {
-            name: "_page_token",
-            message: "not a page token from this server".into(),
-        }
-        .into());
-    }
-    let criteria_pairs: Vec<(String, String)> = params
+    let mut all = params(query);
+    all.extend(form_urlencoded::parse(&body).into_owned());
+    search_answer(&ehr, rt, all, &headers).await
+}
+
+/// Whether the client asked for strict handling of unknown search parameters.
+fn strict_handling(headers: &HeaderMap) -> bool {
+    headers
+        .get_all("prefer")
         .iter()
-        .filter(|(k, _)| {
-            !RESULT_PARAMS.contains(&k.as_str()) && k != "_count" && k != "_page_token"
-        })
-        .cloned()
-        .collect();
-    let criteria = Criteria::parse(&criteria_pairs)?;
-    let mut found = ehr
-        .store
-        .search(rt, &criteria, after, count as usize + 1)
-        .await?;
-    let next = if found.len() > count as usize {
-        found.truncate(count as usize);
-        found.last().map(|(id, _)| id.clone())
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split([',', ';']))
+        .any(|p| p.trim() == "handling=strict")
+}
+
+async fn search_answer(
+    ehr: &Ehr,
+    rt: ResourceType,
+    params: Vec<(String, String)>,
+    headers: &HeaderMap,
+) -> Result<Response> {
+    let out = output(&params, headers, true)?;
+    let count = parse_count(ehr, &params)?;
+    let request = SearchRequest::parse(rt, &params, strict_handling(headers))?;
+    let start = match (
+        param(&params, "_page_token"),
+        param(&params, "_page_offset"),
+    ) {
+        (Some(after), None) if request.sort.is_empty() && is_valid_id(after) => {
+            PageStart::AfterId(after.to_string())
+        }
+        (None, Some(offset)) => {
+            PageStart::Offset(offset.parse().map_err(|_| EhrError::BadParameter {
+                name: "_page_offset",
+                message: "not a page position from this server".into(),
+            })?)
+        }
+        (None, None) => PageStart::First,
+        _ => {
+            return Err(EhrError::BadParameter {
+                name: "_page_token",
+                message: "not a page token from this server".into(),
+            }
+            .into());
+        }
+    };
+    let base = base_url(ehr, headers);
+    let count_only = out.filter == ElementFilter::Summary(Summary::Count);
+    let total = if count_only || request.total != Total::None {
+        Some(ehr.store.search_count(&request).await? as usize)
     } else {
         None
     };
-    let base = base_url(&ehr, &headers);
-    let entries: Vec<String> = found
-        .iter()
-        .map(|(id, content)| {
-            format!(
-                "{{\"fullUrl\":{},\"resource\":{},\"search\":{{\"mode\":\"match\"}}}}",
-                json::string(&format!("{base}/{rt}/{id}")),
-                out.filter.apply(content, ehr.defs)
-            )
-        })
-        .collect();
     let mut links = vec![link(
         &format!("{base}/{rt}{}", query_string(&params, None)),
         "self",
     )];
-    if let Some(next) = next {
-        links.push(link(
-            &format!(
-                "{base}/{rt}{}",
-                query_string(&params, Some(("_page_token", &next)))
+    let mut entries: Vec<String> = Vec::new();
+    if !count_only {
+        let mut found = ehr
+            .store
+            .search_page(&request, &start, count as usize + 1)
+            .await?;
+        if found.len() > count as usize {
+            found.truncate(count as usize);
+            let next = match (&start, request.sort.is_empty()) {
+                (_, true) => (
+                    "_page_token",
+                    found.last().map(|f| f.1.clone()).unwrap_or_default(),
+                ),
+                (PageStart::Offset(o), false) => ("_page_offset", (o + count as usize).to_string()),
+                (_, false) => ("_page_offset", (count as usize).to_string()),
+            };
+            links.push(link(
+                &format!(
+                    "{base}/{rt}{}",
+                    query_string(&params, Some((next.0, &next.1)))
+                ),
+                "next",
+            ));
+        }
+        let included = ehr
+            .store
+            .search_includes(&found, &request.includes, &request.revincludes)
+            .await?;
+        let entry = |(t, id, content): &Found, mode: &str| {
+            format!(
+                "{{\"fullUrl\":{},\"resource\":{},\"search\":{{\"mode\":\"{mode}\"}}}}",
+                json::string(&format!("{base}/{t}/{id}")),
+                out.filter.apply(content, ehr.defs)
+            )
+        };
+        entries.extend(found.iter().map(|f| entry(f, "match")));
+        entries.extend(included.iter().map(|f| entry(f, "include")));
+    }
+    if !request.ignored.is_empty() {
+        let outcome = OperationOutcome::new(vec![OutcomeIssue::warning(
+            sen_platform::IssueCode::NotSupported,
+            format!(
+                "ignored parameters that are not search parameters of {rt}: {} (send Prefer: handling=strict to have them refused)",
+                request.ignored.join(", ")
             ),
-            "next",
+        )]);
+        entries.push(format!(
+            "{{\"resource\":{},\"search\":{{\"mode\":\"outcome\"}}}}",
+            outcome.to_json()
         ));
     }
     Ok(body_response(
         StatusCode::OK,
-        bundle("searchset", &links, &entries, None),
+        bundle("searchset", &links, &entries, total),
         out.pretty,
     ))
 }

@@ -20,10 +20,14 @@ pub fn link(url: &str, relation: &str) -> String {
     )
 }
 
-/// `?` and the query string of `params` without `_page_token`, plus `extra`; empty when none.
+/// `?` and the query string of `params` without the page position, plus `extra`; empty when
+/// none.
 pub fn query_string(params: &[(String, String)], extra: Option<(&str, &str)>) -> String {
     let mut serializer = form_urlencoded::Serializer::new(String::new());
-    for (k, v) in params.iter().filter(|(k, _)| k != "_page_token") {
+    for (k, v) in params
+        .iter()
+        .filter(|(k, _)| k != "_page_token" && k != "_page_offset")
+    {
         serializer.append_pair(k, v);
     }
     if let Some((k, v)) = extra {

@@ -6,7 +6,10 @@
 
 use serde_json::{Value, json};
 
-use crate::definitions::Definitions;
+use crate::{
+    definitions::Definitions,
+    search::params::{ParamType, SearchParams},
+};
 
 /// Instance interactions implemented for every type.
 pub const TYPE_INTERACTIONS: &[&str] = &[
@@ -21,34 +24,25 @@ pub const TYPE_INTERACTIONS: &[&str] = &[
     "search-type",
 ];
 
-/// Search parameters the basic search answers today.
-pub const SEARCH_PARAMS: &[(&str, &str, &str)] = &[
-    (
-        "_id",
-        "token",
-        "http://hl7.org/fhir/SearchParameter/Resource-id",
-    ),
-    (
-        "identifier",
-        "token",
-        "http://hl7.org/fhir/SearchParameter/identifier",
-    ),
-];
-
 pub fn capability_statement(defs: &Definitions, software_version: &str, date: &str) -> Value {
     let resources: Vec<Value> = defs
         .resource_types()
         .map(|rt| {
-            let has_identifier = defs.type_def(rt).elements.iter().any(|e| e.name == "identifier");
-            let params: Vec<Value> = SEARCH_PARAMS
+            let mut search: Vec<_> = SearchParams::r4().of(rt).collect();
+            search.sort_by(|a, b| a.code.cmp(&b.code));
+            let params: Vec<Value> = search
                 .iter()
-                .filter(|(name, _, _)| *name != "identifier" || has_identifier)
-                .map(|(name, kind, url)| json!({"name": name, "type": kind, "definition": url}))
+                .map(|p| {
+                    let kind = serde_json::to_value(p.kind).unwrap_or(Value::Null);
+                    json!({"name": p.code, "type": kind})
+                })
                 .collect();
-            let mut conditional: Vec<&str> = vec![];
-            if has_identifier {
-                conditional.push("identifier");
-            }
+            let mut includes: Vec<String> = search
+                .iter()
+                .filter(|p| p.kind == ParamType::Reference)
+                .map(|p| format!("{rt}:{}", p.code))
+                .collect();
+            includes.push("*".into());
             json!({
                 "type": rt.as_str(),
                 "profile": defs.type_def(rt).url,
@@ -61,6 +55,8 @@ pub fn capability_statement(defs: &Definitions, software_version: &str, date: &s
                 "conditionalUpdate": true,
                 "conditionalDelete": "single",
                 "searchParam": params,
+                "searchInclude": includes,
+                "searchRevInclude": ["*"],
                 "operation": [{"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}],
             })
         })
@@ -80,6 +76,11 @@ pub fn capability_statement(defs: &Definitions, software_version: &str, date: &s
             "mode": "server",
             "resource": resources,
             "interaction": [{"code": "history-system"}, {"code": "transaction"}, {"code": "batch"}],
+            "searchParam": [
+                {"name": "_sort", "type": "special"}, {"name": "_count", "type": "number"},
+                {"name": "_include", "type": "special"}, {"name": "_revinclude", "type": "special"},
+                {"name": "_total", "type": "special"}, {"name": "_summary", "type": "special"},
+                {"name": "_elements", "type": "special"}],
         }],
     })
 }

@@ -17,6 +17,7 @@ pub mod patch;
 pub mod primitives;
 pub mod profiles;
 pub mod resource;
+pub mod search;
 pub mod store;
 pub mod transaction;
 pub mod validation;

@@ -3,9 +3,17 @@
 
 use sen_platform::migrate::Migration;
 
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "resource store: current versions, history, identifier index",
-    sqlite: include_str!("../migrations/sqlite/0001_resource_store.sql"),
-    postgres: include_str!("../migrations/postgres/0001_resource_store.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "resource store: current versions, history, identifier index",
+        sqlite: include_str!("../migrations/sqlite/0001_resource_store.sql"),
+        postgres: include_str!("../migrations/postgres/0001_resource_store.sql"),
+    },
+    Migration {
+        version: 2,
+        description: "search index: string, token, reference, date, number, uri tables",
+        sqlite: include_str!("../migrations/sqlite/0002_search_index.sql"),
+        postgres: include_str!("../migrations/postgres/0002_search_index.sql"),
+    },
+];

@@ -1,10 +1,12 @@
-//! The resource store: current versions, full history and the identifier index, on SQLite or
+//! The resource store: current versions, full history and the search index, on SQLite or
 //! PostgreSQL through one code path.
 //!
 //! Every write is one database transaction (current row, history row, index rows), and
 //! is acknowledged only after it commits. Index rows for a resource are written in one
 //! multi-row statement, never one round trip per value. No SQL lives outside this module.
 
+mod search;
+pub use search::{Found, PageStart};
 mod write;
 
 use sen_platform::{Backend, Database};
@@ -13,10 +15,9 @@ use sqlx::{Any, Row, Transaction, any::AnyRow};
 pub use write::Tx;
 
 use crate::{
-    criteria::{Criteria, TokenMatch},
+    criteria::Criteria,
     definitions::{Definitions, ResourceType},
     error::EhrError,
-    resource::IncomingResource,
 };
 
 /// The HTTP interaction that produced a version (as recorded in history).
@@ -127,10 +128,8 @@ struct Sql {
     insert_current: String,
     update_current: String,
     insert_history: String,
-    delete_tokens: String,
-    insert_tokens_prefix: String,
-    find_base: String,
-    token_table: String,
+    /// Index table name prefix: `ehr.` or `ehr_`.
+    index_prefix: &'static str,
     history_system: String,
     history_type: String,
     history_instance: String,
@@ -139,19 +138,14 @@ struct Sql {
 
 impl Sql {
     fn new(backend: Backend) -> Self {
-        let (res, hist, tok, lock) = match backend {
+        let (res, hist, index_prefix, lock) = match backend {
             Backend::Postgres => (
                 "ehr.resource",
                 "ehr.resource_history",
-                "ehr.token_index",
+                "ehr.",
                 " FOR UPDATE",
             ),
-            Backend::Sqlite => (
-                "ehr_resource",
-                "ehr_resource_history",
-                "ehr_token_index",
-                "",
-            ),
+            Backend::Sqlite => ("ehr_resource", "ehr_resource_history", "ehr_", ""),
         };
         let cols = "resource_type, id, version_id, last_updated, method, deleted, content";
         Sql {
@@ -173,16 +167,7 @@ impl Sql {
             insert_history: format!(
                 "INSERT INTO {hist} ({cols}) VALUES ($1, $2, $3, $4, $5, $6, $7)"
             ),
-            delete_tokens: format!(
-                "DELETE FROM {tok} WHERE resource_type = $1 AND resource_id = $2"
-            ),
-            insert_tokens_prefix: format!(
-                "INSERT INTO {tok} (resource_type, resource_id, param, system, code) VALUES "
-            ),
-            find_base: format!(
-                "SELECT r.id FROM {res} r WHERE r.resource_type = $1 AND r.deleted = 0"
-            ),
-            token_table: tok.to_string(),
+            index_prefix,
             history_system: format!(
                 "SELECT seq, {cols} FROM {hist} WHERE last_updated >= $1 AND seq < $2 ORDER BY seq DESC LIMIT $3"
             ),
@@ -315,139 +300,63 @@ impl ResourceStore {
         Ok(HistoryPage { entries, next })
     }
 
-    /// Current (not deleted) resources of `rt` matching `criteria`, ordered by id, after the
-    /// id `after`, at most `limit`: (id, stored JSON).
-    pub async fn search(
-        &self,
-        rt: ResourceType,
-        criteria: &Criteria,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<(String, String)>, EhrError> {
-        let mut conn = self.db.reader().acquire().await?;
-        self.find_with(&mut *conn, rt, criteria, after, limit, true)
-            .await
-    }
-
-    /// [`Self::search`] seen from inside `tx` (a Bundle's GET entries see its writes).
-    pub async fn search_in(
-        &self,
-        tx: &mut Tx,
-        rt: ResourceType,
-        criteria: &Criteria,
-        limit: usize,
-    ) -> Result<Vec<(String, String)>, EhrError> {
-        self.find_with(&mut **tx, rt, criteria, None, limit, true)
-            .await
-    }
-
-    async fn find<'c, E>(
+    /// Current resources matching `criteria`, seen through `executor`, at most `limit`, by id:
+    /// (id, stored JSON).
+    pub(crate) async fn find<'c, E>(
         &self,
         executor: E,
-        rt: ResourceType,
         criteria: &Criteria,
         limit: usize,
-    ) -> Result<Vec<String>, EhrError>
-    where
-        E: sqlx::Executor<'c, Database = Any>,
-    {
-        let rows = self
-            .find_with(executor, rt, criteria, None, limit, false)
-            .await?;
-        Ok(rows.into_iter().map(|(id, _)| id).collect())
-    }
-
-    async fn find_with<'c, E>(
-        &self,
-        executor: E,
-        rt: ResourceType,
-        criteria: &Criteria,
-        after: Option<&str>,
-        limit: usize,
-        with_content: bool,
     ) -> Result<Vec<(String, String)>, EhrError>
     where
         E: sqlx::Executor<'c, Database = Any>,
     {
-        let mut sql = if with_content {
-            self.sql
-                .find_base
-                .replacen("SELECT r.id ", "SELECT r.id, r.content ", 1)
-        } else {
-            self.sql.find_base.clone()
-        };
-        let mut binds: Vec<String> = vec![rt.as_str().to_string()];
-        let next = |value: &str, binds: &mut Vec<String>| {
-            binds.push(value.to_string());
-            format!("${}", binds.len())
-        };
-        if let Some(after) = after {
-            let p = next(after, &mut binds);
-            sql.push_str(&format!(" AND r.id > {p}"));
-        }
-        if let Some(ids) = &criteria.ids {
-            if ids.is_empty() {
-                return Ok(Vec::new());
-            }
-            let list: Vec<String> = ids.iter().map(|id| next(id, &mut binds)).collect();
-            sql.push_str(&format!(" AND r.id IN ({})", list.join(", ")));
-        }
-        for alternatives in &criteria.identifiers {
-            let mut ors = Vec::new();
-            for token in alternatives {
-                let mut conds = Vec::new();
-                match &token.system {
-                    TokenMatch::Any => {}
-                    TokenMatch::Exactly(s) => {
-                        conds.push(format!("t.system = {}", next(s, &mut binds)))
-                    }
-                }
-                match &token.code {
-                    TokenMatch::Any => {}
-                    TokenMatch::Exactly(c) => {
-                        conds.push(format!("t.code = {}", next(c, &mut binds)))
-                    }
-                }
-                ors.push(if conds.is_empty() {
-                    "1 = 1".to_string()
-                } else {
-                    conds.join(" AND ")
-                });
-            }
-            sql.push_str(&format!(
-                " AND EXISTS (SELECT 1 FROM {} t WHERE t.resource_type = r.resource_type AND t.resource_id = r.id \
-                 AND t.param = 'identifier' AND (({})))",
-                self.sql.token_table,
-                ors.join(") OR (")
-            ));
-        }
-        sql.push_str(&format!(" ORDER BY r.id LIMIT {limit}"));
-        let mut query = sqlx::query(&sql);
-        for value in &binds {
-            query = query.bind(value.as_str());
-        }
-        let rows = query.fetch_all(executor).await?;
+        let (sql, binds) = self.page_sql(&criteria.request, &PageStart::First, limit)?;
+        let rows = search::bind_all(sqlx::query(&sql), &binds)
+            .fetch_all(executor)
+            .await?;
         let mut found = Vec::with_capacity(rows.len());
         for row in &rows {
-            let content = if with_content {
-                row.try_get::<String, _>(1)?
-            } else {
-                String::new()
-            };
-            found.push((row.try_get::<String, _>(0)?, content));
+            found.push((row.try_get::<String, _>(1)?, row.try_get::<String, _>(2)?));
         }
         Ok(found)
+    }
+
+    /// One page of a search inside `tx` (a Bundle's GET entries see its writes).
+    pub async fn search_page_in(
+        &self,
+        tx: &mut Tx,
+        request: &crate::search::query::SearchRequest,
+        limit: usize,
+    ) -> Result<Vec<Found>, EhrError> {
+        let (sql, binds) = self.page_sql(request, &PageStart::First, limit)?;
+        let rows = search::bind_all(sqlx::query(&sql), &binds)
+            .fetch_all(&mut **tx)
+            .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(EhrError::from)
+    }
+
+    /// Current resources matching `criteria` (conditional patch: at most `limit`).
+    pub async fn search(
+        &self,
+        criteria: &Criteria,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, EhrError> {
+        let mut conn = self.db.reader().acquire().await?;
+        self.find(&mut *conn, criteria, limit).await
     }
 
     /// Serialises conditional creates with the same criteria (PostgreSQL; SQLite has one writer).
     async fn lock_condition(
         &self,
         tx: &mut Transaction<'static, Any>,
-        rt: ResourceType,
         criteria: &Criteria,
     ) -> Result<(), EhrError> {
         if self.db.backend() == Backend::Postgres {
-            let key = criteria.lock_key(rt);
+            let key = criteria.lock_key();
             sqlx::query("SELECT pg_advisory_xact_lock($1)")
                 .bind(key)
                 .execute(&mut **tx)
@@ -475,60 +384,218 @@ impl ResourceStore {
         &self,
         tx: &mut Transaction<'static, Any>,
         version: &Version,
-        resource: Option<&IncomingResource>,
+        indexed: bool,
     ) -> Result<(), EhrError> {
         self.bind_version(sqlx::query(&self.sql.insert_history), version)
             .execute(&mut **tx)
             .await?;
-        let tokens = resource
-            .map(|r| identifier_tokens(r, self.defs))
-            .unwrap_or_default();
-        self.replace_index(tx, version, &tokens).await
+        self.replace_index(tx, version, indexed).await
     }
 
-    /// Replaces the index rows of a resource with `tokens` (one statement for all rows).
-    async fn replace_index(
+    /// Replaces the search index rows of a resource with those of `version` (none for a
+    /// deletion): a new resource has none to delete; the rows of each table go in one
+    /// statement per 4,000 bind values.
+    pub(crate) async fn replace_index(
         &self,
         tx: &mut Transaction<'static, Any>,
         version: &Version,
-        tokens: &[(String, String)],
+        indexed: bool,
     ) -> Result<(), EhrError> {
+        let p = self.sql.index_prefix;
         if version.method != Method::Post {
-            sqlx::query(&self.sql.delete_tokens)
+            for table in INDEX_TABLES {
+                sqlx::query(&format!(
+                    "DELETE FROM {p}{table} WHERE resource_type = $1 AND id = $2"
+                ))
                 .bind(version.resource_type.as_str())
                 .bind(version.id.as_str())
                 .execute(&mut **tx)
                 .await?;
+            }
         }
-        if tokens.is_empty() {
+        if !indexed || version.deleted {
             return Ok(());
         }
-        let mut sql = self.sql.insert_tokens_prefix.clone();
-        for i in 0..tokens.len() {
-            let b = i * 5;
-            if i > 0 {
-                sql.push_str(", ");
+        let value: serde_json::Value =
+            serde_json::from_str(&version.content).map_err(|_| EhrError::Invalid {
+                message: "stored JSON is unreadable".into(),
+                expression: None,
+            })?;
+        let rt = self
+            .defs
+            .resource_type(&version.resource_type)
+            .ok_or_else(|| EhrError::UnknownType {
+                name: version.resource_type.clone(),
+            })?;
+        let rows = crate::search::extract::extract(rt, &value);
+        let (rt, id) = (version.resource_type.as_str(), version.id.as_str());
+        let long = |s: &str| s.len() > MAX_INDEXED_BYTES;
+        let mut inserts = Inserts::new(p, rt, id);
+        for (code, grp, folded, exact) in &rows.strings {
+            if !long(folded) && !long(exact) {
+                inserts.row(
+                    "sp_string",
+                    "folded, exact",
+                    code,
+                    *grp,
+                    vec![Bind::Text(folded), Bind::Text(exact)],
+                );
             }
-            sql.push_str(&format!(
-                "(${}, ${}, ${}, ${}, ${})",
-                b + 1,
-                b + 2,
-                b + 3,
-                b + 4,
-                b + 5
-            ));
         }
-        let mut query = sqlx::query(&sql);
-        for (system, code) in tokens {
-            query = query
-                .bind(version.resource_type.as_str())
-                .bind(version.id.as_str())
-                .bind("identifier")
-                .bind(system.as_str())
-                .bind(code.as_str());
+        for (code, grp, system, value) in &rows.tokens {
+            if !long(system) && !long(value) {
+                inserts.row(
+                    "sp_token",
+                    "system, value",
+                    code,
+                    *grp,
+                    vec![Bind::Text(system), Bind::Text(value)],
+                );
+            }
         }
-        query.execute(&mut **tx).await?;
+        for (code, grp, target_type, target_id, url) in &rows.references {
+            if !long(url) {
+                inserts.row(
+                    "sp_reference",
+                    "target_type, target_id, url",
+                    code,
+                    *grp,
+                    vec![
+                        Bind::Text(target_type),
+                        Bind::Text(target_id),
+                        Bind::Text(url),
+                    ],
+                );
+            }
+        }
+        for (code, grp, low, high) in &rows.dates {
+            inserts.row(
+                "sp_date",
+                "low, high",
+                code,
+                *grp,
+                vec![Bind::Int(*low), Bind::Int(*high)],
+            );
+        }
+        for (code, grp, value, system, unit) in &rows.numbers {
+            if value.is_finite() && !long(system) && !long(unit) {
+                inserts.row(
+                    "sp_number",
+                    "value, system, unit",
+                    code,
+                    *grp,
+                    vec![Bind::Float(*value), Bind::Text(system), Bind::Text(unit)],
+                );
+            }
+        }
+        for (code, grp, value) in &rows.uris {
+            if !long(value) {
+                inserts.row("sp_uri", "value", code, *grp, vec![Bind::Text(value)]);
+            }
+        }
+        for (sql, binds) in inserts.statements() {
+            let mut query = sqlx::query(&sql);
+            for bind in binds {
+                query = match bind {
+                    Bind::Text(t) => query.bind(t),
+                    Bind::Int(i) => query.bind(i),
+                    Bind::Float(f) => query.bind(f),
+                };
+            }
+            query.execute(&mut **tx).await?;
+        }
         Ok(())
+    }
+}
+
+/// The search index tables.
+const INDEX_TABLES: [&str; 6] = [
+    "sp_string",
+    "sp_token",
+    "sp_reference",
+    "sp_date",
+    "sp_number",
+    "sp_uri",
+];
+
+#[derive(Debug, Clone, Copy)]
+enum Bind<'a> {
+    Text(&'a str),
+    Int(i64),
+    Float(f64),
+}
+
+/// Multi-row INSERT statements of index rows, grouped by table, each under the bind limit.
+struct Inserts<'a> {
+    prefix: &'static str,
+    rt: &'a str,
+    id: &'a str,
+    /// (table, columns) → rows of binds
+    tables: Vec<(&'static str, &'static str, Vec<Vec<Bind<'a>>>)>,
+}
+
+/// Bind values per statement: well under SQLite's 32,766 and PostgreSQL's 65,535.
+const BINDS_PER_STATEMENT: usize = 4000;
+
+impl<'a> Inserts<'a> {
+    fn new(prefix: &'static str, rt: &'a str, id: &'a str) -> Self {
+        Self {
+            prefix,
+            rt,
+            id,
+            tables: Vec::new(),
+        }
+    }
+
+    fn row(
+        &mut self,
+        table: &'static str,
+        columns: &'static str,
+        code: &'a str,
+        grp: i64,
+        values: Vec<Bind<'a>>,
+    ) {
+        let mut binds = vec![
+            Bind::Text(self.rt),
+            Bind::Text(self.id),
+            Bind::Text(code),
+            Bind::Int(grp),
+        ];
+        binds.extend(values);
+        match self.tables.iter_mut().find(|(t, _, _)| *t == table) {
+            Some((_, _, rows)) => rows.push(binds),
+            None => self.tables.push((table, columns, vec![binds])),
+        }
+    }
+
+    fn statements(self) -> Vec<(String, Vec<Bind<'a>>)> {
+        let mut out = Vec::new();
+        for (table, columns, rows) in self.tables {
+            let width = rows[0].len();
+            for chunk in rows.chunks((BINDS_PER_STATEMENT / width).max(1)) {
+                let mut sql = format!(
+                    "INSERT INTO {}{table} (resource_type, id, code, grp, {columns}) VALUES ",
+                    self.prefix
+                );
+                let mut binds = Vec::with_capacity(chunk.len() * width);
+                for (i, row) in chunk.iter().enumerate() {
+                    if i > 0 {
+                        sql.push_str(", ");
+                    }
+                    sql.push('(');
+                    for j in 0..width {
+                        if j > 0 {
+                            sql.push_str(", ");
+                        }
+                        sql.push_str(&format!("${}", binds.len() + j + 1));
+                    }
+                    sql.push(')');
+                    binds.extend(row.iter().copied());
+                }
+                out.push((sql, binds));
+            }
+        }
+        out
     }
 }
 
@@ -545,38 +612,3 @@ fn check_if_match(if_match: Option<i64>, current: Option<&Version>) -> Result<()
 
 /// Longest token system or code that is indexed (PostgreSQL btree rows stop near 2.7 kB).
 const MAX_INDEXED_BYTES: usize = 1024;
-
-/// `identifier` values of a resource as (system, value); system is empty when absent.
-fn identifier_tokens(resource: &IncomingResource, defs: &Definitions) -> Vec<(String, String)> {
-    let has_identifier = defs
-        .type_def(resource.resource_type)
-        .elements
-        .iter()
-        .any(|e| e.name == "identifier");
-    if !has_identifier {
-        return Vec::new();
-    }
-    let values = match resource.property("identifier") {
-        Some(serde_json::Value::Array(list)) => list,
-        Some(single @ serde_json::Value::Object(_)) => vec![single],
-        _ => return Vec::new(),
-    };
-    let mut tokens: Vec<(String, String)> = values
-        .iter()
-        .filter_map(|identifier| {
-            let value = identifier.get("value")?.as_str()?;
-            let system = identifier
-                .get("system")
-                .and_then(|s| s.as_str())
-                .unwrap_or("");
-            // Index keys must fit a btree row; longer values are stored but not searchable.
-            if value.len() > MAX_INDEXED_BYTES || system.len() > MAX_INDEXED_BYTES {
-                return None;
-            }
-            Some((system.to_string(), value.to_string()))
-        })
-        .collect();
-    tokens.sort();
-    tokens.dedup();
-    tokens
-}

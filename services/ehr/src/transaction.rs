@@ -21,6 +21,7 @@ use crate::{
     json,
     patch::Document,
     resource::{RawObject, is_valid_id},
+    search::query::SearchRequest,
     store::{Created, Deleted, Tx, Version},
 };
 
@@ -80,8 +81,10 @@ struct Entry {
     resource_type: ResourceType,
     /// `Type/id` entries carry the id; `Type` (POST) and `Type?criteria` do not.
     id: Option<String>,
-    /// `Type?criteria`: a conditional update, patch or delete, or a search.
+    /// `Type?criteria`: a conditional update, patch or delete.
     criteria: Option<Criteria>,
+    /// `Type?parameters` of a GET entry: a search.
+    search: Option<SearchRequest>,
     version: Option<i64>,
     resource: Option<String>,
     /// What a PATCH entry applies: a Binary holding JSON Patch, or a Parameters resource
@@ -158,14 +161,14 @@ fn parse_entry(
         .strip_prefix(base)
         .map(|u| u.trim_start_matches('/'))
         .unwrap_or(url);
-    let (url, criteria) = match url.split_once('?') {
+    let (url, query) = match url.split_once('?') {
         None => (url, None),
         Some(_) if verb == Verb::Post => {
             return Err(invalid(
                 "a POST entry's url is a type; put create conditions in request.ifNoneExist",
             ));
         }
-        Some((path, query)) => (path, Some(Criteria::parse_query(query)?)),
+        Some((path, query)) => (path, Some(query)),
     };
     let segments: Vec<&str> = url.split('/').collect();
     let resource_type =
@@ -174,10 +177,24 @@ fn parse_entry(
             .ok_or_else(|| EhrError::UnknownType {
                 name: segments[0].chars().take(64).collect(),
             })?;
+    // A GET entry's query is a search; any other entry's, the condition of its write.
+    let (criteria, search) = match (query, verb) {
+        (None, _) => (None, None),
+        (Some(q), Verb::Get) => {
+            let pairs: Vec<(String, String)> =
+                form_urlencoded::parse(q.as_bytes()).into_owned().collect();
+            (
+                None,
+                Some(SearchRequest::parse(resource_type, &pairs, true)?),
+            )
+        }
+        (Some(q), _) => (Some(Criteria::parse_query(resource_type, q)?), None),
+    };
+    let conditional = query.is_some();
     let (id, version) = match (verb, segments.as_slice()) {
         (Verb::Post, [_]) => (None, None),
-        (_, [_]) if criteria.is_some() => (None, None),
-        (Verb::Put | Verb::Patch | Verb::Delete | Verb::Get, [_, id]) if criteria.is_none() => {
+        (_, [_]) if conditional => (None, None),
+        (Verb::Put | Verb::Patch | Verb::Delete | Verb::Get, [_, id]) if !conditional => {
             (Some(*id), None)
         }
         (Verb::Get, [_, id, "_history", v]) => (
@@ -205,7 +222,7 @@ fn parse_entry(
         _ => None,
     };
     let if_none_exist = field("ifNoneExist")
-        .map(Criteria::parse_query)
+        .map(|q| Criteria::parse_query(resource_type, q))
         .transpose()?;
     let if_match = match field("ifMatch") {
         None => None,
@@ -220,6 +237,7 @@ fn parse_entry(
         resource_type,
         id: id.map(str::to_string),
         criteria,
+        search,
         version,
         resource,
         patch,
@@ -413,11 +431,9 @@ pub async fn process(ehr: &Ehr, body: &[u8], base: &str) -> Result<String, Bundl
 /// the same criteria wait for each other.
 async fn resolve_target(ehr: &Ehr, tx: &mut Tx, entry: &Entry) -> Result<Option<String>, EhrError> {
     match (&entry.criteria, entry.verb) {
-        (Some(criteria), Verb::Put | Verb::Patch | Verb::Delete) => Ok(ehr
-            .store
-            .find_match_in(tx, entry.resource_type, criteria)
-            .await?
-            .map(|v| v.id)),
+        (Some(criteria), Verb::Put | Verb::Patch | Verb::Delete) => {
+            Ok(ehr.store.find_match_in(tx, criteria).await?.map(|v| v.id))
+        }
         _ => Ok(entry.id.clone()),
     }
 }
@@ -486,7 +502,7 @@ async fn run_transaction(
                 let existing = match &entry.if_none_exist {
                     Some(criteria) => ehr
                         .store
-                        .find_match_in(&mut tx, entry.resource_type, criteria)
+                        .find_match_in(&mut tx, criteria)
                         .await
                         .map_err(at(i))?,
                     None => None,
@@ -651,6 +667,7 @@ fn conditional_entry(
         resource_type,
         id: None,
         criteria: Some(criteria),
+        search: None,
         version: None,
         resource,
         patch: None,
@@ -747,8 +764,8 @@ async fn delete(
 }
 
 async fn read(ehr: &Ehr, tx: &mut Tx, entry: &Entry) -> Result<Outcome, EhrError> {
-    if let Some(criteria) = &entry.criteria {
-        return search(ehr, tx, entry.resource_type, criteria).await;
+    if let Some(request) = &entry.search {
+        return search(ehr, tx, request).await;
     }
     let id = entry.id.clone().unwrap_or_default();
     let rt = entry.resource_type.as_str();
@@ -770,18 +787,15 @@ async fn read(ehr: &Ehr, tx: &mut Tx, entry: &Entry) -> Result<Outcome, EhrError
     Ok(Outcome::Read(version))
 }
 
-/// A GET entry with criteria: the first page of matches as a searchset Bundle.
-async fn search(
-    ehr: &Ehr,
-    tx: &mut Tx,
-    rt: ResourceType,
-    criteria: &Criteria,
-) -> Result<Outcome, EhrError> {
+/// A GET entry with a query: the first page of matches as a searchset Bundle, seen from
+/// inside the transaction.
+async fn search(ehr: &Ehr, tx: &mut Tx, request: &SearchRequest) -> Result<Outcome, EhrError> {
     let count = ehr.fhir.default_count as usize;
-    let found = ehr.store.search_in(tx, rt, criteria, count).await?;
+    let found = ehr.store.search_page_in(tx, request, count).await?;
+    let rt = request.resource_type;
     let entries: Vec<String> = found
         .iter()
-        .map(|(id, content)| {
+        .map(|(_, id, content)| {
             format!(
                 "{{\"fullUrl\":{},\"resource\":{content},\"search\":{{\"mode\":\"match\"}}}}",
                 json::string(&format!("{rt}/{id}")),

@@ -157,8 +157,8 @@ pub(super) async fn patch_conditional(
         }
         .into());
     }
-    let criteria = Criteria::parse(&criteria_pairs)?;
-    let matches = ehr.store.search(rt, &criteria, None, 2).await?;
+    let criteria = Criteria::parse(rt, &criteria_pairs)?;
+    let matches = ehr.store.search(&criteria, 2).await?;
     let id = match matches.as_slice() {
         [] => {
             return Err(EhrError::NotFound {

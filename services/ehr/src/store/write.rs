@@ -6,7 +6,7 @@ use sqlx::{Any, Transaction};
 
 use super::{
     Created, Deleted, Method, ResourceStore, Updated, Version, WRITE_ATTEMPTS, check_if_match,
-    format_instant, identifier_tokens, now_micros, version_from_row,
+    format_instant, now_micros, version_from_row,
 };
 use crate::{
     criteria::Criteria, definitions::ResourceType, error::EhrError, resource::IncomingResource,
@@ -39,14 +39,13 @@ impl ResourceStore {
     pub async fn find_match_in(
         &self,
         tx: &mut Tx,
-        rt: ResourceType,
         criteria: &Criteria,
     ) -> Result<Option<Version>, EhrError> {
-        self.lock_condition(tx, rt, criteria).await?;
-        let matches = self.find(&mut **tx, rt, criteria, 2).await?;
+        self.lock_condition(tx, criteria).await?;
+        let matches = self.find(&mut **tx, criteria, 2).await?;
         match matches.as_slice() {
             [] => Ok(None),
-            [id] => self.read_in(tx, rt, id).await,
+            [(id, _)] => self.read_in(tx, criteria.resource_type(), id).await,
             many => Err(EhrError::MultipleMatches { count: many.len() }),
         }
     }
@@ -77,7 +76,7 @@ impl ResourceStore {
     ) -> Result<Created, EhrError> {
         let rt = resource.resource_type;
         if let Some(criteria) = condition
-            && let Some(existing) = self.find_match_in(tx, rt, criteria).await?
+            && let Some(existing) = self.find_match_in(tx, criteria).await?
         {
             return Ok(Created::Existing(existing));
         }
@@ -100,8 +99,7 @@ impl ResourceStore {
         if inserted.rows_affected() != 1 {
             return Err(EhrError::Contention);
         }
-        self.write_history_and_index(tx, &version, Some(resource))
-            .await?;
+        self.write_history_and_index(tx, &version, true).await?;
         Ok(Created::New(version))
     }
 
@@ -173,19 +171,7 @@ impl ResourceStore {
         if written.rows_affected() != 1 {
             return Err(EhrError::Contention);
         }
-        // Most updates keep the identifiers; then the index rows stay as they are.
-        let tokens = identifier_tokens(resource, self.defs);
-        let unchanged = current.as_ref().is_some_and(|c| {
-            !c.deleted
-                && IncomingResource::parse_stored(&c.content, self.defs)
-                    .is_ok_and(|old| identifier_tokens(&old, self.defs) == tokens)
-        });
-        self.bind_version(sqlx::query(&self.sql.insert_history), &version)
-            .execute(&mut **tx)
-            .await?;
-        if !unchanged {
-            self.replace_index(tx, &version, &tokens).await?;
-        }
+        self.write_history_and_index(tx, &version, true).await?;
         let created = current.is_none_or(|c| c.deleted);
         Ok(Updated { version, created })
     }
@@ -245,7 +231,7 @@ impl ResourceStore {
         if written.rows_affected() != 1 {
             return Err(EhrError::Contention);
         }
-        self.write_history_and_index(tx, &version, None).await?;
+        self.write_history_and_index(tx, &version, false).await?;
         Ok(Deleted::Now(version))
     }
 }

@@ -28,6 +28,7 @@ mod errors;
 mod patch;
 mod profiles;
 mod queries;
+mod search;
 mod support;
 
 /// Identifier system of the personal ID (CCCD).

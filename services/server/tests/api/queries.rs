@@ -76,9 +76,19 @@ async fn conditional_create_finds_an_existing_match_instead_of_duplicating(app: 
         ambiguous.json::<Value>().await.unwrap()["issue"][0]["code"],
         "multiple-matches"
     );
-    let unsupported = app
+    // Any search parameter may be a condition; several patients are named Hoa.
+    let by_name = app
         .request(reqwest::Method::POST, "/fhir/Patient")
         .header("if-none-exist", "name=Hoa")
+        .json(&patient("1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_name.status(), StatusCode::PRECONDITION_FAILED);
+    // A condition naming no search parameter is refused, never ignored.
+    let unsupported = app
+        .request(reqwest::Method::POST, "/fhir/Patient")
+        .header("if-none-exist", "nickname=Hoa")
         .json(&patient("1"))
         .send()
         .await

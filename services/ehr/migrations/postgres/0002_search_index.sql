@@ -1,0 +1,76 @@
+-- Search index: one table per search-parameter type, rows of current versions only, written
+-- in the same transaction as the resource. code is the parameter's code (or code:modifier for
+-- the rows that serve :text, :of-type and :identifier); grp ties the components of one
+-- composite value together (0 otherwise). Text compares byte-wise (COLLATE "C" on
+-- PostgreSQL), so prefix search is an index range on both backends.
+CREATE TABLE ehr.sp_string (
+    resource_type TEXT NOT NULL,
+    id TEXT NOT NULL,
+    code TEXT NOT NULL,
+    grp BIGINT NOT NULL,
+    folded TEXT COLLATE "C" NOT NULL,
+    exact TEXT COLLATE "C" NOT NULL
+);
+CREATE INDEX sp_string_lookup ON ehr.sp_string (resource_type, code, folded);
+CREATE INDEX sp_string_resource ON ehr.sp_string (resource_type, id);
+
+CREATE TABLE ehr.sp_token (
+    resource_type TEXT NOT NULL,
+    id TEXT NOT NULL,
+    code TEXT NOT NULL,
+    grp BIGINT NOT NULL,
+    system TEXT COLLATE "C" NOT NULL,
+    value TEXT COLLATE "C" NOT NULL
+);
+CREATE INDEX sp_token_lookup ON ehr.sp_token (resource_type, code, value, system);
+CREATE INDEX sp_token_resource ON ehr.sp_token (resource_type, id);
+
+CREATE TABLE ehr.sp_reference (
+    resource_type TEXT NOT NULL,
+    id TEXT NOT NULL,
+    code TEXT NOT NULL,
+    grp BIGINT NOT NULL,
+    target_type TEXT COLLATE "C" NOT NULL,
+    target_id TEXT COLLATE "C" NOT NULL,
+    url TEXT COLLATE "C" NOT NULL
+);
+CREATE INDEX sp_reference_lookup ON ehr.sp_reference (resource_type, code, target_id, target_type);
+CREATE INDEX sp_reference_target ON ehr.sp_reference (target_type, target_id);
+CREATE INDEX sp_reference_resource ON ehr.sp_reference (resource_type, id);
+
+CREATE TABLE ehr.sp_date (
+    resource_type TEXT NOT NULL,
+    id TEXT NOT NULL,
+    code TEXT NOT NULL,
+    grp BIGINT NOT NULL,
+    low BIGINT NOT NULL,
+    high BIGINT NOT NULL
+);
+CREATE INDEX sp_date_lookup ON ehr.sp_date (resource_type, code, low, high);
+CREATE INDEX sp_date_resource ON ehr.sp_date (resource_type, id);
+
+-- Numbers and quantities (numbers have empty system and unit).
+CREATE TABLE ehr.sp_number (
+    resource_type TEXT NOT NULL,
+    id TEXT NOT NULL,
+    code TEXT NOT NULL,
+    grp BIGINT NOT NULL,
+    value DOUBLE PRECISION NOT NULL,
+    system TEXT COLLATE "C" NOT NULL,
+    unit TEXT COLLATE "C" NOT NULL
+);
+CREATE INDEX sp_number_lookup ON ehr.sp_number (resource_type, code, value);
+CREATE INDEX sp_number_resource ON ehr.sp_number (resource_type, id);
+
+CREATE TABLE ehr.sp_uri (
+    resource_type TEXT NOT NULL,
+    id TEXT NOT NULL,
+    code TEXT NOT NULL,
+    grp BIGINT NOT NULL,
+    value TEXT COLLATE "C" NOT NULL
+);
+CREATE INDEX sp_uri_lookup ON ehr.sp_uri (resource_type, code, value);
+CREATE INDEX sp_uri_resource ON ehr.sp_uri (resource_type, id);
+
+-- The identifier-only index of the first release is replaced by sp_token.
+DROP TABLE ehr.token_index;

@@ -1,0 +1,941 @@
+//! Search requests: query parameters parsed against the R4 search parameters of a type, and
+//! turned into one SQL statement over the index tables (the same text on both backends).
+//!
+//! Each condition is an `EXISTS` over the index table of its parameter's type; conditions
+//! repeat for AND, values separated by commas OR inside one. Chains and `_has` nest the same
+//! predicates over the referenced or referring resources.
+
+use std::sync::Arc;
+
+use super::{
+    dates,
+    params::{Param, ParamType, SearchParams},
+    text::fold,
+};
+use crate::{
+    definitions::{Definitions, ResourceType},
+    error::EhrError,
+};
+
+/// A bind value of the generated SQL.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Bind {
+    Text(String),
+    Int(i64),
+    Float(f64),
+}
+
+/// Parameters that shape the result rather than select resources.
+pub const RESULT_PARAMETERS: &[&str] = &[
+    "_format",
+    "_pretty",
+    "_summary",
+    "_elements",
+    "_count",
+    "_sort",
+    "_total",
+    "_include",
+    "_revinclude",
+    "_page_token",
+    "_page_offset",
+    "_contained",
+    "_containedType",
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Prefix {
+    Eq,
+    Ne,
+    Gt,
+    Lt,
+    Ge,
+    Le,
+    Sa,
+    Eb,
+    Ap,
+}
+
+/// One selecting condition: a parameter (possibly reached through a chain or `_has`), its
+/// modifier and its alternatives.
+#[derive(Debug)]
+enum Condition {
+    Param {
+        param: Arc<Param>,
+        modifier: Option<String>,
+        values: Vec<String>,
+    },
+    /// `ref:Type.rest=…`: resources whose `ref` points at a `Type` matching `rest`.
+    Chain {
+        param: Arc<Param>,
+        target: ResourceType,
+        inner: Box<Condition>,
+    },
+    /// `_has:Type:ref:rest=…`: resources pointed at by a `Type` (through `ref`) matching `rest`.
+    Has {
+        source: ResourceType,
+        param: Arc<Param>,
+        inner: Box<Condition>,
+    },
+    Missing {
+        param: Arc<Param>,
+        missing: bool,
+    },
+}
+
+/// A sort key.
+#[derive(Debug)]
+pub struct SortKey {
+    param: Option<Arc<Param>>,
+    /// `_id` or `_lastUpdated` on the resource row itself.
+    column: Option<&'static str>,
+    descending: bool,
+}
+
+/// `_include` / `_revinclude`: the source type, the reference parameter (None for `*`), the
+/// target type, and whether it iterates.
+#[derive(Debug, Clone)]
+pub struct Include {
+    pub source: ResourceType,
+    pub param: Option<String>,
+    pub target: Option<ResourceType>,
+    pub iterate: bool,
+}
+
+/// `_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Total {
+    None,
+    Estimate,
+    Accurate,
+}
+
+/// A parsed search.
+#[derive(Debug)]
+pub struct SearchRequest {
+    pub resource_type: ResourceType,
+    conditions: Vec<Condition>,
+    pub sort: Vec<SortKey>,
+    pub includes: Vec<Include>,
+    pub revincludes: Vec<Include>,
+    pub total: Total,
+    /// Parameters ignored (lenient handling), for the Bundle's OperationOutcome.
+    pub ignored: Vec<String>,
+}
+
+fn bad(name: &'static str, message: impl Into<String>) -> EhrError {
+    EhrError::BadParameter {
+        name,
+        message: message.into(),
+    }
+}
+
+/// Splits at unescaped commas (`\,` is a comma inside a value).
+fn split_values(value: &str) -> Vec<String> {
+    let mut out = vec![String::new()];
+    let mut chars = value.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next() {
+                Some(n @ (',' | '$' | '|' | '\\')) => {
+                    if n == ',' {
+                        out.last_mut().expect("one").push(',');
+                    } else {
+                        out.last_mut().expect("one").push('\\');
+                        out.last_mut().expect("one").push(n);
+                    }
+                }
+                Some(n) => out.last_mut().expect("one").push(n),
+                None => {}
+            },
+            ',' => out.push(String::new()),
+            c => out.last_mut().expect("one").push(c),
+        }
+    }
+    out
+}
+
+/// Splits at the first unescaped `sep`, unescaping both sides' `\sep`.
+fn split_once_unescaped(value: &str, sep: char) -> Option<(String, String)> {
+    let mut escaped = false;
+    for (i, c) in value.char_indices() {
+        match c {
+            '\\' if !escaped => escaped = true,
+            c if c == sep && !escaped => {
+                return Some((unescape(&value[..i]), value[i + 1..].to_string()));
+            }
+            _ => escaped = false,
+        }
+    }
+    None
+}
+
+fn unescape(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    let mut chars = value.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            if let Some(n) = chars.next() {
+                out.push(n);
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+impl SearchRequest {
+    /// Parses the query parameters of a search on `rt`. Unknown parameters are refused when
+    /// `strict`, else ignored and listed in `ignored`.
+    pub fn parse(
+        rt: ResourceType,
+        params: &[(String, String)],
+        strict: bool,
+    ) -> Result<SearchRequest, EhrError> {
+        let mut request = SearchRequest {
+            resource_type: rt,
+            conditions: Vec::new(),
+            sort: Vec::new(),
+            includes: Vec::new(),
+            revincludes: Vec::new(),
+            total: Total::None,
+            ignored: Vec::new(),
+        };
+        for (key, value) in params {
+            if key.contains('\0') || value.contains('\0') {
+                return Err(bad(
+                    "search",
+                    "search parameters may not contain NUL characters",
+                ));
+            }
+            match key.as_str() {
+                "_sort" => request.sort = parse_sort(rt, value)?,
+                "_total" => {
+                    request.total = match value.as_str() {
+                        "none" => Total::None,
+                        "estimate" => Total::Estimate,
+                        "accurate" => Total::Accurate,
+                        _ => return Err(bad("_total", "must be none, estimate or accurate")),
+                    }
+                }
+                "_include" | "_include:iterate" | "_include:recurse" => request
+                    .includes
+                    .push(parse_include(value, key != "_include", "_include")?),
+                "_revinclude" | "_revinclude:iterate" | "_revinclude:recurse" => request
+                    .revincludes
+                    .push(parse_include(value, key != "_revinclude", "_revinclude")?),
+                k if RESULT_PARAMETERS.contains(&k) => {}
+                _ => match parse_condition(rt, key, value) {
+                    Ok(condition) => request.conditions.push(condition),
+                    Err(Unknown(name)) if !strict => request.ignored.push(name),
+                    Err(Unknown(name)) => {
+                        return Err(bad(
+                            "search",
+                            format!("{name} is not a search parameter of {rt}"),
+                        ));
+                    }
+                    Err(Invalid(error)) => return Err(error),
+                },
+            }
+        }
+        Ok(request)
+    }
+
+    /// The selecting part of the SQL (`WHERE` conditions after the type and deletion checks),
+    /// appended to `sql` with its binds.
+    pub fn write_conditions(
+        &self,
+        prefix: &str,
+        sql: &mut String,
+        binds: &mut Vec<Bind>,
+    ) -> Result<(), EhrError> {
+        for condition in &self.conditions {
+            sql.push_str(" AND ");
+            predicate(condition, "r", prefix, sql, binds, 0)?;
+        }
+        Ok(())
+    }
+
+    /// `ORDER BY` keys, each a (expression, descending) over the resource row `r`.
+    pub fn order_by(&self, prefix: &str, binds: &mut Vec<Bind>) -> Vec<(String, bool)> {
+        self.sort
+            .iter()
+            .map(|key| {
+                let expression = match (&key.column, &key.param) {
+                    (Some(column), _) => format!("r.{column}"),
+                    (None, Some(param)) => {
+                        let (table, column) = match param.kind {
+                            ParamType::String => ("sp_string", "folded"),
+                            ParamType::Date if key.descending => ("sp_date", "high"),
+                            ParamType::Date => ("sp_date", "low"),
+                            ParamType::Number | ParamType::Quantity => ("sp_number", "value"),
+                            ParamType::Reference => ("sp_reference", "target_id"),
+                            ParamType::Uri => ("sp_uri", "value"),
+                            _ => ("sp_token", "value"),
+                        };
+                        let aggregate = if key.descending { "MAX" } else { "MIN" };
+                        let code = bind(binds, Bind::Text(param.code.clone()));
+                        format!(
+                            "(SELECT {aggregate}(s.{column}) FROM {prefix}{table} s WHERE s.resource_type = r.resource_type AND s.id = r.id AND s.code = {code})"
+                        )
+                    }
+                    (None, None) => "r.id".to_string(),
+                };
+                (expression, key.descending)
+            })
+            .collect()
+    }
+}
+
+/// Why a condition could not be parsed.
+enum ConditionError {
+    Unknown(String),
+    Invalid(EhrError),
+}
+use ConditionError::{Invalid, Unknown};
+
+impl From<EhrError> for ConditionError {
+    fn from(e: EhrError) -> Self {
+        Invalid(e)
+    }
+}
+
+fn parse_condition(rt: ResourceType, key: &str, value: &str) -> Result<Condition, ConditionError> {
+    let params = SearchParams::r4();
+    let defs = Definitions::r4();
+    if let Some(rest) = key.strip_prefix("_has:") {
+        // _has:Type:ref:rest
+        let mut parts = rest.splitn(3, ':');
+        let (Some(source), Some(reference), Some(inner_key)) =
+            (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(Invalid(bad(
+                "_has",
+                "use _has:Type:reference:parameter=value",
+            )));
+        };
+        let source = defs
+            .resource_type(source)
+            .ok_or_else(|| Invalid(bad("_has", format!("{source:?} is not a resource type"))))?;
+        let param = params
+            .get(source, reference)
+            .filter(|p| p.kind == ParamType::Reference)
+            .ok_or_else(|| {
+                Invalid(bad(
+                    "_has",
+                    format!("{reference} is not a reference parameter of {source}"),
+                ))
+            })?
+            .clone();
+        let inner = parse_condition(source, inner_key, value)?;
+        return Ok(Condition::Has {
+            source,
+            param,
+            inner: Box::new(inner),
+        });
+    }
+    // A chain: ref[:Type].rest
+    let (head, chained) = match key.split_once('.') {
+        Some((head, rest)) => (head, Some(rest)),
+        None => (key, None),
+    };
+    let (code, modifier) = match head.split_once(':') {
+        Some((c, m)) => (c, Some(m.to_string())),
+        None => (head, None),
+    };
+    let param = params
+        .get(rt, code)
+        .ok_or_else(|| Unknown(key.to_string()))?
+        .clone();
+    if let Some(rest) = chained {
+        if param.kind != ParamType::Reference {
+            return Err(Invalid(bad(
+                "search",
+                format!("{code} is not a reference parameter; it cannot be chained"),
+            )));
+        }
+        let target = match modifier.as_deref() {
+            Some(t) => defs
+                .resource_type(t)
+                .ok_or_else(|| Invalid(bad("search", format!("{t:?} is not a resource type"))))?,
+            None => {
+                let candidates: Vec<ResourceType> = param
+                    .targets
+                    .iter()
+                    .filter_map(|t| defs.resource_type(t))
+                    .filter(|t| {
+                        let inner_code = rest.split(['.', ':']).next().unwrap_or_default();
+                        params.get(*t, inner_code).is_some()
+                    })
+                    .collect();
+                match candidates.as_slice() {
+                    [one] => *one,
+                    [] => {
+                        return Err(Invalid(bad(
+                            "search",
+                            format!("no target of {code} has the parameter in {rest:?}"),
+                        )));
+                    }
+                    _ => {
+                        return Err(Invalid(bad(
+                            "search",
+                            format!(
+                                "{code} may point at several types; name one ({code}:Type.{rest})"
+                            ),
+                        )));
+                    }
+                }
+            }
+        };
+        let inner = parse_condition(target, rest, value).map_err(|e| match e {
+            Unknown(name) => Invalid(bad(
+                "search",
+                format!("{name} is not a search parameter of {target}"),
+            )),
+            other => other,
+        })?;
+        return Ok(Condition::Chain {
+            param,
+            target,
+            inner: Box::new(inner),
+        });
+    }
+    if modifier.as_deref() == Some("missing") {
+        let missing = match value {
+            "true" => true,
+            "false" => false,
+            _ => return Err(Invalid(bad("search", ":missing takes true or false"))),
+        };
+        return Ok(Condition::Missing { param, missing });
+    }
+    check_modifier(&param, modifier.as_deref())?;
+    let values: Vec<String> = split_values(value);
+    if values.iter().any(String::is_empty) {
+        return Err(Invalid(bad("search", format!("{key} needs a value"))));
+    }
+    for v in &values {
+        check_value(&param, modifier.as_deref(), v)?;
+    }
+    Ok(Condition::Param {
+        param,
+        modifier,
+        values,
+    })
+}
+
+fn check_modifier(param: &Param, modifier: Option<&str>) -> Result<(), EhrError> {
+    let Some(m) = modifier else { return Ok(()) };
+    let ok = match param.kind {
+        ParamType::String => matches!(m, "exact" | "contains"),
+        ParamType::Token => matches!(m, "text" | "not" | "of-type"),
+        ParamType::Reference => m == "identifier" || Definitions::r4().resource_type(m).is_some(),
+        ParamType::Uri => matches!(m, "below" | "above"),
+        _ => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(bad(
+            "search",
+            format!(
+                "the modifier :{m} does not apply to {} ({:?})",
+                param.code, param.kind
+            ),
+        ))
+    }
+}
+
+fn prefix_of(value: &str) -> (Prefix, &str) {
+    const PREFIXES: [(&str, Prefix); 9] = [
+        ("eq", Prefix::Eq),
+        ("ne", Prefix::Ne),
+        ("gt", Prefix::Gt),
+        ("lt", Prefix::Lt),
+        ("ge", Prefix::Ge),
+        ("le", Prefix::Le),
+        ("sa", Prefix::Sa),
+        ("eb", Prefix::Eb),
+        ("ap", Prefix::Ap),
+    ];
+    for (text, prefix) in PREFIXES {
+        if let Some(rest) = value.strip_prefix(text) {
+            return (prefix, rest);
+        }
+    }
+    (Prefix::Eq, value)
+}
+
+fn check_value(param: &Param, modifier: Option<&str>, value: &str) -> Result<(), EhrError> {
+    let code = &param.code;
+    match param.kind {
+        ParamType::Date => {
+            let (_, rest) = prefix_of(value);
+            if dates::range(rest).is_none() {
+                return Err(bad(
+                    "search",
+                    format!("{code}: {value:?} is not a date, date-time or instant"),
+                ));
+            }
+        }
+        ParamType::Number => {
+            let (prefix, rest) = prefix_of(value);
+            if rest.parse::<f64>().is_err() || matches!(prefix, Prefix::Sa | Prefix::Eb) {
+                return Err(bad(
+                    "search",
+                    format!(
+                        "{code}: {value:?} is not a number with an eq/ne/gt/lt/ge/le/ap prefix"
+                    ),
+                ));
+            }
+        }
+        ParamType::Quantity => {
+            let (prefix, rest) = prefix_of(value);
+            let number = rest.split('|').next().unwrap_or_default();
+            if number.parse::<f64>().is_err() || matches!(prefix, Prefix::Sa | Prefix::Eb) {
+                return Err(bad(
+                    "search",
+                    format!("{code}: {value:?} is not a quantity (number|system|code)"),
+                ));
+            }
+        }
+        ParamType::Composite
+            if param.components.len() < 2 || split_once_unescaped(value, '$').is_none() =>
+        {
+            return Err(bad(
+                "search",
+                format!("{code}: a composite value joins its parts with $"),
+            ));
+        }
+        ParamType::Token if modifier == Some("of-type") && value.split('|').count() != 3 => {
+            return Err(bad(
+                "search",
+                format!("{code}:of-type takes system|code|value"),
+            ));
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn parse_sort(rt: ResourceType, value: &str) -> Result<Vec<SortKey>, EhrError> {
+    let mut keys = Vec::new();
+    for item in value.split(',').filter(|s| !s.is_empty()) {
+        let (descending, code) = match item.strip_prefix('-') {
+            Some(code) => (true, code),
+            None => (false, item),
+        };
+        let key = match code {
+            "_id" => SortKey {
+                param: None,
+                column: Some("id"),
+                descending,
+            },
+            "_lastUpdated" => SortKey {
+                param: None,
+                column: Some("last_updated"),
+                descending,
+            },
+            _ => {
+                let param = SearchParams::r4()
+                    .get(rt, code)
+                    .filter(|p| !matches!(p.kind, ParamType::Composite | ParamType::Special))
+                    .ok_or_else(|| {
+                        bad(
+                            "_sort",
+                            format!("{code} is not a sortable search parameter of {rt}"),
+                        )
+                    })?;
+                SortKey {
+                    param: Some(param.clone()),
+                    column: None,
+                    descending,
+                }
+            }
+        };
+        keys.push(key);
+    }
+    Ok(keys)
+}
+
+fn parse_include(value: &str, iterate: bool, name: &'static str) -> Result<Include, EhrError> {
+    let defs = Definitions::r4();
+    let mut parts = value.split(':');
+    let source = parts.next().unwrap_or_default();
+    let source = defs.resource_type(source).ok_or_else(|| {
+        bad(
+            name,
+            format!("{source:?} is not a resource type (use Type:parameter[:Target])"),
+        )
+    })?;
+    let param = match parts.next() {
+        None | Some("*") => None,
+        Some(code) => {
+            SearchParams::r4()
+                .get(source, code)
+                .filter(|p| p.kind == ParamType::Reference)
+                .ok_or_else(|| {
+                    bad(
+                        name,
+                        format!("{code} is not a reference parameter of {source}"),
+                    )
+                })?;
+            Some(code.to_string())
+        }
+    };
+    let target = match parts.next() {
+        None => None,
+        Some(t) => Some(
+            defs.resource_type(t)
+                .ok_or_else(|| bad(name, format!("{t:?} is not a resource type")))?,
+        ),
+    };
+    Ok(Include {
+        source,
+        param,
+        target,
+        iterate,
+    })
+}
+
+fn bind(binds: &mut Vec<Bind>, value: Bind) -> String {
+    binds.push(value);
+    format!("${}", binds.len())
+}
+
+/// Writes the predicate of `condition` on the resource row alias `row`.
+fn predicate(
+    condition: &Condition,
+    row: &str,
+    prefix: &str,
+    sql: &mut String,
+    binds: &mut Vec<Bind>,
+    depth: usize,
+) -> Result<(), EhrError> {
+    if depth > 4 {
+        return Err(bad("search", "chains and _has nest at most 4 deep"));
+    }
+    let x = format!("x{depth}");
+    match condition {
+        Condition::Missing { param, missing } => {
+            let table = table_of(param.kind);
+            let code = bind(binds, Bind::Text(param.code.clone()));
+            sql.push_str(&format!(
+                "{}EXISTS (SELECT 1 FROM {prefix}{table} {x} WHERE {x}.resource_type = {row}.resource_type AND {x}.id = {row}.id AND {x}.code = {code})",
+                if *missing { "NOT " } else { "" }
+            ));
+        }
+        Condition::Chain {
+            param,
+            target,
+            inner,
+        } => {
+            let code = bind(binds, Bind::Text(param.code.clone()));
+            let target_type = bind(binds, Bind::Text(target.as_str().to_string()));
+            let t = format!("t{depth}");
+            sql.push_str(&format!(
+                "EXISTS (SELECT 1 FROM {prefix}sp_reference {x} JOIN {prefix}resource {t} ON {t}.resource_type = {x}.target_type AND {t}.id = {x}.target_id AND {t}.deleted = 0 \
+                 WHERE {x}.resource_type = {row}.resource_type AND {x}.id = {row}.id AND {x}.code = {code} AND {x}.target_type = {target_type} AND "
+            ));
+            predicate(inner, &t, prefix, sql, binds, depth + 1)?;
+            sql.push(')');
+        }
+        Condition::Has {
+            source,
+            param,
+            inner,
+        } => {
+            let code = bind(binds, Bind::Text(param.code.clone()));
+            let source_type = bind(binds, Bind::Text(source.as_str().to_string()));
+            let t = format!("t{depth}");
+            sql.push_str(&format!(
+                "EXISTS (SELECT 1 FROM {prefix}sp_reference {x} JOIN {prefix}resource {t} ON {t}.resource_type = {x}.resource_type AND {t}.id = {x}.id AND {t}.deleted = 0 \
+                 WHERE {x}.resource_type = {source_type} AND {x}.code = {code} AND {x}.target_type = {row}.resource_type AND {x}.target_id = {row}.id AND "
+            ));
+            predicate(inner, &t, prefix, sql, binds, depth + 1)?;
+            sql.push(')');
+        }
+        Condition::Param {
+            param,
+            modifier,
+            values,
+        } => {
+            let negate = modifier.as_deref() == Some("not");
+            let (table, code) = match (param.kind, modifier.as_deref()) {
+                (ParamType::Token, Some("text")) => ("sp_string", format!("{}:text", param.code)),
+                (ParamType::Token, Some("of-type")) => {
+                    ("sp_token", format!("{}:of-type", param.code))
+                }
+                (ParamType::Reference, Some("identifier")) => {
+                    ("sp_token", format!("{}:identifier", param.code))
+                }
+                (kind, _) => (table_of(kind), param.code.clone()),
+            };
+            if param.kind == ParamType::Composite {
+                return composite(param, values, row, prefix, sql, binds, &x);
+            }
+            let code = bind(binds, Bind::Text(code));
+            sql.push_str(&format!(
+                "{}EXISTS (SELECT 1 FROM {prefix}{table} {x} WHERE {x}.resource_type = {row}.resource_type AND {x}.id = {row}.id AND {x}.code = {code} AND (",
+                if negate { "NOT " } else { "" }
+            ));
+            for (i, value) in values.iter().enumerate() {
+                if i > 0 {
+                    sql.push_str(" OR ");
+                }
+                sql.push('(');
+                value_condition(param, modifier.as_deref(), value, &x, sql, binds)?;
+                sql.push(')');
+            }
+            sql.push_str("))");
+        }
+    }
+    Ok(())
+}
+
+fn table_of(kind: ParamType) -> &'static str {
+    match kind {
+        ParamType::String => "sp_string",
+        ParamType::Reference => "sp_reference",
+        ParamType::Date => "sp_date",
+        ParamType::Number | ParamType::Quantity => "sp_number",
+        ParamType::Uri => "sp_uri",
+        _ => "sp_token",
+    }
+}
+
+/// A composite value `a$b`: both components in one group of the same resource.
+fn composite(
+    param: &Param,
+    values: &[String],
+    row: &str,
+    prefix: &str,
+    sql: &mut String,
+    binds: &mut Vec<Bind>,
+    x: &str,
+) -> Result<(), EhrError> {
+    let (first, second) = (&param.components[0], &param.components[1]);
+    let (ta, tb) = (table_of(first.kind), table_of(second.kind));
+    let code = bind(binds, Bind::Text(param.code.clone()));
+    sql.push('(');
+    for (i, value) in values.iter().enumerate() {
+        if i > 0 {
+            sql.push_str(" OR ");
+        }
+        let (a, b) = split_once_unescaped(value, '$').expect("checked when parsed");
+        let (xa, xb) = (format!("{x}a"), format!("{x}b"));
+        sql.push_str(&format!(
+            "EXISTS (SELECT 1 FROM {prefix}{ta} {xa} JOIN {prefix}{tb} {xb} ON {xb}.resource_type = {xa}.resource_type AND {xb}.id = {xa}.id AND {xb}.code = {xa}.code AND {xb}.grp = {xa}.grp \
+             WHERE {xa}.resource_type = {row}.resource_type AND {xa}.id = {row}.id AND {xa}.code = {code} AND ("
+        ));
+        let as_param = |c: &super::params::Component| Param {
+            code: c.code.clone(),
+            kind: c.kind,
+            expression: c.expression.clone(),
+            targets: Vec::new(),
+            components: Vec::new(),
+        };
+        value_condition(&as_param(first), None, &a, &xa, sql, binds)?;
+        sql.push_str(") AND (");
+        value_condition(&as_param(second), None, &b, &xb, sql, binds)?;
+        sql.push_str("))");
+    }
+    sql.push(')');
+    Ok(())
+}
+
+/// The condition one search value puts on an index row `x`.
+fn value_condition(
+    param: &Param,
+    modifier: Option<&str>,
+    value: &str,
+    x: &str,
+    sql: &mut String,
+    binds: &mut Vec<Bind>,
+) -> Result<(), EhrError> {
+    match (param.kind, modifier) {
+        (ParamType::String, Some("exact")) => {
+            let v = bind(binds, Bind::Text(unescape(value)));
+            sql.push_str(&format!("{x}.exact = {v}"));
+        }
+        (ParamType::String, Some("contains")) => {
+            let pattern = fold(&unescape(value))
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_");
+            let v = bind(binds, Bind::Text(format!("%{pattern}%")));
+            sql.push_str(&format!("{x}.folded LIKE {v} ESCAPE '\\'"));
+        }
+        (ParamType::String, _) | (ParamType::Token, Some("text")) => {
+            let folded = fold(&unescape(value));
+            let low = bind(binds, Bind::Text(folded.clone()));
+            let high = bind(binds, Bind::Text(format!("{folded}\u{10FFFF}")));
+            sql.push_str(&format!("{x}.folded >= {low} AND {x}.folded < {high}"));
+        }
+        (ParamType::Token, Some("of-type")) => {
+            let parts: Vec<&str> = value.splitn(3, '|').collect();
+            let system = bind(binds, Bind::Text(unescape(parts[0])));
+            let v = bind(
+                binds,
+                Bind::Text(format!("{}|{}", unescape(parts[1]), unescape(parts[2]))),
+            );
+            sql.push_str(&format!("{x}.system = {system} AND {x}.value = {v}"));
+        }
+        (ParamType::Token, _) | (ParamType::Reference, Some("identifier")) => {
+            match split_once_unescaped(value, '|') {
+                None => {
+                    let v = bind(binds, Bind::Text(unescape(value)));
+                    sql.push_str(&format!("{x}.value = {v}"));
+                }
+                Some((system, code)) => {
+                    let code = unescape(&code);
+                    let s = bind(binds, Bind::Text(system));
+                    if code.is_empty() {
+                        sql.push_str(&format!("{x}.system = {s}"));
+                    } else {
+                        let c = bind(binds, Bind::Text(code));
+                        sql.push_str(&format!("{x}.system = {s} AND {x}.value = {c}"));
+                    }
+                }
+            }
+        }
+        (ParamType::Reference, _) => {
+            let value = unescape(value);
+            let (target_type, target_id) = match value.rsplit_once('/') {
+                Some((path, id)) if !value.contains("://") => (
+                    Some(path.rsplit('/').next().unwrap_or(path).to_string()),
+                    id.to_string(),
+                ),
+                Some(_) => {
+                    // An absolute URL: the stored URL, or its Type/id tail.
+                    let u = bind(binds, Bind::Text(value.clone()));
+                    let segments: Vec<&str> = value.rsplitn(3, '/').collect();
+                    if let [id, rt, _] = segments.as_slice()
+                        && Definitions::r4().resource_type(rt).is_some()
+                    {
+                        let t = bind(binds, Bind::Text(rt.to_string()));
+                        let i = bind(binds, Bind::Text(id.to_string()));
+                        sql.push_str(&format!(
+                            "{x}.url = {u} OR ({x}.target_type = {t} AND {x}.target_id = {i})"
+                        ));
+                    } else {
+                        sql.push_str(&format!("{x}.url = {u}"));
+                    }
+                    return Ok(());
+                }
+                None => (modifier.map(str::to_string), value.clone()),
+            };
+            let i = bind(binds, Bind::Text(target_id));
+            sql.push_str(&format!("{x}.target_id = {i}"));
+            if let Some(t) = target_type {
+                let t = bind(binds, Bind::Text(t));
+                sql.push_str(&format!(" AND {x}.target_type = {t}"));
+            }
+        }
+        (ParamType::Uri, Some("below")) => {
+            let low = bind(binds, Bind::Text(value.to_string()));
+            let high = bind(binds, Bind::Text(format!("{value}\u{10FFFF}")));
+            sql.push_str(&format!("{x}.value >= {low} AND {x}.value < {high}"));
+        }
+        (ParamType::Uri, Some("above")) => {
+            let v = bind(binds, Bind::Text(value.to_string()));
+            sql.push_str(&format!("substr({v}, 1, length({x}.value)) = {x}.value"));
+        }
+        (ParamType::Uri, _) => {
+            let v = bind(binds, Bind::Text(unescape(value)));
+            sql.push_str(&format!("{x}.value = {v}"));
+        }
+        (ParamType::Date, _) => {
+            let (prefix, rest) = prefix_of(value);
+            let (low, high) = dates::range(rest).expect("checked when parsed");
+            date_condition(prefix, low, high, x, sql, binds);
+        }
+        (ParamType::Number | ParamType::Quantity, _) => {
+            let (prefix, rest) = prefix_of(value);
+            let mut parts = rest.splitn(3, '|');
+            let number = parts.next().unwrap_or_default();
+            let v: f64 = number.parse().map_err(|_| bad("search", "not a number"))?;
+            // The precision written: 100 means [99.5, 100.5).
+            let decimals = number.split_once('.').map_or(0, |(_, f)| f.len()) as i32;
+            let half = 0.5 * 10f64.powi(-decimals);
+            let cond = match prefix {
+                Prefix::Eq => format!(
+                    "{x}.value >= {} AND {x}.value < {}",
+                    bind(binds, Bind::Float(v - half)),
+                    bind(binds, Bind::Float(v + half))
+                ),
+                Prefix::Ne => format!(
+                    "({x}.value < {} OR {x}.value >= {})",
+                    bind(binds, Bind::Float(v - half)),
+                    bind(binds, Bind::Float(v + half))
+                ),
+                Prefix::Gt => format!("{x}.value > {}", bind(binds, Bind::Float(v))),
+                Prefix::Lt => format!("{x}.value < {}", bind(binds, Bind::Float(v))),
+                Prefix::Ge => format!("{x}.value >= {}", bind(binds, Bind::Float(v))),
+                Prefix::Le => format!("{x}.value <= {}", bind(binds, Bind::Float(v))),
+                Prefix::Ap => {
+                    let d = (v.abs() * 0.1).max(half);
+                    format!(
+                        "{x}.value >= {} AND {x}.value <= {}",
+                        bind(binds, Bind::Float(v - d)),
+                        bind(binds, Bind::Float(v + d))
+                    )
+                }
+                Prefix::Sa | Prefix::Eb => {
+                    return Err(bad("search", "sa and eb do not apply to numbers"));
+                }
+            };
+            sql.push_str(&cond);
+            if param.kind == ParamType::Quantity {
+                let system = parts.next().map(unescape).unwrap_or_default();
+                let unit = parts.next().map(unescape).unwrap_or_default();
+                if !system.is_empty() {
+                    let s = bind(binds, Bind::Text(system));
+                    sql.push_str(&format!(" AND {x}.system = {s}"));
+                }
+                if !unit.is_empty() {
+                    let u = bind(binds, Bind::Text(unit));
+                    sql.push_str(&format!(" AND {x}.unit = {u}"));
+                }
+            }
+        }
+        (ParamType::Composite | ParamType::Special, _) => {
+            return Err(bad(
+                "search",
+                format!("{} cannot be searched this way", param.code),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// R4 date comparison of the target range [x.low, x.high] with the search range [low, high].
+fn date_condition(
+    prefix: Prefix,
+    low: i64,
+    high: i64,
+    x: &str,
+    sql: &mut String,
+    binds: &mut Vec<Bind>,
+) {
+    let l = bind(binds, Bind::Int(low));
+    let h = bind(binds, Bind::Int(high));
+    let within = format!("({x}.low >= {l} AND {x}.high <= {h})");
+    let cond = match prefix {
+        Prefix::Eq => within,
+        Prefix::Ne => format!("NOT {within}"),
+        Prefix::Gt => format!("{x}.high > {h}"),
+        Prefix::Lt => format!("{x}.low < {l}"),
+        Prefix::Ge => format!("({x}.high > {h} OR {within})"),
+        Prefix::Le => format!("({x}.low < {l} OR {within})"),
+        Prefix::Sa => format!("{x}.low > {h}"),
+        Prefix::Eb => format!("{x}.high < {l}"),
+        Prefix::Ap => {
+            let now = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
+            let slack = ((now - low).abs() / 10).max(high - low);
+            let al = bind(binds, Bind::Int(low.saturating_sub(slack)));
+            let ah = bind(binds, Bind::Int(high.saturating_add(slack)));
+            format!("({x}.low <= {ah} AND {x}.high >= {al})")
+        }
+    };
+    sql.push_str(&cond);
+}

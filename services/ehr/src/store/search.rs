@@ -1,0 +1,199 @@
+//! Searches: the SQL of a [`SearchRequest`] run against the index tables, its total, and the
+//! resources `_include` and `_revinclude` bring along.
+
+use sqlx::Row;
+
+use super::ResourceStore;
+use crate::{
+    error::EhrError,
+    search::query::{Bind, Include, SearchRequest},
+};
+
+/// Where a page starts: after an id (unsorted searches page by id) or at an offset (sorted).
+#[derive(Debug, Clone)]
+pub enum PageStart {
+    First,
+    AfterId(String),
+    Offset(usize),
+}
+
+/// A resource found: (type, id, stored JSON).
+pub type Found = (String, String, String);
+
+pub(super) fn bind_all<'q>(
+    mut query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    binds: &'q [Bind],
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    for b in binds {
+        query = match b {
+            Bind::Text(t) => query.bind(t.as_str()),
+            Bind::Int(i) => query.bind(*i),
+            Bind::Float(f) => query.bind(*f),
+        };
+    }
+    query
+}
+
+impl ResourceStore {
+    fn resource_table(&self) -> String {
+        format!("{}resource", self.sql.index_prefix)
+    }
+
+    /// The SQL of one page of matches (at most `limit`) in the requested order; it selects
+    /// (type, id, content).
+    pub(super) fn page_sql(
+        &self,
+        request: &SearchRequest,
+        start: &PageStart,
+        limit: usize,
+    ) -> Result<(String, Vec<Bind>), EhrError> {
+        let prefix = self.sql.index_prefix;
+        let mut binds = vec![Bind::Text(request.resource_type.as_str().to_string())];
+        let mut sql = format!(
+            "SELECT r.resource_type, r.id, r.content FROM {} r WHERE r.resource_type = $1 AND r.deleted = 0",
+            self.resource_table()
+        );
+        request.write_conditions(prefix, &mut sql, &mut binds)?;
+        if let PageStart::AfterId(after) = start {
+            binds.push(Bind::Text(after.clone()));
+            sql.push_str(&format!(" AND r.id > ${}", binds.len()));
+        }
+        let mut order: Vec<String> = request
+            .order_by(prefix, &mut binds)
+            .into_iter()
+            .map(|(expression, descending)| {
+                // Resources without a value sort last either way.
+                format!(
+                    "CASE WHEN {expression} IS NULL THEN 1 ELSE 0 END, {expression}{}",
+                    if descending { " DESC" } else { "" }
+                )
+            })
+            .collect();
+        order.push("r.id".into());
+        sql.push_str(&format!(" ORDER BY {} LIMIT {limit}", order.join(", ")));
+        if let PageStart::Offset(offset) = start {
+            sql.push_str(&format!(" OFFSET {offset}"));
+        }
+        Ok((sql, binds))
+    }
+
+    /// One page of matches (at most `limit`) in the requested order.
+    pub async fn search_page(
+        &self,
+        request: &SearchRequest,
+        start: &PageStart,
+        limit: usize,
+    ) -> Result<Vec<Found>, EhrError> {
+        let (sql, binds) = self.page_sql(request, start, limit)?;
+        self.fetch_found(&sql, &binds).await
+    }
+
+    /// How many resources match.
+    pub async fn search_count(&self, request: &SearchRequest) -> Result<i64, EhrError> {
+        let mut binds = vec![Bind::Text(request.resource_type.as_str().to_string())];
+        let mut sql = format!(
+            "SELECT COUNT(*) FROM {} r WHERE r.resource_type = $1 AND r.deleted = 0",
+            self.resource_table()
+        );
+        request.write_conditions(self.sql.index_prefix, &mut sql, &mut binds)?;
+        let row = bind_all(sqlx::query(&sql), &binds)
+            .fetch_one(self.db.reader())
+            .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    /// The resources `includes` name from `found` (and, with `:iterate`, from what they bring),
+    /// and those `revincludes` find pointing at `found`; none twice, none already found.
+    pub async fn search_includes(
+        &self,
+        found: &[Found],
+        includes: &[Include],
+        revincludes: &[Include],
+    ) -> Result<Vec<Found>, EhrError> {
+        let prefix = self.sql.index_prefix;
+        let mut seen: std::collections::HashSet<(String, String)> = found
+            .iter()
+            .map(|(t, i, _)| (t.clone(), i.clone()))
+            .collect();
+        let mut out: Vec<Found> = Vec::new();
+        let mut frontier: Vec<Found> = found.to_vec();
+        for round in 0..3 {
+            let mut next = Vec::new();
+            for include in includes.iter().filter(|i| round == 0 || i.iterate) {
+                let sources: Vec<&Found> = frontier
+                    .iter()
+                    .filter(|(t, _, _)| t == include.source.as_str())
+                    .collect();
+                if sources.is_empty() {
+                    continue;
+                }
+                let mut binds = vec![Bind::Text(include.source.as_str().to_string())];
+                let ids: Vec<String> = sources
+                    .iter()
+                    .map(|(_, id, _)| {
+                        binds.push(Bind::Text(id.clone()));
+                        format!("${}", binds.len())
+                    })
+                    .collect();
+                let mut sql = format!(
+                    "SELECT t.resource_type, t.id, t.content FROM {prefix}sp_reference x JOIN {} t ON t.resource_type = x.target_type AND t.id = x.target_id AND t.deleted = 0 \
+                     WHERE x.resource_type = $1 AND x.id IN ({})",
+                    self.resource_table(),
+                    ids.join(", ")
+                );
+                if let Some(code) = &include.param {
+                    binds.push(Bind::Text(code.clone()));
+                    sql.push_str(&format!(" AND x.code = ${}", binds.len()));
+                }
+                if let Some(target) = include.target {
+                    binds.push(Bind::Text(target.as_str().to_string()));
+                    sql.push_str(&format!(" AND x.target_type = ${}", binds.len()));
+                }
+                next.extend(self.fetch_found(&sql, &binds).await?);
+            }
+            for include in revincludes.iter().filter(|i| round == 0 || i.iterate) {
+                if frontier.is_empty() {
+                    break;
+                }
+                let mut binds = vec![Bind::Text(include.source.as_str().to_string())];
+                let targets: Vec<String> = frontier
+                    .iter()
+                    .map(|(t, id, _)| {
+                        binds.push(Bind::Text(t.clone()));
+                        let t = binds.len();
+                        binds.push(Bind::Text(id.clone()));
+                        format!("(x.target_type = ${t} AND x.target_id = ${})", binds.len())
+                    })
+                    .collect();
+                let mut sql = format!(
+                    "SELECT s.resource_type, s.id, s.content FROM {prefix}sp_reference x JOIN {} s ON s.resource_type = x.resource_type AND s.id = x.id AND s.deleted = 0 \
+                     WHERE x.resource_type = $1 AND ({})",
+                    self.resource_table(),
+                    targets.join(" OR ")
+                );
+                if let Some(code) = &include.param {
+                    binds.push(Bind::Text(code.clone()));
+                    sql.push_str(&format!(" AND x.code = ${}", binds.len()));
+                }
+                next.extend(self.fetch_found(&sql, &binds).await?);
+            }
+            next.retain(|(t, i, _)| seen.insert((t.clone(), i.clone())));
+            if next.is_empty() {
+                break;
+            }
+            out.extend(next.iter().cloned());
+            frontier = next;
+        }
+        Ok(out)
+    }
+
+    async fn fetch_found(&self, sql: &str, binds: &[Bind]) -> Result<Vec<Found>, EhrError> {
+        let rows = bind_all(sqlx::query(sql), binds)
+            .fetch_all(self.db.reader())
+            .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(EhrError::from)
+    }
+}

@@ -1,0 +1,365 @@
+//! FHIR search over a small fixture, on both backends: every case's expected ids are written
+//! by hand from the R4 search rules, not computed by the server's code.
+
+use std::collections::BTreeSet;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::{CCCD, support::TestApp};
+
+on_both_backends!(
+    each_search_finds_exactly_what_the_rules_say,
+    sorting_paging_includes_and_totals,
+    unknown_parameters_are_reported_or_refused,
+);
+
+async fn load(app: &TestApp) {
+    let patient = |id: &str,
+                   family: &str,
+                   given: &[&str],
+                   gender: &str,
+                   birth: &str,
+                   cccd: &str,
+                   city: &str| {
+        json!({"resourceType": "Patient", "id": id,
+            "identifier": [{"system": CCCD, "value": cccd}],
+            "name": [{"family": family, "given": given}], "gender": gender, "birthDate": birth,
+            "address": [{"city": city, "state": "Đồng Tháp"}]})
+    };
+    let mut an = patient(
+        "p-an",
+        "Nguyễn",
+        &["Văn", "An"],
+        "male",
+        "1980-05-01",
+        "087080000001",
+        "Cao Lãnh",
+    );
+    an["generalPractitioner"] = json!([{"reference": "Practitioner/d1"}]);
+    let hoa = patient(
+        "p-hoa",
+        "Trần",
+        &["Thị", "Hoa"],
+        "female",
+        "1990-04-30",
+        "087090000002",
+        "Mỹ Trà",
+    );
+    let mut duong = patient(
+        "p-duong",
+        "Đường",
+        &["Minh", "Đức"],
+        "male",
+        "2001",
+        "087001000003",
+        "Mỹ Ngãi",
+    );
+    duong["deceasedBoolean"] = json!(true);
+    let mut nguyet = patient(
+        "p-nguyet",
+        "Nguyễn",
+        &["Thị", "Nguyệt"],
+        "female",
+        "1975-12",
+        "087075000004",
+        "Cao Lãnh",
+    );
+    nguyet["active"] = json!(false);
+    let doctor = json!({"resourceType": "Practitioner", "id": "d1", "name": [{"family": "Lê", "given": ["Bác", "Sĩ"]}]});
+    let loinc = |code: &str, display: &str| json!({"coding": [{"system": "http://loinc.org", "code": code, "display": display}]});
+    let quantity = |value: f64, code: &str| json!({"value": value, "system": "http://unitsofmeasure.org", "code": code});
+    let observation = |id: &str, patient: &str, code: Value, status: &str| {
+        json!({"resourceType": "Observation", "id": id, "status": status, "code": code,
+            "subject": {"reference": format!("Patient/{patient}")}})
+    };
+    let mut o1 = observation("o1", "p-an", loinc("8867-4", "Heart rate"), "final");
+    o1["effectiveDateTime"] = json!("2026-11-01T08:00:00+07:00");
+    o1["valueQuantity"] = quantity(72.0, "/min");
+    let mut o2 = observation("o2", "p-an", loinc("8867-4", "Heart rate"), "final");
+    o2["effectiveDateTime"] = json!("2026-11-20");
+    o2["valueQuantity"] = quantity(110.0, "/min");
+    let mut o3 = observation(
+        "o3",
+        "p-hoa",
+        loinc("8480-6", "Systolic blood pressure"),
+        "preliminary",
+    );
+    o3["effectiveDateTime"] = json!("2026-10-15T10:00:00Z");
+    o3["valueQuantity"] = quantity(120.0, "mm[Hg]");
+    let mut o4 = observation(
+        "o4",
+        "p-duong",
+        loinc("85354-9", "Blood pressure panel"),
+        "final",
+    );
+    o4["effectiveDateTime"] = json!("2025-06");
+    o4["component"] = json!([
+        {"code": loinc("8480-6", "Systolic blood pressure"), "valueQuantity": quantity(150.0, "mm[Hg]")},
+        {"code": loinc("8462-4", "Diastolic blood pressure"), "valueQuantity": quantity(95.0, "mm[Hg]")}]);
+    let mut o5 = observation("o5", "p-hoa", loinc("8867-4", "Heart rate"), "final");
+    o5["effectivePeriod"] = json!({"start": "2026-11-01", "end": "2026-11-03"});
+    o5["valueQuantity"] = quantity(72.5, "/min");
+    for resource in [an, hoa, duong, nguyet, doctor, o1, o2, o3, o4, o5] {
+        let path = format!(
+            "/fhir/{}/{}",
+            resource["resourceType"].as_str().unwrap(),
+            resource["id"].as_str().unwrap()
+        );
+        let response = app.put(&path, &resource).await;
+        assert_eq!(response.status(), StatusCode::CREATED, "{path}");
+    }
+}
+
+async fn search(app: &TestApp, query: &str) -> Value {
+    let response = app.get(&format!("/fhir/{query}")).await;
+    let status = response.status();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{query}: {body}");
+    body
+}
+
+fn ids(bundle: &Value, mode: &str) -> Vec<String> {
+    bundle["entry"]
+        .as_array()
+        .map(|entries| {
+            entries
+                .iter()
+                .filter(|e| e["search"]["mode"] == mode)
+                .map(|e| e["resource"]["id"].as_str().unwrap().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn each_search_finds_exactly_what_the_rules_say(app: TestApp) {
+    load(&app).await;
+    let cases: &[(&str, &[&str])] = &[
+        // string: prefix, case- and accent-insensitive; :exact; :contains; each name part
+        ("Patient?name=nguyen", &["p-an", "p-nguyet"]),
+        ("Patient?name=NGUYỄN", &["p-an", "p-nguyet"]),
+        ("Patient?family=duong", &["p-duong"]),
+        ("Patient?name=đức", &["p-duong"]),
+        ("Patient?name:exact=Nguyễn", &["p-an", "p-nguyet"]),
+        ("Patient?name:exact=nguyen", &[]),
+        ("Patient?name:contains=uye", &["p-an", "p-nguyet"]),
+        ("Patient?given=thi", &["p-hoa", "p-nguyet"]),
+        ("Patient?address-city=my", &["p-duong", "p-hoa"]),
+        // OR with commas, AND by repetition
+        ("Patient?name=nguyen,tran", &["p-an", "p-hoa", "p-nguyet"]),
+        ("Patient?name=nguyen&gender=female", &["p-nguyet"]),
+        ("Patient?given=thi&given=hoa", &["p-hoa"]),
+        // token: code, system|code, |code, :not, :missing, booleans
+        ("Patient?gender=male", &["p-an", "p-duong"]),
+        ("Patient?gender:not=male", &["p-hoa", "p-nguyet"]),
+        (
+            "Patient?identifier=http://fhir.ehealth.gov.vn/core/sid/national_id|087080000001",
+            &["p-an"],
+        ),
+        ("Patient?identifier=087090000002", &["p-hoa"]),
+        ("Patient?identifier=|087090000002", &[]),
+        (
+            "Patient?identifier=http://fhir.ehealth.gov.vn/core/sid/national_id|",
+            &["p-an", "p-duong", "p-hoa", "p-nguyet"],
+        ),
+        ("Patient?deceased=true", &["p-duong"]),
+        ("Patient?active:missing=true", &["p-an", "p-duong", "p-hoa"]),
+        ("Patient?active:missing=false", &["p-nguyet"]),
+        ("Patient?_id=p-an,p-hoa", &["p-an", "p-hoa"]),
+        ("Observation?status=preliminary", &["o3"]),
+        (
+            "Observation?code=http://loinc.org|8867-4",
+            &["o1", "o2", "o5"],
+        ),
+        ("Observation?code:text=heart", &["o1", "o2", "o5"]),
+        // date: precision and every prefix
+        ("Patient?birthdate=1990", &["p-hoa"]),
+        ("Patient?birthdate=1975", &["p-nguyet"]),
+        ("Patient?birthdate=1975-12-15", &[]),
+        ("Patient?birthdate=lt1980", &["p-nguyet"]),
+        ("Patient?birthdate=ge2001-01-01", &["p-duong"]),
+        ("Patient?birthdate=gt1990-04-30", &["p-duong"]),
+        ("Patient?birthdate=le1980-05-01", &["p-an", "p-nguyet"]),
+        (
+            "Patient?birthdate=ne1990-04-30",
+            &["p-an", "p-duong", "p-nguyet"],
+        ),
+        ("Patient?birthdate=eb1980-05-01", &["p-nguyet"]),
+        ("Patient?birthdate=sa1990", &["p-duong"]),
+        ("Observation?date=2026-11", &["o1", "o2", "o5"]),
+        ("Observation?date=2026-11-02", &[]),
+        ("Observation?code=8867-4&date=ge2026-11-10", &["o2"]),
+        ("Observation?date=2026-11-01", &["o1"]),
+        ("Observation?date=lt2026-01-01", &["o4"]),
+        // quantity and number precision
+        ("Observation?value-quantity=72", &["o1"]),
+        ("Observation?value-quantity=72.5", &["o5"]),
+        ("Observation?value-quantity=gt100", &["o2", "o3"]),
+        (
+            "Observation?value-quantity=gt100|http://unitsofmeasure.org|mm[Hg]",
+            &["o3"],
+        ),
+        ("Observation?value-quantity=le72.5||/min", &["o1", "o5"]),
+        // composite: both parts in the same component
+        (
+            "Observation?component-code-value-quantity=http://loinc.org|8480-6$gt140",
+            &["o4"],
+        ),
+        (
+            "Observation?component-code-value-quantity=8462-4$gt140",
+            &[],
+        ),
+        (
+            "Observation?combo-code-value-quantity=8480-6$lt130",
+            &["o3"],
+        ),
+        // reference: Type/id, id, chains, reverse chains
+        ("Observation?subject=Patient/p-an", &["o1", "o2"]),
+        ("Observation?patient=p-hoa", &["o3", "o5"]),
+        ("Patient?general-practitioner=Practitioner/d1", &["p-an"]),
+        ("Observation?subject:Patient.name=tran", &["o3", "o5"]),
+        ("Observation?subject.gender=male", &["o1", "o2", "o4"]),
+        (
+            "Observation?patient.general-practitioner:Practitioner.name=le",
+            &["o1", "o2"],
+        ),
+        ("Patient?_has:Observation:patient:code=8480-6", &["p-hoa"]),
+        (
+            "Patient?_has:Observation:patient:value-quantity=gt100",
+            &["p-an", "p-hoa"],
+        ),
+        (
+            "Practitioner?_has:Patient:general-practitioner:_has:Observation:patient:code=8867-4",
+            &["d1"],
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (query, expected) in cases {
+        let found: BTreeSet<String> = ids(&search(&app, query).await, "match")
+            .into_iter()
+            .collect();
+        let expected: BTreeSet<String> = expected.iter().map(|s| s.to_string()).collect();
+        if found != expected {
+            failures.push(format!("{query}: expected {expected:?}, found {found:?}"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+    // POST _search answers the same.
+    let posted: Value = app
+        .request(reqwest::Method::POST, "/fhir/Patient/_search")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("name=nguyen&gender=female")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ids(&posted, "match"), ["p-nguyet"]);
+}
+
+async fn sorting_paging_includes_and_totals(app: TestApp) {
+    load(&app).await;
+    let sorted = search(&app, "Patient?_sort=birthdate").await;
+    assert_eq!(
+        ids(&sorted, "match"),
+        ["p-nguyet", "p-an", "p-hoa", "p-duong"]
+    );
+    let sorted = search(&app, "Patient?_sort=-birthdate").await;
+    assert_eq!(
+        ids(&sorted, "match"),
+        ["p-duong", "p-hoa", "p-an", "p-nguyet"]
+    );
+    let sorted = search(&app, "Patient?_sort=gender,-family").await;
+    assert_eq!(
+        ids(&sorted, "match"),
+        ["p-hoa", "p-nguyet", "p-an", "p-duong"]
+    );
+    // Pages follow the next links to the end, each resource once.
+    for query in ["Patient?_count=3", "Patient?_count=3&_sort=-birthdate"] {
+        let mut seen = Vec::new();
+        let mut page = search(&app, query).await;
+        loop {
+            seen.extend(ids(&page, "match"));
+            let next = page["link"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|l| l["relation"] == "next")
+                .map(|l| l["url"].as_str().unwrap().to_string());
+            let Some(next) = next else { break };
+            let path = next.split("/fhir/").nth(1).unwrap().to_string();
+            page = search(&app, &path).await;
+        }
+        seen.sort();
+        assert_eq!(seen, ["p-an", "p-duong", "p-hoa", "p-nguyet"], "{query}");
+    }
+    let included = search(&app, "Observation?code=8867-4&_include=Observation:subject").await;
+    assert_eq!(
+        ids(&included, "include")
+            .into_iter()
+            .collect::<BTreeSet<_>>(),
+        ["p-an", "p-hoa"].into_iter().map(String::from).collect()
+    );
+    let iterated = search(
+        &app,
+        "Observation?_id=o1&_include=Observation:subject&_include:iterate=Patient:general-practitioner",
+    )
+    .await;
+    assert_eq!(
+        ids(&iterated, "include")
+            .into_iter()
+            .collect::<BTreeSet<_>>(),
+        ["d1", "p-an"].into_iter().map(String::from).collect()
+    );
+    let reverse = search(&app, "Patient?_id=p-an&_revinclude=Observation:subject").await;
+    assert_eq!(
+        ids(&reverse, "include")
+            .into_iter()
+            .collect::<BTreeSet<_>>(),
+        ["o1", "o2"].into_iter().map(String::from).collect()
+    );
+    let total = search(&app, "Observation?code=8867-4&_total=accurate&_count=1").await;
+    assert_eq!(total["total"], 3);
+    assert_eq!(ids(&total, "match").len(), 1);
+    let count = search(&app, "Observation?code=8867-4&_summary=count").await;
+    assert_eq!(count["total"], 3);
+    assert!(count.get("entry").is_none(), "{count}");
+}
+
+async fn unknown_parameters_are_reported_or_refused(app: TestApp) {
+    load(&app).await;
+    let lenient = search(&app, "Patient?gender=female&nickname=x").await;
+    assert_eq!(ids(&lenient, "match"), ["p-hoa", "p-nguyet"]);
+    let outcome = lenient["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["search"]["mode"] == "outcome")
+        .expect("an outcome entry");
+    assert!(
+        outcome["resource"]["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap()
+            .contains("nickname"),
+        "{outcome}"
+    );
+    let strict = app
+        .request(
+            reqwest::Method::GET,
+            "/fhir/Patient?gender=female&nickname=x",
+        )
+        .header("prefer", "handling=strict")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(strict.status(), StatusCode::BAD_REQUEST);
+    let ambiguous = app.get("/fhir/Patient?general-practitioner.name=le").await;
+    assert_eq!(ambiguous.status(), StatusCode::BAD_REQUEST);
+}
