@@ -37,6 +37,7 @@ pub fn router(ehr: Arc<Ehr>) -> Router {
         .route("/fhir", axum::routing::post(bundle_post))
         .route("/fhir/metadata", get(metadata))
         .route("/fhir/_history", get(history_system))
+        .route("/fhir/$reindex", get(reindex_status).post(reindex_start))
         .route(
             "/fhir/{type}",
             get(search)
@@ -793,6 +794,62 @@ async fn search(
 ) -> Result<Response> {
     let rt = resource_type(&ehr, &type_name)?;
     search_answer(&ehr, rt, params(query), &headers).await
+}
+
+/// `POST /fhir/$reindex[?_type=Type]`: starts rebuilding the search index in the background;
+/// 202 with the progress, or 409 while a job runs.
+async fn reindex_start(
+    State(ehr): State<Arc<Ehr>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response> {
+    let params = params(query);
+    let out = output(&params, &headers, false)?;
+    let only = match param(&params, "_type") {
+        Some(t) => Some(resource_type(&ehr, t)?.as_str().to_string()),
+        None => None,
+    };
+    if !crate::reindex::Reindex::start(&ehr, only) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            sen_platform::IssueCode::Conflict,
+            "a reindex job is already running; GET /fhir/$reindex shows its progress",
+        ));
+    }
+    let mut response = body_response(
+        StatusCode::ACCEPTED,
+        ehr.reindex.progress().to_parameters().to_string(),
+        out.pretty,
+    );
+    response.headers_mut().insert(
+        header::CONTENT_LOCATION,
+        HeaderValue::from_static("/fhir/$reindex"),
+    );
+    Ok(response)
+}
+
+/// `GET /fhir/$reindex[?wait=seconds]`: the job's progress, optionally once it has ended.
+async fn reindex_status(
+    State(ehr): State<Arc<Ehr>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response> {
+    let params = params(query);
+    let out = output(&params, &headers, false)?;
+    if let Some(wait) = param(&params, "wait") {
+        let seconds: u64 = wait.parse().map_err(|_| EhrError::BadParameter {
+            name: "wait",
+            message: "seconds to wait, a whole number up to 60".into(),
+        })?;
+        ehr.reindex
+            .wait(std::time::Duration::from_secs(seconds.min(60)))
+            .await;
+    }
+    Ok(body_response(
+        StatusCode::OK,
+        ehr.reindex.progress().to_parameters().to_string(),
+        out.pretty,
+    ))
 }
 
 /// `POST /fhir/{type}/_search`: the parameters in a form body (and the query string).

@@ -272,6 +272,15 @@ impl From<EhrError> for ApiError {
                     http::HeaderValue::from_static("2"),
                 )
             }
+            // PostgreSQL cancelled a read at the statement timeout (query_canceled).
+            E::Database(sqlx::Error::Database(e)) if e.code().as_deref() == Some("57014") => {
+                ApiError::new(
+                    S::BAD_REQUEST,
+                    IssueCode::TooCostly,
+                    "the query ran past the server's statement timeout; narrow it (fewer \
+                     alternatives, a more selective parameter, a smaller _count)",
+                )
+            }
             E::Database(e) => ApiError::internal(&describe(&e)),
         }
     }

@@ -16,6 +16,7 @@ pub mod migrations;
 pub mod patch;
 pub mod primitives;
 pub mod profiles;
+pub mod reindex;
 pub mod resource;
 pub mod search;
 pub mod store;
@@ -50,6 +51,8 @@ pub struct Ehr {
     pub profiles: Registry,
     /// The profile each resource of a type must conform to (`fhir.required_profiles`).
     required: HashMap<ResourceType, String>,
+    /// The `$reindex` job of this process.
+    pub reindex: reindex::Reindex,
     /// `/fhir/metadata`, rendered once.
     capability: String,
 }
@@ -99,6 +102,7 @@ impl Ehr {
             public_url,
             profiles,
             required,
+            reindex: reindex::Reindex::default(),
             capability,
         }))
     }

@@ -73,6 +73,9 @@ pub struct DatabaseConfig {
     /// Apply pending migrations when `sen serve` starts. Always on for SQLite; on
     /// PostgreSQL the default is off, so schema changes are a deliberate `sen migrate`.
     pub migrate_on_start: Option<bool>,
+    /// Longest a read (search, history, read) may run on PostgreSQL before it is cancelled
+    /// and answered "too costly"; writes are not limited.
+    pub statement_timeout_ms: u64,
 }
 
 fn default_pool_size() -> u32 {
@@ -88,6 +91,7 @@ impl Default for DatabaseConfig {
             max_connections: default_pool_size(),
             sqlite_synchronous: SqliteSynchronous::Full,
             migrate_on_start: None,
+            statement_timeout_ms: 15_000,
         }
     }
 }
@@ -277,6 +281,11 @@ const ENV_KEYS: &[(&str, &str, Kind)] = &[
         Kind::Bool,
     ),
     ("REDIS_URL", "redis.url", Kind::Str),
+    (
+        "SEN_DATABASE_STATEMENT_TIMEOUT_MS",
+        "database.statement_timeout_ms",
+        Kind::Int,
+    ),
     ("SEN_REDIS_URL", "redis.url", Kind::Str),
     ("SEN_LOG", "telemetry.log_filter", Kind::Str),
     ("SEN_LOG_FORMAT", "telemetry.log_format", Kind::Str),

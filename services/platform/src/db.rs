@@ -59,6 +59,8 @@ pub struct Database {
 pub struct PoolSettings {
     pub max_connections: u32,
     pub sqlite_synchronous: SqliteSynchronous,
+    /// PostgreSQL: the reader pool's statement timeout (0: none).
+    pub statement_timeout_ms: u64,
 }
 
 impl Database {
@@ -67,6 +69,7 @@ impl Database {
         let settings = PoolSettings {
             max_connections: config.database.max_connections,
             sqlite_synchronous: config.database.sqlite_synchronous,
+            statement_timeout_ms: config.database.statement_timeout_ms,
         };
         Self::connect_url(&config.database_url(), &settings).await
     }
@@ -78,19 +81,38 @@ impl Database {
                 backend: "postgres",
                 source,
             })?;
-            let pool = AnyPoolOptions::new()
-                .max_connections(settings.max_connections.max(1))
-                .acquire_timeout(Duration::from_secs(10))
-                .connect_with(options)
+            let connect = |after: Option<u64>| {
+                let mut pool = AnyPoolOptions::new()
+                    .max_connections(settings.max_connections.max(1))
+                    .acquire_timeout(Duration::from_secs(10));
+                // Reads get a statement timeout, set once per connection (no cost per query):
+                // a search too costly is cancelled and its connection returned.
+                if let Some(ms) = after.filter(|ms| *ms > 0) {
+                    pool = pool.after_connect(move |conn, _| {
+                        Box::pin(async move {
+                            sqlx::Executor::execute(
+                                conn,
+                                format!("SET statement_timeout = {ms}").as_str(),
+                            )
+                            .await
+                            .map(drop)
+                        })
+                    });
+                }
+                pool.connect_with(options.clone())
+            };
+            let error = |source| DbError::Connect {
+                backend: "postgres",
+                source,
+            };
+            let writer = connect(None).await.map_err(error)?;
+            let reader = connect(Some(settings.statement_timeout_ms))
                 .await
-                .map_err(|source| DbError::Connect {
-                    backend: "postgres",
-                    source,
-                })?;
+                .map_err(error)?;
             Ok(Self {
                 backend: Backend::Postgres,
-                writer: pool.clone(),
-                reader: pool,
+                writer,
+                reader,
             })
         } else if let Some(path) = url.strip_prefix("sqlite://") {
             let path = path.split('?').next().unwrap_or(path);

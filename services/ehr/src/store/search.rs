@@ -197,3 +197,50 @@ impl ResourceStore {
             .map_err(EhrError::from)
     }
 }
+
+impl ResourceStore {
+    /// Rebuilds the search index rows of up to `limit` current resources after `after`
+    /// (type, id) in (type, id) order, of one type or all, in one transaction. Answers how
+    /// many were indexed and where the next batch starts (`None` at the end).
+    pub async fn reindex_batch(
+        &self,
+        only: Option<&str>,
+        after: Option<&(String, String)>,
+        limit: usize,
+    ) -> Result<(usize, Option<(String, String)>), EhrError> {
+        let mut binds: Vec<Bind> = Vec::new();
+        let mut sql = format!(
+            "SELECT resource_type, id, version_id, last_updated, method, deleted, content FROM {} WHERE deleted = 0",
+            self.resource_table()
+        );
+        if let Some(rt) = only {
+            binds.push(Bind::Text(rt.to_string()));
+            sql.push_str(&format!(" AND resource_type = ${}", binds.len()));
+        }
+        if let Some((rt, id)) = after {
+            binds.push(Bind::Text(rt.clone()));
+            let a = binds.len();
+            binds.push(Bind::Text(id.clone()));
+            sql.push_str(&format!(
+                " AND (resource_type > ${a} OR (resource_type = ${a} AND id > ${}))",
+                binds.len()
+            ));
+        }
+        sql.push_str(&format!(" ORDER BY resource_type, id LIMIT {limit}"));
+        let mut tx = self.begin().await?;
+        let rows = bind_all(sqlx::query(&sql), &binds)
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut last = None;
+        for row in &rows {
+            let mut version = super::version_from_row(row, 0)?;
+            // Not a creation: the old rows (if any) go first.
+            version.method = super::Method::Put;
+            self.replace_index(&mut tx, &version, true).await?;
+            last = Some((version.resource_type, version.id));
+        }
+        tx.commit().await?;
+        let next = if rows.len() == limit { last } else { None };
+        Ok((rows.len(), next))
+    }
+}

@@ -12,6 +12,7 @@ on_both_backends!(
     each_search_finds_exactly_what_the_rules_say,
     sorting_paging_includes_and_totals,
     unknown_parameters_are_reported_or_refused,
+    reindex_rebuilds_the_index_of_resources_written_before_it,
 );
 
 async fn load(app: &TestApp) {
@@ -362,4 +363,85 @@ async fn unknown_parameters_are_reported_or_refused(app: TestApp) {
     assert_eq!(strict.status(), StatusCode::BAD_REQUEST);
     let ambiguous = app.get("/fhir/Patient?general-practitioner.name=le").await;
     assert_eq!(ambiguous.status(), StatusCode::BAD_REQUEST);
+}
+
+async fn reindex_rebuilds_the_index_of_resources_written_before_it(app: TestApp) {
+    load(&app).await;
+    app.drop_search_index().await;
+    assert!(ids(&search(&app, "Patient?name=nguyen").await, "match").is_empty());
+    let started = app
+        .request(reqwest::Method::POST, "/fhir/$reindex")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(started.status(), StatusCode::ACCEPTED);
+    // The status waits for the job's end (at most 30 s) rather than the test sleeping.
+    let status: Value = app
+        .get("/fhir/$reindex?wait=30")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let value = |name: &str| {
+        status["parameter"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    assert_eq!(value("status")["valueCode"], "finished", "{status}");
+    assert_eq!(value("indexed")["valueInteger"], 10, "{status}");
+    let found: BTreeSet<String> = ids(&search(&app, "Patient?name=nguyen").await, "match")
+        .into_iter()
+        .collect();
+    assert_eq!(
+        found,
+        ["p-an", "p-nguyet"].into_iter().map(String::from).collect()
+    );
+    assert_eq!(
+        ids(
+            &search(&app, "Observation?subject:Patient.name=tran").await,
+            "match"
+        )
+        .len(),
+        2
+    );
+    let bad = app
+        .request(reqwest::Method::POST, "/fhir/$reindex?_type=Nobody")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), StatusCode::NOT_FOUND);
+}
+
+/// PostgreSQL cancels a search at the configured statement timeout: a 4xx "too costly",
+/// and the connection is free again at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_search_past_the_statement_timeout_is_too_costly_on_postgres() {
+    let Some(app) = TestApp::postgres_with(|c| c.database.statement_timeout_ms = 50).await else {
+        return;
+    };
+    load(&app).await;
+    // Enough index rows that a substring scan takes far longer than 50 ms.
+    sqlx::query(
+        "INSERT INTO ehr.sp_string (resource_type, id, code, grp, folded, exact) \
+         SELECT 'Patient', 'p-an', 'name', 0, md5(g::text) || md5((g * 7)::text), 'x' \
+         FROM generate_series(1, 400000) g",
+    )
+    .execute(app.db.writer())
+    .await
+    .unwrap();
+    let response = app
+        .get("/fhir/Patient?name:contains=zzzz&name:contains=yyyy")
+        .await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let outcome: Value = response.json().await.unwrap();
+    assert_eq!(outcome["issue"][0]["code"], "too-costly", "{outcome}");
+    // Cheap searches still answer.
+    assert_eq!(
+        ids(&search(&app, "Patient?_id=p-hoa").await, "match"),
+        ["p-hoa"]
+    );
 }

@@ -144,6 +144,27 @@ impl TestApp {
         self.count_rows(self.history_table).await
     }
 
+    /// Empties the search index, as if every resource had been written before it existed.
+    pub async fn drop_search_index(&self) {
+        let prefix = match self.db.backend() {
+            sen_platform::Backend::Postgres => "ehr.",
+            sen_platform::Backend::Sqlite => "ehr_",
+        };
+        for table in [
+            "sp_string",
+            "sp_token",
+            "sp_reference",
+            "sp_date",
+            "sp_number",
+            "sp_uri",
+        ] {
+            sqlx::query(&format!("DELETE FROM {prefix}{table}"))
+                .execute(self.db.writer())
+                .await
+                .expect("empty an index table");
+        }
+    }
+
     /// Rows in the current-version table: one per resource ever created.
     pub async fn resource_rows(&self) -> i64 {
         self.count_rows(self.resource_table).await
