@@ -154,6 +154,18 @@ const header = JSON.stringify({
 }).slice(0, -1);
 writeFileSync(searchTarget, `${header},"params":[\n${searchParams.map((p) => JSON.stringify(p)).join(',\n')}\n]}\n`);
 console.log(`wrote ${searchParams.length} search parameters to ${searchTarget}`);
+// The Patient compartment (R4 CompartmentDefinition-patient): for each resource type, the
+// search parameters that put a resource in a patient's compartment.
+const compartment = JSON.parse(readFileSync(join(dir, 'dist/fhir/r4/compartmentdefinition-patient.json'), 'utf8'));
+const members = Object.fromEntries(
+  compartment.resource.filter((r) => r.param && r.param.length).map((r) => [r.code, r.param]).sort(),
+);
+const compartmentTarget = join(dirname(fileURLToPath(import.meta.url)), '..', 'fhir-profiles', 'r4', 'compartments.json');
+writeFileSync(compartmentTarget, JSON.stringify({
+  _source: `${PKG} dist/fhir/r4/compartmentdefinition-patient.json (HL7 FHIR R4 4.0.1, CC0)`,
+  Patient: members,
+}, null, 1) + '\n');
+console.log(`wrote the Patient compartment (${Object.keys(members).length} types) to ${compartmentTarget}`);
 const elementsTarget = join(dirname(fileURLToPath(import.meta.url)), '..', 'fhir-profiles', 'r4', 'elements.json');
 const sortedTables = Object.fromEntries(Object.keys(tables).sort().map((k) => [k, tables[k]]));
 writeFileSync(elementsTarget, JSON.stringify({

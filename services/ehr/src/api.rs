@@ -64,6 +64,7 @@ pub fn router(ehr: Arc<Ehr>) -> Router {
                 .patch(operations::patch),
         )
         .route("/fhir/{type}/{id}/_history", get(history_instance))
+        .route("/fhir/{type}/{id}/{member}", get(compartment_search))
         .route("/fhir/{type}/{id}/_history/{vid}", get(vread))
         .with_state(ehr)
 }
@@ -786,6 +787,26 @@ async fn history_instance(
 
 /// Basic search: `_id` and `identifier`, paged by id. Other parameters are refused rather
 /// than ignored, so a query never silently returns more than it asked for.
+/// `GET /fhir/Patient/{id}/{type}`: a search inside a patient's compartment.
+async fn compartment_search(
+    State(ehr): State<Arc<Ehr>>,
+    Path((compartment, id, member)): Path<(String, String, String)>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response> {
+    let compartment = resource_type(&ehr, &compartment)?;
+    check_id(&id)?;
+    let rt = resource_type(&ehr, &member)?;
+    if compartment.as_str() != "Patient" {
+        return Err(EhrError::BadParameter {
+            name: "compartment",
+            message: "only the Patient compartment is defined".into(),
+        }
+        .into());
+    }
+    search_within(&ehr, rt, params(query), &headers, Some((compartment, id))).await
+}
+
 async fn search(
     State(ehr): State<Arc<Ehr>>,
     Path(type_name): Path<String>,
@@ -893,9 +914,23 @@ async fn search_answer(
     params: Vec<(String, String)>,
     headers: &HeaderMap,
 ) -> Result<Response> {
+    search_within(ehr, rt, params, headers, None).await
+}
+
+/// A search, inside a compartment when one is given.
+async fn search_within(
+    ehr: &Ehr,
+    rt: ResourceType,
+    params: Vec<(String, String)>,
+    headers: &HeaderMap,
+    compartment: Option<(ResourceType, String)>,
+) -> Result<Response> {
     let out = output(&params, headers, true)?;
     let count = parse_count(ehr, &params)?;
-    let request = SearchRequest::parse(rt, &params, strict_handling(headers))?;
+    let mut request = SearchRequest::parse(rt, &params, strict_handling(headers))?;
+    if let Some((compartment, id)) = &compartment {
+        request.in_compartment(*compartment, id)?;
+    }
     let start = match (
         param(&params, "_page_token"),
         param(&params, "_page_offset"),
@@ -919,6 +954,11 @@ async fn search_answer(
         }
     };
     let base = base_url(ehr, headers);
+    // Links stay inside the compartment the search was asked in.
+    let path = match &compartment {
+        Some((c, id)) => format!("{base}/{c}/{id}/{rt}"),
+        None => format!("{base}/{rt}"),
+    };
     let count_only = out.filter == ElementFilter::Summary(Summary::Count);
     let total = if count_only || request.total != Total::None {
         Some(ehr.store.search_count(&request).await? as usize)
@@ -926,7 +966,7 @@ async fn search_answer(
         None
     };
     let mut links = vec![link(
-        &format!("{base}/{rt}{}", query_string(&params, None)),
+        &format!("{path}{}", query_string(&params, None)),
         "self",
     )];
     let mut entries: Vec<String> = Vec::new();
@@ -946,10 +986,7 @@ async fn search_answer(
                 (_, false) => ("_page_offset", (count as usize).to_string()),
             };
             links.push(link(
-                &format!(
-                    "{base}/{rt}{}",
-                    query_string(&params, Some((next.0, &next.1)))
-                ),
+                &format!("{path}{}", query_string(&params, Some((next.0, &next.1)))),
                 "next",
             ));
         }

@@ -80,6 +80,13 @@ enum Condition {
         param: Arc<Param>,
         missing: bool,
     },
+    /// Compartment membership: any of `codes` points at `target_type/target_id` (or the
+    /// resource is that one itself).
+    Compartment {
+        codes: Vec<String>,
+        target_type: String,
+        target_id: String,
+    },
 }
 
 /// A sort key.
@@ -239,6 +246,29 @@ impl SearchRequest {
             }
         }
         Ok(request)
+    }
+
+    /// Limits the search to the compartment of `compartment/id` (R4 CompartmentDefinition):
+    /// `Patient/123/Observation`. Types outside the compartment are refused.
+    pub fn in_compartment(&mut self, compartment: ResourceType, id: &str) -> Result<(), EhrError> {
+        let member = self.resource_type.as_str();
+        let codes = match compartment_params(compartment.as_str(), member) {
+            Some(codes) => codes,
+            // The compartment's own type: the resource itself.
+            None if member == compartment.as_str() => Vec::new(),
+            None => {
+                return Err(bad(
+                    "compartment",
+                    format!("{member} is not in the {compartment} compartment"),
+                ));
+            }
+        };
+        self.conditions.push(Condition::Compartment {
+            codes,
+            target_type: compartment.as_str().to_string(),
+            target_id: id.to_string(),
+        });
+        Ok(())
     }
 
     /// The selecting part of the SQL (`WHERE` conditions after the type and deletion checks),
@@ -624,6 +654,22 @@ fn predicate(
                 if *missing { "NOT " } else { "" }
             ));
         }
+        Condition::Compartment {
+            codes,
+            target_type,
+            target_id,
+        } => {
+            let t = bind(binds, Bind::Text(target_type.clone()));
+            let i = bind(binds, Bind::Text(target_id.clone()));
+            let list: Vec<String> = codes
+                .iter()
+                .map(|c| bind(binds, Bind::Text(c.clone())))
+                .collect();
+            sql.push_str(&format!(
+                "(({row}.resource_type = {t} AND {row}.id = {i}) OR EXISTS (SELECT 1 FROM {prefix}sp_reference {x} WHERE {x}.resource_type = {row}.resource_type AND {x}.id = {row}.id AND {x}.code IN ({}) AND {x}.target_type = {t} AND {x}.target_id = {i}))",
+                if list.is_empty() { "''".to_string() } else { list.join(", ") }
+            ));
+        }
         Condition::Chain {
             param,
             target,
@@ -938,4 +984,24 @@ fn date_condition(
         }
     };
     sql.push_str(&cond);
+}
+
+const COMPARTMENTS_JSON: &str = include_str!("../../../../fhir-profiles/r4/compartments.json");
+
+/// The parameters that put a `member` resource in a `compartment` (only the Patient
+/// compartment is defined here); `None` when the type is not a member.
+pub fn compartment_params(compartment: &str, member: &str) -> Option<Vec<String>> {
+    static COMPARTMENTS: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
+    let all = COMPARTMENTS.get_or_init(|| {
+        serde_json::from_str(COMPARTMENTS_JSON).expect(
+            "fhir-profiles/r4/compartments.json is valid (regenerate with scripts/gen-r4-definitions.mjs)",
+        )
+    });
+    let codes = all.get(compartment)?.get(member)?.as_array()?;
+    Some(
+        codes
+            .iter()
+            .filter_map(|c| c.as_str().map(str::to_string))
+            .collect(),
+    )
 }

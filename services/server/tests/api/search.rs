@@ -13,6 +13,7 @@ on_both_backends!(
     sorting_paging_includes_and_totals,
     unknown_parameters_are_reported_or_refused,
     reindex_rebuilds_the_index_of_resources_written_before_it,
+    compartment_search_stays_inside_the_patient_compartment,
 );
 
 async fn load(app: &TestApp) {
@@ -444,4 +445,40 @@ async fn a_search_past_the_statement_timeout_is_too_costly_on_postgres() {
         ids(&search(&app, "Patient?_id=p-hoa").await, "match"),
         ["p-hoa"]
     );
+}
+
+async fn compartment_search_stays_inside_the_patient_compartment(app: TestApp) {
+    load(&app).await;
+    let mine = search(&app, "Patient/p-hoa/Observation").await;
+    assert_eq!(
+        ids(&mine, "match").into_iter().collect::<BTreeSet<_>>(),
+        ["o3", "o5"].into_iter().map(String::from).collect()
+    );
+    let narrowed = search(&app, "Patient/p-hoa/Observation?code=8867-4").await;
+    assert_eq!(ids(&narrowed, "match"), ["o5"]);
+    // Next links keep the compartment.
+    let paged = search(&app, "Patient/p-an/Observation?_count=1").await;
+    let next = paged["link"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["relation"] == "next")
+        .unwrap()["url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(next.contains("/fhir/Patient/p-an/Observation?"), "{next}");
+    let second = search(&app, next.split("/fhir/").nth(1).unwrap()).await;
+    assert_eq!(ids(&second, "match"), ["o2"]);
+    // A type outside the compartment, or another compartment: 400.
+    for path in [
+        "/fhir/Patient/p-an/Practitioner",
+        "/fhir/Practitioner/d1/Patient",
+    ] {
+        assert_eq!(
+            app.get(path).await.status(),
+            StatusCode::BAD_REQUEST,
+            "{path}"
+        );
+    }
 }
