@@ -49,6 +49,23 @@ fn bench(c: &mut Criterion) {
         b.iter(|| check(std::hint::black_box(PATIENT_VN)))
     });
     group.finish();
+
+    // Search index extraction: every search parameter of the type, as a write does it.
+    let mut group = c.benchmark_group("extract");
+    group.throughput(Throughput::Elements(1));
+    for (name, body) in [
+        ("Patient", PATIENT),
+        ("Observation", OBSERVATION),
+        ("Encounter", ENCOUNTER),
+    ] {
+        let value: serde_json::Value = serde_json::from_str(body).unwrap();
+        let rt = defs.resource_type(name).unwrap();
+        assert!(!sen_ehr::search::extract::extract(rt, &value).is_empty());
+        group.bench_function(name, |b| {
+            b.iter(|| sen_ehr::search::extract::extract(rt, std::hint::black_box(&value)))
+        });
+    }
+    group.finish();
 }
 
 criterion_group!(benches, bench);

@@ -7,6 +7,8 @@
 //! - `update`: PUT /fhir/Patient/{id} on one of the seeded patients (no If-Match)
 //! - `transaction`: POST /fhir with a transaction Bundle of 100 entries: 20 patients, each with
 //!   an encounter and three vital-sign observations referring to them by urn:uuid
+//! - `search`: GET /fhir/Patient?name=<a family name without diacritics>&_count=20, and
+//!   GET /fhir/Patient?identifier=<system>|<personal ID> on the seeded patients
 //!
 //! `test_start` seeds `SEN_LOAD_PATIENTS` patients (default 1,000) with PUT under fixed ids, so
 //! reads and updates always hit existing resources.
@@ -104,6 +106,35 @@ async fn read(user: &mut GooseUser) -> TransactionResult {
     Ok(())
 }
 
+/// Families as a clerk types them: no diacritics, lower case.
+const FOLDED_FAMILIES: &[&str] = &[
+    "nguyen", "tran", "le", "pham", "huynh", "vo", "dang", "bui", "do", "duong",
+];
+
+async fn search_name(user: &mut GooseUser) -> TransactionResult {
+    let family = FOLDED_FAMILIES[rand::rng().random_range(0..FOLDED_FAMILIES.len())];
+    let path = format!("/fhir/Patient?name={family}&_count=20");
+    let request = GooseRequest::builder()
+        .path(path.as_str())
+        .name("search Patient by name")
+        .build();
+    user.request(request).await?;
+    Ok(())
+}
+
+async fn search_identifier(user: &mut GooseUser) -> TransactionResult {
+    let n = rand::rng().random_range(0..seeded());
+    let path = format!(
+        "/fhir/Patient?identifier=http://fhir.ehealth.gov.vn/core/sid/national_id|0870{n:08}"
+    );
+    let request = GooseRequest::builder()
+        .path(path.as_str())
+        .name("search Patient by identifier")
+        .build();
+    user.request(request).await?;
+    Ok(())
+}
+
 async fn create(user: &mut GooseUser) -> TransactionResult {
     let n = rand::rng().random_range(0..100_000_000);
     send(
@@ -186,6 +217,11 @@ async fn main() -> Result<(), GooseError> {
         .register_scenario(scenario!("create").register_transaction(transaction!(create)))
         .register_scenario(scenario!("update").register_transaction(transaction!(update)))
         .register_scenario(scenario!("transaction").register_transaction(transaction!(transaction)))
+        .register_scenario(
+            scenario!("search")
+                .register_transaction(transaction!(search_name))
+                .register_transaction(transaction!(search_identifier)),
+        )
         .set_default(GooseDefault::Host, "http://127.0.0.1:8080")?
         .execute()
         .await?;

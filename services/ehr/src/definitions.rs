@@ -67,7 +67,7 @@ impl TypeDef {
 #[derive(Debug)]
 pub struct Definitions {
     pub fhir_version: String,
-    types: HashMap<&'static str, TypeDef>,
+    types: rustc_hash::FxHashMap<&'static str, TypeDef>,
     names: Vec<&'static str>,
 }
 
@@ -95,7 +95,7 @@ impl Definitions {
         DEFS.get_or_init(|| {
             let file: File = serde_json::from_str(RESOURCE_TYPES_JSON)
                 .expect("fhir-profiles/r4/resource-types.json is valid (regenerate it with scripts/gen-r4-definitions.mjs)");
-            let mut types = HashMap::new();
+            let mut types = rustc_hash::FxHashMap::default();
             for (name, def) in file.resources {
                 let name: &'static str = Box::leak(name.into_boxed_str());
                 types.insert(name, TypeDef { name, url: def.url, elements: def.elements });

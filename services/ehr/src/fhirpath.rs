@@ -36,6 +36,47 @@ impl Expression {
         &self.text
     }
 
+    /// The expression as evaluated on a resource of type `rt`: branches of a top-level union
+    /// that start from another resource type (`CarePlan.subject | Observation.subject`) can
+    /// never yield anything there and are dropped. `None` when no branch is left.
+    pub fn for_resource_type(&self, rt: &str) -> Option<Expression> {
+        use parse::{BinaryOp, Expr};
+        fn branches(e: &Expr, out: &mut Vec<Expr>) {
+            match e {
+                Expr::Binary(BinaryOp::Union, l, r) => {
+                    branches(l, out);
+                    branches(r, out);
+                }
+                other => out.push(other.clone()),
+            }
+        }
+        fn root(e: &Expr) -> Option<&str> {
+            match e {
+                Expr::Member(None, name) => Some(name),
+                Expr::Member(Some(r), _)
+                | Expr::Function(Some(r), _)
+                | Expr::Indexer(r, _)
+                | Expr::Is(r, _)
+                | Expr::As(r, _) => root(r),
+                _ => None,
+            }
+        }
+        let defs = crate::definitions::Definitions::r4();
+        let mut all = Vec::new();
+        branches(&self.expr, &mut all);
+        let kept: Vec<Expr> = all
+            .into_iter()
+            .filter(|b| root(b).is_none_or(|name| name == rt || defs.resource_type(name).is_none()))
+            .collect();
+        let expr = kept
+            .into_iter()
+            .reduce(|l, r| Expr::Binary(BinaryOp::Union, Box::new(l), Box::new(r)))?;
+        Some(Expression {
+            text: self.text.clone(),
+            expr,
+        })
+    }
+
     /// Evaluates on a whole resource: it is the input, `%resource` and `%context`.
     pub fn evaluate_on<'a>(&self, resource: &'a Value) -> Result<Vec<Item<'a>>, EvalError> {
         let node = Item::Node(model::resource(resource));

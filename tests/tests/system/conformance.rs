@@ -109,7 +109,7 @@ const INVALID_EXAMPLES: &[(&str, &str)] = &[
 ];
 
 /// The unpacked package directory, fetched on first use.
-fn package_dir() -> Option<PathBuf> {
+pub(crate) fn package_dir() -> Option<PathBuf> {
     // Both backend variants run in this process at once; one fetch serves both.
     static FETCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guard = FETCH.lock().unwrap_or_else(|e| e.into_inner());

@@ -2,6 +2,7 @@
 //! independent consumer of the API.
 
 mod conformance;
+mod fhirpath_js;
 mod support;
 
 use std::{process::Command, time::Duration};

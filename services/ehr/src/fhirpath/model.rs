@@ -11,11 +11,13 @@ use crate::validation::{Element, Validator, choice_suffix, is_choice_suffix, is_
 /// The FHIR type of a node: its type code, and where its elements are defined (a type's
 /// table and a path inside it, "" for the type's root; backbone elements live inside the
 /// table of the type that declares them).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub struct Ty {
     pub code: &'static str,
     pub table: &'static str,
     pub path: &'static str,
+    /// The elements defined at `table`/`path`, looked up once when the type is made.
+    elements: &'static [Element],
 }
 
 impl Ty {
@@ -23,6 +25,7 @@ impl Ty {
         code: "",
         table: "",
         path: "",
+        elements: &[],
     };
 
     fn primitive(code: &'static str) -> Ty {
@@ -30,6 +33,16 @@ impl Ty {
             code,
             table: "",
             path: "",
+            elements: &[],
+        }
+    }
+
+    fn new(code: &'static str, table: &'static str, path: &'static str) -> Ty {
+        Ty {
+            code,
+            table,
+            path,
+            elements: model().elements(table, path),
         }
     }
 
@@ -81,11 +94,7 @@ pub fn resource(value: &Value) -> Node<'_> {
     Node {
         value: Some(value),
         ext: None,
-        ty: table.map_or(Ty::UNKNOWN, |t| Ty {
-            code: t,
-            table: t,
-            path: "",
-        }),
+        ty: table.map_or(Ty::UNKNOWN, |t| Ty::new(t, t, "")),
     }
 }
 
@@ -98,11 +107,7 @@ pub fn typed<'a>(value: &'a Value, type_name: &str) -> Node<'a> {
         Some(t) => Node {
             value: Some(value),
             ext: None,
-            ty: Ty {
-                code: t,
-                table: t,
-                path: "",
-            },
+            ty: Ty::new(t, t, ""),
         },
         None => Node {
             value: Some(value),
@@ -114,27 +119,16 @@ pub fn typed<'a>(value: &'a Value, type_name: &str) -> Node<'a> {
 
 impl<'a> Node<'a> {
     fn elements(&self) -> &'static [Element] {
-        if self.ty.table.is_empty() {
-            return &[];
-        }
-        model().elements(self.ty.table, self.ty.path)
+        self.ty.elements
     }
 
     /// The type of a child element holding `value`, declared with type code `code`.
     fn child_type(&self, element: &'static Element, code: &'static str, value: &Value) -> Ty {
         if let Some(reference) = &element.content_reference {
-            return Ty {
-                code: "BackboneElement",
-                table: self.ty.table,
-                path: reference,
-            };
+            return Ty::new("BackboneElement", self.ty.table, reference);
         }
         if element.backbone {
-            return Ty {
-                code,
-                table: self.ty.table,
-                path: &element.path,
-            };
+            return Ty::new(code, self.ty.table, &element.path);
         }
         if is_primitive(code) {
             return Ty::primitive(code);
@@ -143,11 +137,7 @@ impl<'a> Node<'a> {
             return resource(value).ty;
         }
         match model().table_name(code) {
-            Some(t) => Ty {
-                code: t,
-                table: t,
-                path: "",
-            },
+            Some(t) => Ty::new(t, t, ""),
             None => Ty::UNKNOWN,
         }
     }
@@ -177,7 +167,7 @@ impl<'a> Node<'a> {
     ) {
         let value = map.get(key);
         let ext = if is_primitive(code) {
-            map.get(&format!("_{key}"))
+            extension_of(map, key)
         } else {
             None
         };
@@ -231,9 +221,18 @@ impl<'a> Node<'a> {
         for element in self.elements() {
             if element.choice {
                 if name == element.name {
-                    for code in &element.types {
-                        let key = format!("{name}{}", choice_suffix(code));
-                        self.push_key(map, element, &key, code, out);
+                    // The object's own keys say which type it holds: no key is built.
+                    for key in map.keys() {
+                        let plain = key.strip_prefix('_').unwrap_or(key);
+                        if plain.len() != key.len() && map.contains_key(plain) {
+                            continue;
+                        }
+                        if let Some(suffix) = plain.strip_prefix(name)
+                            && let Some(code) =
+                                element.types.iter().find(|t| is_choice_suffix(t, suffix))
+                        {
+                            self.push_key(map, element, plain, code, out);
+                        }
                     }
                 } else if let Some(suffix) = name.strip_prefix(element.name.as_str())
                     && let Some(code) = element.types.iter().find(|t| is_choice_suffix(t, suffix))
@@ -355,6 +354,20 @@ pub(crate) fn element_at(root: &Value, pointer: &[String]) -> Option<&'static El
         node = child;
     }
     found
+}
+
+/// The `_key` object beside a primitive `key`, looked up without allocating for the usual
+/// short keys.
+fn extension_of<'a>(map: &'a serde_json::Map<String, Value>, key: &str) -> Option<&'a Value> {
+    let mut buffer = [0u8; 64];
+    if key.len() < buffer.len() {
+        buffer[0] = b'_';
+        buffer[1..=key.len()].copy_from_slice(key.as_bytes());
+        let underscored = std::str::from_utf8(&buffer[..=key.len()]).ok()?;
+        map.get(underscored)
+    } else {
+        map.get(&format!("_{key}"))
+    }
 }
 
 /// Navigation where the definitions say nothing (a type without a table): by JSON key.

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::{
     dates,
-    params::{Param, ParamType, SearchParams},
+    params::{ParamType, SearchParams},
     text::fold,
 };
 use crate::{
@@ -48,6 +48,15 @@ impl IndexRows {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    fn append(&mut self, mut other: IndexRows) {
+        self.strings.append(&mut other.strings);
+        self.tokens.append(&mut other.tokens);
+        self.references.append(&mut other.references);
+        self.dates.append(&mut other.dates);
+        self.numbers.append(&mut other.numbers);
+        self.uris.append(&mut other.uris);
+    }
 }
 
 /// Every index row of `resource` (its stored JSON, with `id` and `meta`).
@@ -63,50 +72,64 @@ pub fn extract(rt: ResourceType, resource: &Value) -> IndexRows {
     let mut params: Vec<_> = SearchParams::r4().of(rt).collect();
     params.sort_by(|a, b| a.code.cmp(&b.code));
     for param in params {
+        // Served from the resource row itself (its id and last_updated columns).
+        if param.code == "_id" || param.code == "_lastUpdated" {
+            continue;
+        }
         let Ok(items) = param.expression.evaluate(std::slice::from_ref(&root), &env) else {
             continue;
         };
         if param.kind == ParamType::Composite {
+            // A group is indexed only when every component has a value: a search always
+            // names all of them, so a partial group could never match.
             for item in &items {
                 group += 1;
+                let mut parts = IndexRows::default();
+                let mut complete = true;
                 for component in &param.components {
-                    let Ok(values) = component
+                    let before = parts.len();
+                    if let Ok(values) = component
                         .expression
                         .evaluate(std::slice::from_ref(item), &env)
-                    else {
-                        continue;
-                    };
-                    for value in &values {
-                        add(&mut rows, &param.code, component.kind, group, value, param);
+                    {
+                        for value in &values {
+                            add(&mut parts, &param.code, component.kind, group, value, false);
+                        }
                     }
+                    complete &= parts.len() > before;
+                }
+                if complete {
+                    rows.append(parts);
                 }
             }
             continue;
         }
         for item in &items {
-            add(&mut rows, &param.code, param.kind, 0, item, param);
+            add(&mut rows, &param.code, param.kind, 0, item, true);
         }
     }
     dedup(&mut rows);
     rows
 }
 
+/// Drops repeated rows (two names with the same family, say): sorted, then deduplicated.
 fn dedup(rows: &mut IndexRows) {
-    fn by<T: PartialEq>(list: &mut Vec<T>) {
-        let mut seen: Vec<T> = Vec::with_capacity(list.len());
-        for item in list.drain(..) {
-            if !seen.contains(&item) {
-                seen.push(item);
-            }
-        }
-        *list = seen;
-    }
-    by(&mut rows.strings);
-    by(&mut rows.tokens);
-    by(&mut rows.references);
-    by(&mut rows.dates);
-    by(&mut rows.numbers);
-    by(&mut rows.uris);
+    rows.strings.sort_unstable();
+    rows.strings.dedup();
+    rows.tokens.sort_unstable();
+    rows.tokens.dedup();
+    rows.references.sort_unstable();
+    rows.references.dedup();
+    rows.dates.sort_unstable();
+    rows.dates.dedup();
+    rows.numbers.sort_unstable_by(|a, b| {
+        (&a.0, a.1, &a.3, &a.4)
+            .cmp(&(&b.0, b.1, &b.3, &b.4))
+            .then(a.2.total_cmp(&b.2))
+    });
+    rows.numbers.dedup();
+    rows.uris.sort_unstable();
+    rows.uris.dedup();
 }
 
 fn text_of<'a>(node: &Node<'a>) -> Option<&'a str> {
@@ -121,13 +144,15 @@ fn field_str<'a>(node: &Node<'a>, name: &str) -> Option<&'a str> {
     field(node, name).and_then(Value::as_str)
 }
 
+/// Adds the rows of one value; `extras` adds the rows that serve `:text`, `:of-type` and
+/// `:identifier` (not for composite components, which those modifiers never reach).
 fn add(
     rows: &mut IndexRows,
     code: &str,
     kind: ParamType,
     group: i64,
     item: &Item<'_>,
-    param: &Param,
+    extras: bool,
 ) {
     let Item::Node(node) = item else {
         // Computed values index as their text: a boolean (`deceased.exists() and …`), a string.
@@ -238,6 +263,7 @@ fn add(
                             .and_then(Value::as_array)
                             .into_iter()
                             .flatten()
+                            .filter(|_| extras)
                         {
                             if let Some(c) = coding.get("code").and_then(Value::as_str) {
                                 rows.tokens.push((
@@ -286,7 +312,7 @@ fn add(
                         reference.to_string(),
                     ));
                 }
-                if let Some(identifier) = field(node, "identifier")
+                if let Some(identifier) = field(node, "identifier").filter(|_| extras)
                     && let Some(v) = identifier.get("value").and_then(Value::as_str)
                 {
                     rows.tokens.push((
@@ -393,9 +419,7 @@ fn add(
                 rows.uris.push((code.into(), group, u.to_string()));
             }
         }
-        ParamType::Composite | ParamType::Special => {
-            let _ = param;
-        }
+        ParamType::Composite | ParamType::Special => {}
     }
 }
 
@@ -468,8 +492,8 @@ mod tests {
                 .any(|r| r.0 == "identifier:of-type" && r.3 == "NI|087090001234")
         );
         assert!(
-            rows.tokens
-                .contains(&("_id".into(), 0, String::new(), "p1".into()))
+            !rows.tokens.iter().any(|r| r.0 == "_id"),
+            "the resource row serves _id"
         );
         assert!(rows.references.contains(&(
             "general-practitioner".into(),
@@ -480,7 +504,7 @@ mod tests {
         )));
         let birth = rows.dates.iter().find(|r| r.0 == "birthdate").unwrap();
         assert_eq!((birth.2, birth.3), dates::range("1990-04-30").unwrap());
-        assert!(rows.dates.iter().any(|r| r.0 == "_lastUpdated"));
+        assert!(!rows.dates.iter().any(|r| r.0 == "_lastUpdated"));
 
         let observation = json!({"resourceType": "Observation", "id": "o1", "status": "final",
             "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4", "display": "Heart rate"}]},

@@ -97,13 +97,6 @@ impl SearchParams {
                         Err(err) => out.unparsed.push((format!("{code}.{c}"), err.to_string())),
                     }
                 }
-                let param = Arc::new(Param {
-                    code: code.clone(),
-                    kind,
-                    expression: compiled,
-                    targets,
-                    components: parts,
-                });
                 // Parameters of Resource and DomainResource apply to every type.
                 let types: Vec<ResourceType> = if bases
                     .iter()
@@ -113,11 +106,26 @@ impl SearchParams {
                 } else {
                     bases.iter().filter_map(|b| defs.resource_type(b)).collect()
                 };
+                // Each type keeps only the branches of a shared expression that start from it.
                 for rt in types {
-                    out.by_type
-                        .entry(rt)
-                        .or_default()
-                        .insert(code.clone(), param.clone());
+                    let Some(expression) = compiled.for_resource_type(rt.as_str()) else {
+                        continue;
+                    };
+                    let param = Arc::new(Param {
+                        code: code.clone(),
+                        kind,
+                        expression,
+                        targets: targets.clone(),
+                        components: parts
+                            .iter()
+                            .map(|c| Component {
+                                code: c.code.clone(),
+                                kind: c.kind,
+                                expression: c.expression.clone(),
+                            })
+                            .collect(),
+                    });
+                    out.by_type.entry(rt).or_default().insert(code.clone(), param);
                 }
             }
             out

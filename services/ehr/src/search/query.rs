@@ -281,7 +281,7 @@ impl SearchRequest {
     ) -> Result<(), EhrError> {
         for condition in &self.conditions {
             sql.push_str(" AND ");
-            predicate(condition, "r", prefix, sql, binds, 0)?;
+            predicate(condition, self.resource_type, "r", prefix, sql, binds, 0)?;
         }
         Ok(())
     }
@@ -632,9 +632,13 @@ fn bind(binds: &mut Vec<Bind>, value: Bind) -> String {
     format!("${}", binds.len())
 }
 
-/// Writes the predicate of `condition` on the resource row alias `row`.
+/// Writes the predicate of `condition` on the resource row alias `row`, whose type is `rt`.
+/// Every predicate is `row.id IN (uncorrelated subquery)`: the database reads the selective
+/// index rows once, rather than probing the index for each candidate resource.
+#[allow(clippy::too_many_arguments)]
 fn predicate(
     condition: &Condition,
+    rt: ResourceType,
     row: &str,
     prefix: &str,
     sql: &mut String,
@@ -645,12 +649,13 @@ fn predicate(
         return Err(bad("search", "chains and _has nest at most 4 deep"));
     }
     let x = format!("x{depth}");
+    let own_type = bind(binds, Bind::Text(rt.as_str().to_string()));
     match condition {
         Condition::Missing { param, missing } => {
             let table = table_of(param.kind);
             let code = bind(binds, Bind::Text(param.code.clone()));
             sql.push_str(&format!(
-                "{}EXISTS (SELECT 1 FROM {prefix}{table} {x} WHERE {x}.resource_type = {row}.resource_type AND {x}.id = {row}.id AND {x}.code = {code})",
+                "{row}.id {}IN (SELECT {x}.id FROM {prefix}{table} {x} WHERE {x}.resource_type = {own_type} AND {x}.code = {code})",
                 if *missing { "NOT " } else { "" }
             ));
         }
@@ -666,7 +671,7 @@ fn predicate(
                 .map(|c| bind(binds, Bind::Text(c.clone())))
                 .collect();
             sql.push_str(&format!(
-                "(({row}.resource_type = {t} AND {row}.id = {i}) OR EXISTS (SELECT 1 FROM {prefix}sp_reference {x} WHERE {x}.resource_type = {row}.resource_type AND {x}.id = {row}.id AND {x}.code IN ({}) AND {x}.target_type = {t} AND {x}.target_id = {i}))",
+                "(({row}.resource_type = {t} AND {row}.id = {i}) OR {row}.id IN (SELECT {x}.id FROM {prefix}sp_reference {x} WHERE {x}.resource_type = {own_type} AND {x}.code IN ({}) AND {x}.target_type = {t} AND {x}.target_id = {i}))",
                 if list.is_empty() { "''".to_string() } else { list.join(", ") }
             ));
         }
@@ -679,10 +684,10 @@ fn predicate(
             let target_type = bind(binds, Bind::Text(target.as_str().to_string()));
             let t = format!("t{depth}");
             sql.push_str(&format!(
-                "EXISTS (SELECT 1 FROM {prefix}sp_reference {x} JOIN {prefix}resource {t} ON {t}.resource_type = {x}.target_type AND {t}.id = {x}.target_id AND {t}.deleted = 0 \
-                 WHERE {x}.resource_type = {row}.resource_type AND {x}.id = {row}.id AND {x}.code = {code} AND {x}.target_type = {target_type} AND "
+                "{row}.id IN (SELECT {x}.id FROM {prefix}sp_reference {x} JOIN {prefix}resource {t} ON {t}.resource_type = {x}.target_type AND {t}.id = {x}.target_id AND {t}.deleted = 0 \
+                 WHERE {x}.resource_type = {own_type} AND {x}.code = {code} AND {x}.target_type = {target_type} AND "
             ));
-            predicate(inner, &t, prefix, sql, binds, depth + 1)?;
+            predicate(inner, *target, &t, prefix, sql, binds, depth + 1)?;
             sql.push(')');
         }
         Condition::Has {
@@ -694,10 +699,10 @@ fn predicate(
             let source_type = bind(binds, Bind::Text(source.as_str().to_string()));
             let t = format!("t{depth}");
             sql.push_str(&format!(
-                "EXISTS (SELECT 1 FROM {prefix}sp_reference {x} JOIN {prefix}resource {t} ON {t}.resource_type = {x}.resource_type AND {t}.id = {x}.id AND {t}.deleted = 0 \
-                 WHERE {x}.resource_type = {source_type} AND {x}.code = {code} AND {x}.target_type = {row}.resource_type AND {x}.target_id = {row}.id AND "
+                "{row}.id IN (SELECT {x}.target_id FROM {prefix}sp_reference {x} JOIN {prefix}resource {t} ON {t}.resource_type = {x}.resource_type AND {t}.id = {x}.id AND {t}.deleted = 0 \
+                 WHERE {x}.resource_type = {source_type} AND {x}.code = {code} AND {x}.target_type = {own_type} AND "
             ));
-            predicate(inner, &t, prefix, sql, binds, depth + 1)?;
+            predicate(inner, *source, &t, prefix, sql, binds, depth + 1)?;
             sql.push(')');
         }
         Condition::Param {
@@ -717,11 +722,34 @@ fn predicate(
                 (kind, _) => (table_of(kind), param.code.clone()),
             };
             if param.kind == ParamType::Composite {
-                return composite(param, values, row, prefix, sql, binds, &x);
+                return composite(param, values, row, &own_type, prefix, sql, binds, &x);
+            }
+            // _id and _lastUpdated are columns of the resource row, not index rows.
+            if param.code == "_id" || param.code == "_lastUpdated" {
+                sql.push_str(if negate { "NOT (" } else { "(" });
+                for (i, value) in values.iter().enumerate() {
+                    if i > 0 {
+                        sql.push_str(" OR ");
+                    }
+                    if param.code == "_id" {
+                        let v = bind(binds, Bind::Text(unescape(value)));
+                        sql.push_str(&format!("{row}.id = {v}"));
+                    } else {
+                        let (prefix, rest) = prefix_of(value);
+                        let (low, high) = dates::range(rest).expect("checked when parsed");
+                        // last_updated is in microseconds; as a range, one instant.
+                        let column = format!("({row}.last_updated / 1000)");
+                        sql.push('(');
+                        date_condition_on(prefix, low, high, &column, &column, sql, binds);
+                        sql.push(')');
+                    }
+                }
+                sql.push(')');
+                return Ok(());
             }
             let code = bind(binds, Bind::Text(code));
             sql.push_str(&format!(
-                "{}EXISTS (SELECT 1 FROM {prefix}{table} {x} WHERE {x}.resource_type = {row}.resource_type AND {x}.id = {row}.id AND {x}.code = {code} AND (",
+                "{row}.id {}IN (SELECT {x}.id FROM {prefix}{table} {x} WHERE {x}.resource_type = {own_type} AND {x}.code = {code} AND (",
                 if negate { "NOT " } else { "" }
             ));
             for (i, value) in values.iter().enumerate() {
@@ -750,10 +778,12 @@ fn table_of(kind: ParamType) -> &'static str {
 }
 
 /// A composite value `a$b`: both components in one group of the same resource.
+#[allow(clippy::too_many_arguments)]
 fn composite(
     param: &Param,
     values: &[String],
     row: &str,
+    own_type: &str,
     prefix: &str,
     sql: &mut String,
     binds: &mut Vec<Bind>,
@@ -762,30 +792,30 @@ fn composite(
     let (first, second) = (&param.components[0], &param.components[1]);
     let (ta, tb) = (table_of(first.kind), table_of(second.kind));
     let code = bind(binds, Bind::Text(param.code.clone()));
-    sql.push('(');
+    let (xa, xb) = (format!("{x}a"), format!("{x}b"));
+    sql.push_str(&format!(
+        "{row}.id IN (SELECT {xa}.id FROM {prefix}{ta} {xa} JOIN {prefix}{tb} {xb} ON {xb}.resource_type = {xa}.resource_type AND {xb}.id = {xa}.id AND {xb}.code = {xa}.code AND {xb}.grp = {xa}.grp \
+         WHERE {xa}.resource_type = {own_type} AND {xa}.code = {code} AND ("
+    ));
+    let as_param = |c: &super::params::Component| Param {
+        code: c.code.clone(),
+        kind: c.kind,
+        expression: c.expression.clone(),
+        targets: Vec::new(),
+        components: Vec::new(),
+    };
     for (i, value) in values.iter().enumerate() {
         if i > 0 {
             sql.push_str(" OR ");
         }
         let (a, b) = split_once_unescaped(value, '$').expect("checked when parsed");
-        let (xa, xb) = (format!("{x}a"), format!("{x}b"));
-        sql.push_str(&format!(
-            "EXISTS (SELECT 1 FROM {prefix}{ta} {xa} JOIN {prefix}{tb} {xb} ON {xb}.resource_type = {xa}.resource_type AND {xb}.id = {xa}.id AND {xb}.code = {xa}.code AND {xb}.grp = {xa}.grp \
-             WHERE {xa}.resource_type = {row}.resource_type AND {xa}.id = {row}.id AND {xa}.code = {code} AND ("
-        ));
-        let as_param = |c: &super::params::Component| Param {
-            code: c.code.clone(),
-            kind: c.kind,
-            expression: c.expression.clone(),
-            targets: Vec::new(),
-            components: Vec::new(),
-        };
+        sql.push_str("((");
         value_condition(&as_param(first), None, &a, &xa, sql, binds)?;
         sql.push_str(") AND (");
         value_condition(&as_param(second), None, &b, &xb, sql, binds)?;
         sql.push_str("))");
     }
-    sql.push(')');
+    sql.push_str("))");
     Ok(())
 }
 
@@ -963,29 +993,43 @@ fn date_condition(
     sql: &mut String,
     binds: &mut Vec<Bind>,
 ) {
+    let (target_low, target_high) = (format!("{x}.low"), format!("{x}.high"));
+    date_condition_on(prefix, low, high, &target_low, &target_high, sql, binds);
+}
+
+/// [`date_condition`] on any two expressions holding the target's range.
+#[allow(clippy::too_many_arguments)]
+fn date_condition_on(
+    prefix: Prefix,
+    low: i64,
+    high: i64,
+    tl: &str,
+    th: &str,
+    sql: &mut String,
+    binds: &mut Vec<Bind>,
+) {
     let l = bind(binds, Bind::Int(low));
     let h = bind(binds, Bind::Int(high));
-    let within = format!("({x}.low >= {l} AND {x}.high <= {h})");
+    let within = format!("({tl} >= {l} AND {th} <= {h})");
     let cond = match prefix {
         Prefix::Eq => within,
         Prefix::Ne => format!("NOT {within}"),
-        Prefix::Gt => format!("{x}.high > {h}"),
-        Prefix::Lt => format!("{x}.low < {l}"),
-        Prefix::Ge => format!("({x}.high > {h} OR {within})"),
-        Prefix::Le => format!("({x}.low < {l} OR {within})"),
-        Prefix::Sa => format!("{x}.low > {h}"),
-        Prefix::Eb => format!("{x}.high < {l}"),
+        Prefix::Gt => format!("{th} > {h}"),
+        Prefix::Lt => format!("{tl} < {l}"),
+        Prefix::Ge => format!("({th} > {h} OR {within})"),
+        Prefix::Le => format!("({tl} < {l} OR {within})"),
+        Prefix::Sa => format!("{tl} > {h}"),
+        Prefix::Eb => format!("{th} < {l}"),
         Prefix::Ap => {
             let now = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
             let slack = ((now - low).abs() / 10).max(high - low);
             let al = bind(binds, Bind::Int(low.saturating_sub(slack)));
             let ah = bind(binds, Bind::Int(high.saturating_add(slack)));
-            format!("({x}.low <= {ah} AND {x}.high >= {al})")
+            format!("({tl} <= {ah} AND {th} >= {al})")
         }
     };
     sql.push_str(&cond);
 }
-
 const COMPARTMENTS_JSON: &str = include_str!("../../../../fhir-profiles/r4/compartments.json");
 
 /// The parameters that put a `member` resource in a `compartment` (only the Patient

@@ -1,0 +1,197 @@
+//! Index extraction checked against an independent FHIRPath implementation: for every R4
+//! search parameter and every resource of `hl7.fhir.r4.examples@4.0.1` of its base type, the
+//! values our engine yields for the parameter's expression must equal what HL7's fhirpath.js
+//! (npm `fhirpath`, R4 model, run by node) yields. Exceptions are counted by reason and each
+//! reason is justified below; anything else fails the test.
+//!
+//! fhirpath.js is installed once with npm into `~/.cache/sen-fhirpath-js` (or
+//! `$SEN_FHIRPATH_JS_CACHE`); without npm the test skips with a notice, except under CI=true.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::PathBuf,
+    process::Command,
+};
+
+use sen_ehr::{fhirpath::Item, search::params::SearchParams};
+use serde_json::Value;
+
+const FHIRPATH_JS: &str = "fhirpath@5.2.2";
+
+fn ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+/// The directory whose node_modules holds fhirpath.js, installed on first use.
+fn fhirpath_js() -> Option<PathBuf> {
+    let cache = std::env::var("SEN_FHIRPATH_JS_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/tmp".into()))
+                .join(".cache/sen-fhirpath-js")
+        });
+    if cache.join("node_modules/fhirpath/package.json").exists() {
+        return Some(cache);
+    }
+    std::fs::create_dir_all(&cache).ok()?;
+    let installed = Command::new("npm")
+        .args([
+            "install",
+            "--no-save",
+            "--no-audit",
+            "--no-fund",
+            "--prefix",
+        ])
+        .arg(&cache)
+        .arg(FHIRPATH_JS)
+        .output();
+    match installed {
+        Ok(out) if out.status.success() => Some(cache),
+        Ok(out) if ci() => panic!(
+            "cannot install {FHIRPATH_JS} under CI=true: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(e) if ci() => panic!("cannot run npm under CI=true: {e}"),
+        _ => {
+            eprintln!("NOTICE: cannot install {FHIRPATH_JS}; skipping the fhirpath.js comparison");
+            None
+        }
+    }
+}
+
+/// JSON with object keys sorted (fhirpath.js's side does the same).
+fn sorted(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => {
+            let ordered: BTreeMap<&String, Value> =
+                map.iter().map(|(k, v)| (k, sorted(v))).collect();
+            serde_json::to_value(ordered).expect("serialisable")
+        }
+        Value::Array(items) => Value::Array(items.iter().map(sorted).collect()),
+        other => other.clone(),
+    }
+}
+
+fn number(n: f64) -> String {
+    format!("{n}")
+}
+
+/// One of our results as fhirpath.js prints it.
+fn normalise(item: &Item<'_>) -> Option<String> {
+    Some(match item {
+        Item::Node(node) => match node.value? {
+            Value::Number(n) => number(n.as_f64()?),
+            v @ (Value::Object(_) | Value::Array(_)) => sorted(v).to_string(),
+            v => v.to_string(),
+        },
+        Item::Boolean(b) => b.to_string(),
+        Item::Integer(i) => i.to_string(),
+        Item::Decimal(d) => number(*d),
+        Item::String(s) | Item::Date(s) | Item::DateTime(s) | Item::Time(s) => {
+            Value::String(s.to_string()).to_string()
+        }
+        Item::Quantity(v, u) => format!("{v} '{u}'"),
+        Item::Reference(t) => format!("(a {t} known only by its reference)"),
+    })
+}
+
+#[test]
+fn search_parameter_values_agree_with_fhirpath_js_on_every_example() {
+    let Some(examples) = super::conformance::package_dir() else {
+        return;
+    };
+    let Some(js) = fhirpath_js() else { return };
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let output = Command::new("node")
+        .arg(root.join("tests/fhirpath-js/evaluate.cjs"))
+        .arg(&examples)
+        .arg(root.join("fhir-profiles/r4/search-parameters.json"))
+        .env("NODE_PATH", js.join("node_modules"))
+        .output()
+        .expect("node runs");
+    assert!(
+        output.status.success(),
+        "fhirpath.js failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let defs = sen_ehr::definitions::Definitions::r4();
+    let mut resources: HashMap<String, Value> = HashMap::new();
+    let (mut agreed, mut compared) = (0usize, 0usize);
+    let mut exceptions: BTreeMap<&'static str, usize> = BTreeMap::new();
+    let mut unexplained: Vec<String> = Vec::new();
+    for line in String::from_utf8(output.stdout).expect("UTF-8").lines() {
+        let line: Value = serde_json::from_str(line).expect("a JSON line");
+        let file = line["f"].as_str().expect("file");
+        let code = line["c"].as_str().expect("code");
+        let resource = resources.entry(file.to_string()).or_insert_with(|| {
+            serde_json::from_str(&std::fs::read_to_string(examples.join(file)).unwrap()).unwrap()
+        });
+        let rt = defs
+            .resource_type(resource["resourceType"].as_str().unwrap())
+            .expect("an R4 type");
+        let param = SearchParams::r4().get(rt, code).expect("a known parameter");
+        compared += 1;
+        let ours = param.expression.evaluate_on(resource);
+        let uses_resolve = param.expression.text().contains("resolve()");
+        let (theirs, ours) = match (line.get("e"), ours) {
+            (Some(_), Err(_)) => {
+                *exceptions
+                    .entry("both engines refuse the expression on this resource")
+                    .or_default() += 1;
+                continue;
+            }
+            (Some(e), Ok(_)) => {
+                unexplained.push(format!(
+                    "{file} {code}: fhirpath.js failed ({e}), ours did not"
+                ));
+                continue;
+            }
+            (None, Err(e)) => {
+                unexplained.push(format!(
+                    "{file} {code}: ours failed ({e}), fhirpath.js did not"
+                ));
+                continue;
+            }
+            (None, Ok(ours)) => {
+                let mut theirs: Vec<String> = line["v"]
+                    .as_array()
+                    .expect("values")
+                    .iter()
+                    .map(|v| v.as_str().expect("normalised").to_string())
+                    .collect();
+                let mut ours: Vec<String> = ours.iter().filter_map(normalise).collect();
+                theirs.sort();
+                ours.sort();
+                (theirs, ours)
+            }
+        };
+        if theirs == ours {
+            agreed += 1;
+        } else if uses_resolve {
+            // fhirpath.js runs without a resolver: resolve() yields nothing, so
+            // `subject.where(resolve() is Patient)` is always empty there. Ours knows a
+            // reference's type from its text (`Patient/123`), which is what indexing needs.
+            *exceptions
+                .entry(
+                    "resolve(): fhirpath.js has no resolver, ours types references by their text",
+                )
+                .or_default() += 1;
+        } else {
+            unexplained.push(format!(
+                "{file} {code} ({}): fhirpath.js {theirs:?}, ours {ours:?}",
+                param.expression.text()
+            ));
+        }
+    }
+    eprintln!(
+        "fhirpath.js comparison: {compared} (resource, parameter) pairs, {agreed} equal; exceptions: {exceptions:?}; unexplained: {}",
+        unexplained.len()
+    );
+    assert!(compared > 50_000, "only {compared} pairs compared");
+    assert!(
+        unexplained.is_empty(),
+        "{} unexplained differences, first 30:\n{}",
+        unexplained.len(),
+        unexplained[..unexplained.len().min(30)].join("\n")
+    );
+}
