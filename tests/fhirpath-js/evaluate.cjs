@@ -23,10 +23,9 @@ function sorted(value) {
   return value;
 }
 
+// Each value as JSON text; the Rust side compares keys sorted and numbers by value.
 function normalise(value) {
-  if (typeof value === 'number') return String(value);
-  if (value && typeof value === 'object') return JSON.stringify(sorted(value));
-  return JSON.stringify(value);
+  return JSON.stringify(sorted(value));
 }
 
 const compiled = new Map();

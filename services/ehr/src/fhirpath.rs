@@ -68,9 +68,14 @@ impl Expression {
             .into_iter()
             .filter(|b| root(b).is_none_or(|name| name == rt || defs.resource_type(name).is_none()))
             .collect();
-        let expr = kept
+        let was_union = matches!(self.expr, Expr::Binary(BinaryOp::Union, _, _));
+        let mut expr = kept
             .into_iter()
             .reduce(|l, r| Expr::Binary(BinaryOp::Union, Box::new(l), Box::new(r)))?;
+        // A union removes duplicates; one branch left of it still must.
+        if was_union && !matches!(expr, Expr::Binary(BinaryOp::Union, _, _)) {
+            expr = Expr::Binary(BinaryOp::Union, Box::new(expr), Box::new(Expr::Empty));
+        }
         Some(Expression {
             text: self.text.clone(),
             expr,

@@ -59,40 +59,38 @@ fn fhirpath_js() -> Option<PathBuf> {
     }
 }
 
-/// JSON with object keys sorted (fhirpath.js's side does the same).
-fn sorted(value: &Value) -> Value {
-    match value {
-        Value::Object(map) => {
-            let ordered: BTreeMap<&String, Value> =
-                map.iter().map(|(k, v)| (k, sorted(v))).collect();
-            serde_json::to_value(ordered).expect("serialisable")
+/// A value in a form both engines' output agree on when the values are equal: object keys
+/// sorted, every number as its f64 in exponent notation (`1`, `1.0` and `1e0` are one number).
+fn canonical(value: &Value) -> String {
+    fn canon(value: &Value) -> Value {
+        match value {
+            Value::Object(map) => {
+                let ordered: BTreeMap<&String, Value> =
+                    map.iter().map(|(k, v)| (k, canon(v))).collect();
+                serde_json::to_value(ordered).expect("serialisable")
+            }
+            Value::Array(items) => Value::Array(items.iter().map(canon).collect()),
+            Value::Number(n) => Value::String(format!("#{:e}", n.as_f64().unwrap_or(f64::NAN))),
+            other => other.clone(),
         }
-        Value::Array(items) => Value::Array(items.iter().map(sorted).collect()),
-        other => other.clone(),
     }
+    canon(value).to_string()
 }
 
-fn number(n: f64) -> String {
-    format!("{n}")
-}
-
-/// One of our results as fhirpath.js prints it.
-fn normalise(item: &Item<'_>) -> Option<String> {
-    Some(match item {
-        Item::Node(node) => match node.value? {
-            Value::Number(n) => number(n.as_f64()?),
-            v @ (Value::Object(_) | Value::Array(_)) => sorted(v).to_string(),
-            v => v.to_string(),
-        },
-        Item::Boolean(b) => b.to_string(),
-        Item::Integer(i) => i.to_string(),
-        Item::Decimal(d) => number(*d),
+/// One of our results, canonical.
+fn ours_canonical(item: &Item<'_>) -> Option<String> {
+    let value = match item {
+        Item::Node(node) => node.value?.clone(),
+        Item::Boolean(b) => Value::Bool(*b),
+        Item::Integer(i) => Value::from(*i),
+        Item::Decimal(d) => Value::from(*d),
         Item::String(s) | Item::Date(s) | Item::DateTime(s) | Item::Time(s) => {
-            Value::String(s.to_string()).to_string()
+            Value::String(s.to_string())
         }
-        Item::Quantity(v, u) => format!("{v} '{u}'"),
-        Item::Reference(t) => format!("(a {t} known only by its reference)"),
-    })
+        Item::Quantity(v, u) => Value::String(format!("{v} '{u}'")),
+        Item::Reference(t) => Value::String(format!("(a {t} known only by its reference)")),
+    };
+    Some(canonical(&value))
 }
 
 #[test]
@@ -140,6 +138,27 @@ fn search_parameter_values_agree_with_fhirpath_js_on_every_example() {
                     .or_default() += 1;
                 continue;
             }
+            (Some(e), Ok(_))
+                if uses_resolve && e.as_str().is_some_and(|e| e.contains("resolve")) =>
+            {
+                // fhirpath.js evaluates resolve() only in its asynchronous mode, with a
+                // resolver this test does not have; ours types a reference by its text.
+                *exceptions
+                    .entry("resolve(): fhirpath.js refuses it without an asynchronous resolver")
+                    .or_default() += 1;
+                continue;
+            }
+            (Some(e), Ok(_))
+                if e.as_str()
+                    .is_some_and(|e| e.contains("Quantity that has a comparator")) =>
+            {
+                // fhirpath.js cannot turn a Quantity with a comparator (`<5 mg`) into a
+                // System.Quantity and stops; the FHIR Quantity itself is a sound index value.
+                *exceptions
+                    .entry("a Quantity with a comparator: fhirpath.js refuses to convert it")
+                    .or_default() += 1;
+                continue;
+            }
             (Some(e), Ok(_)) => {
                 unexplained.push(format!(
                     "{file} {code}: fhirpath.js failed ({e}), ours did not"
@@ -157,9 +176,12 @@ fn search_parameter_values_agree_with_fhirpath_js_on_every_example() {
                     .as_array()
                     .expect("values")
                     .iter()
-                    .map(|v| v.as_str().expect("normalised").to_string())
+                    .map(|v| {
+                        let text = v.as_str().expect("JSON text");
+                        canonical(&serde_json::from_str(text).expect("JSON"))
+                    })
                     .collect();
-                let mut ours: Vec<String> = ours.iter().filter_map(normalise).collect();
+                let mut ours: Vec<String> = ours.iter().filter_map(ours_canonical).collect();
                 theirs.sort();
                 ours.sort();
                 (theirs, ours)
@@ -167,6 +189,16 @@ fn search_parameter_values_agree_with_fhirpath_js_on_every_example() {
         };
         if theirs == ours {
             agreed += 1;
+        } else if file == "Observation-decimal.json"
+            && ours.len() == theirs.len() + 1
+            && theirs.iter().all(|t| ours.contains(t))
+        {
+            // This example tests extreme decimals. In a union fhirpath.js takes a Quantity of
+            // 1e-245 g for a duplicate of 1e-22 g (its decimal comparison has limited
+            // precision) and drops it; they are different values, and both are indexed.
+            *exceptions
+                .entry("Observation-decimal: fhirpath.js merges 1e-245 with 1e-22 in a union")
+                .or_default() += 1;
         } else if uses_resolve {
             // fhirpath.js runs without a resolver: resolve() yields nothing, so
             // `subject.where(resolve() is Patient)` is always empty there. Ours knows a
@@ -177,9 +209,14 @@ fn search_parameter_values_agree_with_fhirpath_js_on_every_example() {
                 )
                 .or_default() += 1;
         } else {
+            let short = |v: &[String]| -> Vec<String> {
+                v.iter().map(|s| s.chars().take(120).collect()).collect()
+            };
             unexplained.push(format!(
-                "{file} {code} ({}): fhirpath.js {theirs:?}, ours {ours:?}",
-                param.expression.text()
+                "{file} {code} ({}): fhirpath.js {:?}, ours {:?}",
+                param.expression.text(),
+                short(&theirs),
+                short(&ours)
             ));
         }
     }

@@ -425,7 +425,10 @@ pub(crate) fn equal(a: &Item<'_>, b: &Item<'_>) -> Option<bool> {
         && !x.ty.is_primitive()
         && !y.ty.is_primitive()
     {
-        return Some(x.value == y.value);
+        return Some(match (x.value, y.value) {
+            (Some(v), Some(w)) => same_json(v, w),
+            (v, w) => v == w,
+        });
     }
     let (Some(a), Some(b)) = (value_of(a), value_of(b)) else {
         return Some(false);
@@ -441,6 +444,22 @@ pub(crate) fn equal(a: &Item<'_>, b: &Item<'_>) -> Option<bool> {
             (Some(x), Some(y)) => Some(x == y),
             _ => Some(false),
         },
+    }
+}
+
+/// Member-wise equality of complex values: numbers by value (`1` = `1.0`), the rest exactly.
+fn same_json(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(v, w)| same_json(v, w))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| same_json(v, w)))
+        }
+        _ => a == b,
     }
 }
 
