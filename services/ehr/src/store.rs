@@ -130,6 +130,11 @@ struct Sql {
     insert_history: String,
     /// Index table name prefix: `ehr.` or `ehr_`.
     index_prefix: &'static str,
+    /// A no-op clause that makes a subquery planned on its own.
+    plan_barrier: &'static str,
+    /// Statements deleting a resource's index rows ($1 type, $2 id): one on PostgreSQL (CTEs),
+    /// one per table on SQLite.
+    delete_index: Vec<String>,
     history_system: String,
     history_type: String,
     history_instance: String,
@@ -168,6 +173,32 @@ impl Sql {
                 "INSERT INTO {hist} ({cols}) VALUES ($1, $2, $3, $4, $5, $6, $7)"
             ),
             index_prefix,
+            plan_barrier: match backend {
+                Backend::Postgres => " OFFSET 0",
+                Backend::Sqlite => " LIMIT -1",
+            },
+            delete_index: {
+                let deletes: Vec<String> = INDEX_TABLES
+                    .iter()
+                    .map(|t| {
+                        format!(
+                            "DELETE FROM {index_prefix}{t} WHERE resource_type = $1 AND id = $2"
+                        )
+                    })
+                    .collect();
+                match backend {
+                    Backend::Postgres => {
+                        let (last, rest) = deletes.split_last().expect("six tables");
+                        let ctes: Vec<String> = rest
+                            .iter()
+                            .enumerate()
+                            .map(|(i, d)| format!("d{i} AS ({d})"))
+                            .collect();
+                        vec![format!("WITH {} {last}", ctes.join(", "))]
+                    }
+                    Backend::Sqlite => deletes,
+                }
+            },
             history_system: format!(
                 "SELECT seq, {cols} FROM {hist} WHERE last_updated >= $1 AND seq < $2 ORDER BY seq DESC LIMIT $3"
             ),
@@ -300,26 +331,21 @@ impl ResourceStore {
         Ok(HistoryPage { entries, next })
     }
 
-    /// Current resources matching `criteria`, seen through `executor`, at most `limit`, by id:
+    /// Current resources matching `criteria`, read through `conn`, at most `limit`, by id:
     /// (id, stored JSON).
-    pub(crate) async fn find<'c, E>(
+    pub(crate) async fn find(
         &self,
-        executor: E,
+        conn: &mut sqlx::AnyConnection,
         criteria: &Criteria,
         limit: usize,
-    ) -> Result<Vec<(String, String)>, EhrError>
-    where
-        E: sqlx::Executor<'c, Database = Any>,
-    {
-        let (sql, binds) = self.page_sql(&criteria.request, &PageStart::First, limit)?;
-        let rows = search::bind_all(sqlx::query(&sql), &binds)
-            .fetch_all(executor)
+    ) -> Result<Vec<(String, String)>, EhrError> {
+        let found = self
+            .page_on(conn, &criteria.request, &PageStart::First, limit)
             .await?;
-        let mut found = Vec::with_capacity(rows.len());
-        for row in &rows {
-            found.push((row.try_get::<String, _>(1)?, row.try_get::<String, _>(2)?));
-        }
-        Ok(found)
+        Ok(found
+            .into_iter()
+            .map(|(_, id, content)| (id, content))
+            .collect())
     }
 
     /// One page of a search inside `tx` (a Bundle's GET entries see its writes).
@@ -329,14 +355,8 @@ impl ResourceStore {
         request: &crate::search::query::SearchRequest,
         limit: usize,
     ) -> Result<Vec<Found>, EhrError> {
-        let (sql, binds) = self.page_sql(request, &PageStart::First, limit)?;
-        let rows = search::bind_all(sqlx::query(&sql), &binds)
-            .fetch_all(&mut **tx)
-            .await?;
-        rows.iter()
-            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(EhrError::from)
+        self.page_on(&mut **tx, request, &PageStart::First, limit)
+            .await
     }
 
     /// Current resources matching `criteria` (conditional patch: at most `limit`).
@@ -403,14 +423,12 @@ impl ResourceStore {
     ) -> Result<(), EhrError> {
         let p = self.sql.index_prefix;
         if version.method != Method::Post {
-            for table in INDEX_TABLES {
-                sqlx::query(&format!(
-                    "DELETE FROM {p}{table} WHERE resource_type = $1 AND id = $2"
-                ))
-                .bind(version.resource_type.as_str())
-                .bind(version.id.as_str())
-                .execute(&mut **tx)
-                .await?;
+            for sql in &self.sql.delete_index {
+                sqlx::query(sql)
+                    .bind(version.resource_type.as_str())
+                    .bind(version.id.as_str())
+                    .execute(&mut **tx)
+                    .await?;
             }
         }
         if !indexed || version.deleted {
@@ -493,7 +511,8 @@ impl ResourceStore {
                 inserts.row("sp_uri", "value", code, *grp, vec![Bind::Text(value)]);
             }
         }
-        for (sql, binds) in inserts.statements() {
+        let combine = self.db.backend() == Backend::Postgres;
+        for (sql, binds) in inserts.statements(combine) {
             let mut query = sqlx::query(&sql);
             for bind in binds {
                 query = match bind {
@@ -568,16 +587,25 @@ impl<'a> Inserts<'a> {
         }
     }
 
-    fn statements(self) -> Vec<(String, Vec<Bind<'a>>)> {
-        let mut out = Vec::new();
+    /// The INSERT statements. With `combine` (PostgreSQL), the tables' inserts travel in one
+    /// statement as data-modifying CTEs: one round trip instead of one per table.
+    fn statements(self, combine: bool) -> Vec<(String, Vec<Bind<'a>>)> {
+        let mut out: Vec<(Vec<String>, Vec<Bind<'a>>)> = Vec::new();
         for (table, columns, rows) in self.tables {
             let width = rows[0].len();
             for chunk in rows.chunks((BINDS_PER_STATEMENT / width).max(1)) {
+                let fits = combine
+                    && out.last().is_some_and(|(_, binds)| {
+                        binds.len() + chunk.len() * width <= BINDS_PER_STATEMENT
+                    });
+                if !fits {
+                    out.push((Vec::new(), Vec::new()));
+                }
+                let (parts, binds) = out.last_mut().expect("pushed");
                 let mut sql = format!(
                     "INSERT INTO {}{table} (resource_type, id, code, grp, {columns}) VALUES ",
                     self.prefix
                 );
-                let mut binds = Vec::with_capacity(chunk.len() * width);
                 for (i, row) in chunk.iter().enumerate() {
                     if i > 0 {
                         sql.push_str(", ");
@@ -592,10 +620,25 @@ impl<'a> Inserts<'a> {
                     sql.push(')');
                     binds.extend(row.iter().copied());
                 }
-                out.push((sql, binds));
+                parts.push(sql);
             }
         }
-        out
+        out.into_iter()
+            .map(|(mut parts, binds)| {
+                let last = parts.pop().expect("one insert at least");
+                let ctes: Vec<String> = parts
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, p)| format!("w{i} AS ({p})"))
+                    .collect();
+                let sql = if ctes.is_empty() {
+                    last
+                } else {
+                    format!("WITH {} {last}", ctes.join(", "))
+                };
+                (sql, binds)
+            })
+            .collect()
     }
 }
 

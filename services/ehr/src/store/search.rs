@@ -39,8 +39,10 @@ impl ResourceStore {
         format!("{}resource", self.sql.index_prefix)
     }
 
-    /// The SQL of one page of matches (at most `limit`) in the requested order; it selects
-    /// (type, id, content).
+    /// The SQL of the ids of one page of matches (at most `limit`) in the requested order.
+    /// The filtered set is planned on its own (`OFFSET 0`, on SQLite `LIMIT -1`, keeps the planner from turning it
+    /// into an id-ordered scan that probes every resource, which a LIMIT otherwise invites)
+    /// and only then ordered and cut.
     pub(super) fn page_sql(
         &self,
         request: &SearchRequest,
@@ -49,32 +51,89 @@ impl ResourceStore {
     ) -> Result<(String, Vec<Bind>), EhrError> {
         let prefix = self.sql.index_prefix;
         let mut binds = vec![Bind::Text(request.resource_type.as_str().to_string())];
-        let mut sql = format!(
-            "SELECT r.resource_type, r.id, r.content FROM {} r WHERE r.resource_type = $1 AND r.deleted = 0",
+        let keys = request.order_by(prefix, &mut binds);
+        let columns: String = keys
+            .iter()
+            .enumerate()
+            .map(|(i, (expression, _))| format!(", {expression} AS s{i}"))
+            .collect();
+        let mut inner = format!(
+            "SELECT r.id AS id{columns} FROM {} r WHERE r.resource_type = $1 AND r.deleted = 0",
             self.resource_table()
         );
-        request.write_conditions(prefix, &mut sql, &mut binds)?;
+        request.write_conditions(prefix, &mut inner, &mut binds)?;
         if let PageStart::AfterId(after) = start {
             binds.push(Bind::Text(after.clone()));
-            sql.push_str(&format!(" AND r.id > ${}", binds.len()));
+            inner.push_str(&format!(" AND r.id > ${}", binds.len()));
         }
-        let mut order: Vec<String> = request
-            .order_by(prefix, &mut binds)
-            .into_iter()
-            .map(|(expression, descending)| {
+        let mut order: Vec<String> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, (_, descending))| {
                 // Resources without a value sort last either way.
                 format!(
-                    "CASE WHEN {expression} IS NULL THEN 1 ELSE 0 END, {expression}{}",
-                    if descending { " DESC" } else { "" }
+                    "CASE WHEN m.s{i} IS NULL THEN 1 ELSE 0 END, m.s{i}{}",
+                    if *descending { " DESC" } else { "" }
                 )
             })
             .collect();
-        order.push("r.id".into());
-        sql.push_str(&format!(" ORDER BY {} LIMIT {limit}", order.join(", ")));
+        order.push("m.id".into());
+        let mut sql = format!(
+            "SELECT m.id FROM ({inner}{}) m ORDER BY {} LIMIT {limit}",
+            self.sql.plan_barrier,
+            order.join(", ")
+        );
         if let PageStart::Offset(offset) = start {
             sql.push_str(&format!(" OFFSET {offset}"));
         }
         Ok((sql, binds))
+    }
+
+    /// One page of matches, in order, read through `conn`: their ids first, then the
+    /// resources of those ids.
+    pub(super) async fn page_on(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        request: &SearchRequest,
+        start: &PageStart,
+        limit: usize,
+    ) -> Result<Vec<Found>, EhrError> {
+        let (sql, binds) = self.page_sql(request, start, limit)?;
+        let ids: Vec<String> = bind_all(sqlx::query(&sql), &binds)
+            .fetch_all(&mut *conn)
+            .await?
+            .iter()
+            .map(|row| row.try_get::<String, _>(0))
+            .collect::<Result<_, _>>()?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut binds = vec![Bind::Text(request.resource_type.as_str().to_string())];
+        let list: Vec<String> = ids
+            .iter()
+            .map(|id| {
+                binds.push(Bind::Text(id.clone()));
+                format!("${}", binds.len())
+            })
+            .collect();
+        let sql = format!(
+            "SELECT resource_type, id, content FROM {} WHERE resource_type = $1 AND id IN ({})",
+            self.resource_table(),
+            list.join(", ")
+        );
+        let mut found: Vec<Found> = bind_all(sqlx::query(&sql), &binds)
+            .fetch_all(&mut *conn)
+            .await?
+            .iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))
+            .collect::<Result<_, sqlx::Error>>()?;
+        let position: std::collections::HashMap<&str, usize> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (id.as_str(), i))
+            .collect();
+        found.sort_by_key(|(_, id, _)| position.get(id.as_str()).copied().unwrap_or(usize::MAX));
+        Ok(found)
     }
 
     /// One page of matches (at most `limit`) in the requested order.
@@ -84,8 +143,8 @@ impl ResourceStore {
         start: &PageStart,
         limit: usize,
     ) -> Result<Vec<Found>, EhrError> {
-        let (sql, binds) = self.page_sql(request, start, limit)?;
-        self.fetch_found(&sql, &binds).await
+        let mut conn = self.db.reader().acquire().await?;
+        self.page_on(&mut conn, request, start, limit).await
     }
 
     /// How many resources match.
