@@ -355,8 +355,7 @@ impl ResourceStore {
         request: &crate::search::query::SearchRequest,
         limit: usize,
     ) -> Result<Vec<Found>, EhrError> {
-        self.page_on(&mut **tx, request, &PageStart::First, limit)
-            .await
+        self.page_on(tx, request, &PageStart::First, limit).await
     }
 
     /// Current resources matching `criteria` (conditional patch: at most `limit`).
@@ -366,7 +365,7 @@ impl ResourceStore {
         limit: usize,
     ) -> Result<Vec<(String, String)>, EhrError> {
         let mut conn = self.db.reader().acquire().await?;
-        self.find(&mut *conn, criteria, limit).await
+        self.find(&mut conn, criteria, limit).await
     }
 
     /// Serialises conditional creates with the same criteria (PostgreSQL; SQLite has one writer).

@@ -2,7 +2,8 @@
 -- in the same transaction as the resource. code is the parameter's code (or code:modifier for
 -- the rows that serve :text, :of-type and :identifier); grp ties the components of one
 -- composite value together (0 otherwise). Text compares byte-wise (COLLATE "C" on
--- PostgreSQL), so prefix search is an index range on both backends.
+-- PostgreSQL), so prefix search is an index range on both backends. Lookup indexes end in id
+-- so that a condition reads its ids from the index alone.
 CREATE TABLE ehr.sp_string (
     resource_type TEXT NOT NULL,
     id TEXT NOT NULL,
@@ -11,7 +12,7 @@ CREATE TABLE ehr.sp_string (
     folded TEXT COLLATE "C" NOT NULL,
     exact TEXT COLLATE "C" NOT NULL
 );
-CREATE INDEX sp_string_lookup ON ehr.sp_string (resource_type, code, folded);
+CREATE INDEX sp_string_lookup ON ehr.sp_string (resource_type, code, folded, id);
 CREATE INDEX sp_string_resource ON ehr.sp_string (resource_type, id);
 
 CREATE TABLE ehr.sp_token (
@@ -22,7 +23,7 @@ CREATE TABLE ehr.sp_token (
     system TEXT COLLATE "C" NOT NULL,
     value TEXT COLLATE "C" NOT NULL
 );
-CREATE INDEX sp_token_lookup ON ehr.sp_token (resource_type, code, value, system);
+CREATE INDEX sp_token_lookup ON ehr.sp_token (resource_type, code, value, system, id);
 CREATE INDEX sp_token_resource ON ehr.sp_token (resource_type, id);
 
 CREATE TABLE ehr.sp_reference (
@@ -34,7 +35,7 @@ CREATE TABLE ehr.sp_reference (
     target_id TEXT COLLATE "C" NOT NULL,
     url TEXT COLLATE "C" NOT NULL
 );
-CREATE INDEX sp_reference_lookup ON ehr.sp_reference (resource_type, code, target_id, target_type);
+CREATE INDEX sp_reference_lookup ON ehr.sp_reference (resource_type, code, target_id, target_type, id);
 CREATE INDEX sp_reference_target ON ehr.sp_reference (target_type, target_id);
 CREATE INDEX sp_reference_resource ON ehr.sp_reference (resource_type, id);
 
@@ -46,7 +47,7 @@ CREATE TABLE ehr.sp_date (
     low BIGINT NOT NULL,
     high BIGINT NOT NULL
 );
-CREATE INDEX sp_date_lookup ON ehr.sp_date (resource_type, code, low, high);
+CREATE INDEX sp_date_lookup ON ehr.sp_date (resource_type, code, low, high, id);
 CREATE INDEX sp_date_resource ON ehr.sp_date (resource_type, id);
 
 -- Numbers and quantities (numbers have empty system and unit).
@@ -59,7 +60,7 @@ CREATE TABLE ehr.sp_number (
     system TEXT COLLATE "C" NOT NULL,
     unit TEXT COLLATE "C" NOT NULL
 );
-CREATE INDEX sp_number_lookup ON ehr.sp_number (resource_type, code, value);
+CREATE INDEX sp_number_lookup ON ehr.sp_number (resource_type, code, value, id);
 CREATE INDEX sp_number_resource ON ehr.sp_number (resource_type, id);
 
 CREATE TABLE ehr.sp_uri (
@@ -69,8 +70,11 @@ CREATE TABLE ehr.sp_uri (
     grp BIGINT NOT NULL,
     value TEXT COLLATE "C" NOT NULL
 );
-CREATE INDEX sp_uri_lookup ON ehr.sp_uri (resource_type, code, value);
+CREATE INDEX sp_uri_lookup ON ehr.sp_uri (resource_type, code, value, id);
 CREATE INDEX sp_uri_resource ON ehr.sp_uri (resource_type, id);
+
+-- Searches check that a match is current from the index alone.
+CREATE INDEX resource_live ON ehr.resource (resource_type, id) INCLUDE (deleted);
 
 -- The identifier-only index of the first release is replaced by sp_token.
 DROP TABLE ehr.token_index;

@@ -42,7 +42,7 @@ impl ResourceStore {
         criteria: &Criteria,
     ) -> Result<Option<Version>, EhrError> {
         self.lock_condition(tx, criteria).await?;
-        let matches = self.find(&mut **tx, criteria, 2).await?;
+        let matches = self.find(tx, criteria, 2).await?;
         match matches.as_slice() {
             [] => Ok(None),
             [(id, _)] => self.read_in(tx, criteria.resource_type(), id).await,
