@@ -11,7 +11,7 @@ mod write;
 
 use sen_platform::{Backend, Database};
 
-use sqlx::{Any, Row, Transaction, any::AnyRow};
+use sqlx::{Any, Row, any::AnyRow};
 pub use write::Tx;
 
 use crate::{
@@ -355,6 +355,7 @@ impl ResourceStore {
         request: &crate::search::query::SearchRequest,
         limit: usize,
     ) -> Result<Vec<Found>, EhrError> {
+        tx.flush().await?;
         self.page_on(tx, request, &PageStart::First, limit).await
     }
 
@@ -369,11 +370,7 @@ impl ResourceStore {
     }
 
     /// Serialises conditional creates with the same criteria (PostgreSQL; SQLite has one writer).
-    async fn lock_condition(
-        &self,
-        tx: &mut Transaction<'static, Any>,
-        criteria: &Criteria,
-    ) -> Result<(), EhrError> {
+    async fn lock_condition(&self, tx: &mut Tx, criteria: &Criteria) -> Result<(), EhrError> {
         if self.db.backend() == Backend::Postgres {
             let key = criteria.lock_key();
             sqlx::query("SELECT pg_advisory_xact_lock($1)")
@@ -401,7 +398,7 @@ impl ResourceStore {
 
     async fn write_history_and_index(
         &self,
-        tx: &mut Transaction<'static, Any>,
+        tx: &mut Tx,
         version: &Version,
         indexed: bool,
     ) -> Result<(), EhrError> {
@@ -412,16 +409,17 @@ impl ResourceStore {
     }
 
     /// Replaces the search index rows of a resource with those of `version` (none for a
-    /// deletion): a new resource has none to delete; the rows of each table go in one
-    /// statement per 4,000 bind values.
+    /// deletion): a new resource has none to delete; the new rows are held back in `tx` and
+    /// written with those of the other resources of the transaction.
     pub(crate) async fn replace_index(
         &self,
-        tx: &mut Transaction<'static, Any>,
+        tx: &mut Tx,
         version: &Version,
         indexed: bool,
     ) -> Result<(), EhrError> {
-        let p = self.sql.index_prefix;
         if version.method != Method::Post {
+            // Rows held back for this transaction go first, so the delete sees them all.
+            tx.flush().await?;
             for sql in &self.sql.delete_index {
                 sqlx::query(sql)
                     .bind(version.resource_type.as_str())
@@ -445,84 +443,7 @@ impl ResourceStore {
                 name: version.resource_type.clone(),
             })?;
         let rows = crate::search::extract::extract(rt, &value);
-        let (rt, id) = (version.resource_type.as_str(), version.id.as_str());
-        let long = |s: &str| s.len() > MAX_INDEXED_BYTES;
-        let mut inserts = Inserts::new(p, rt, id);
-        for (code, grp, folded, exact) in &rows.strings {
-            if !long(folded) && !long(exact) {
-                inserts.row(
-                    "sp_string",
-                    "folded, exact",
-                    code,
-                    *grp,
-                    vec![Bind::Text(folded), Bind::Text(exact)],
-                );
-            }
-        }
-        for (code, grp, system, value) in &rows.tokens {
-            if !long(system) && !long(value) {
-                inserts.row(
-                    "sp_token",
-                    "system, value",
-                    code,
-                    *grp,
-                    vec![Bind::Text(system), Bind::Text(value)],
-                );
-            }
-        }
-        for (code, grp, target_type, target_id, url) in &rows.references {
-            if !long(url) {
-                inserts.row(
-                    "sp_reference",
-                    "target_type, target_id, url",
-                    code,
-                    *grp,
-                    vec![
-                        Bind::Text(target_type),
-                        Bind::Text(target_id),
-                        Bind::Text(url),
-                    ],
-                );
-            }
-        }
-        for (code, grp, low, high) in &rows.dates {
-            inserts.row(
-                "sp_date",
-                "low, high",
-                code,
-                *grp,
-                vec![Bind::Int(*low), Bind::Int(*high)],
-            );
-        }
-        for (code, grp, value, system, unit) in &rows.numbers {
-            if value.is_finite() && !long(system) && !long(unit) {
-                inserts.row(
-                    "sp_number",
-                    "value, system, unit",
-                    code,
-                    *grp,
-                    vec![Bind::Float(*value), Bind::Text(system), Bind::Text(unit)],
-                );
-            }
-        }
-        for (code, grp, value) in &rows.uris {
-            if !long(value) {
-                inserts.row("sp_uri", "value", code, *grp, vec![Bind::Text(value)]);
-            }
-        }
-        let combine = self.db.backend() == Backend::Postgres;
-        for (sql, binds) in inserts.statements(combine) {
-            let mut query = sqlx::query(&sql);
-            for bind in binds {
-                query = match bind {
-                    Bind::Text(t) => query.bind(t),
-                    Bind::Int(i) => query.bind(i),
-                    Bind::Float(f) => query.bind(f),
-                };
-            }
-            query.execute(&mut **tx).await?;
-        }
-        Ok(())
+        tx.hold(&version.resource_type, &version.id, rows).await
     }
 }
 
@@ -543,11 +464,24 @@ enum Bind<'a> {
     Float(f64),
 }
 
+/// A statement with its index-row binds.
+fn bind_rows<'q>(
+    mut query: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>,
+    binds: &[Bind<'q>],
+) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>> {
+    for bind in binds {
+        query = match *bind {
+            Bind::Text(t) => query.bind(t),
+            Bind::Int(i) => query.bind(i),
+            Bind::Float(f) => query.bind(f),
+        };
+    }
+    query
+}
+
 /// Multi-row INSERT statements of index rows, grouped by table, each under the bind limit.
 struct Inserts<'a> {
     prefix: &'static str,
-    rt: &'a str,
-    id: &'a str,
     /// (table, columns) → rows of binds
     tables: Vec<(&'static str, &'static str, Vec<Vec<Bind<'a>>>)>,
 }
@@ -555,27 +489,118 @@ struct Inserts<'a> {
 /// Bind values per statement: well under SQLite's 32,766 and PostgreSQL's 65,535.
 const BINDS_PER_STATEMENT: usize = 4000;
 
+/// Longest indexed text: PostgreSQL btree rows stop near 2.7 kB; longer values are stored
+/// but not searchable.
+fn long(s: &str) -> bool {
+    s.len() > MAX_INDEXED_BYTES
+}
+
 impl<'a> Inserts<'a> {
-    fn new(prefix: &'static str, rt: &'a str, id: &'a str) -> Self {
+    fn new(prefix: &'static str) -> Self {
         Self {
             prefix,
-            rt,
-            id,
             tables: Vec::new(),
         }
     }
 
+    /// Every index row of one resource.
+    fn resource(&mut self, rt: &'a str, id: &'a str, rows: &'a crate::search::extract::IndexRows) {
+        for (code, grp, folded, exact) in &rows.strings {
+            if !long(folded) && !long(exact) {
+                self.row(
+                    "sp_string",
+                    "folded, exact",
+                    rt,
+                    id,
+                    code,
+                    *grp,
+                    vec![Bind::Text(folded), Bind::Text(exact)],
+                );
+            }
+        }
+        for (code, grp, system, value) in &rows.tokens {
+            if !long(system) && !long(value) {
+                self.row(
+                    "sp_token",
+                    "system, value",
+                    rt,
+                    id,
+                    code,
+                    *grp,
+                    vec![Bind::Text(system), Bind::Text(value)],
+                );
+            }
+        }
+        for (code, grp, target_type, target_id, url) in &rows.references {
+            if !long(url) {
+                self.row(
+                    "sp_reference",
+                    "target_type, target_id, url",
+                    rt,
+                    id,
+                    code,
+                    *grp,
+                    vec![
+                        Bind::Text(target_type),
+                        Bind::Text(target_id),
+                        Bind::Text(url),
+                    ],
+                );
+            }
+        }
+        for (code, grp, low, high) in &rows.dates {
+            self.row(
+                "sp_date",
+                "low, high",
+                rt,
+                id,
+                code,
+                *grp,
+                vec![Bind::Int(*low), Bind::Int(*high)],
+            );
+        }
+        for (code, grp, value, system, unit) in &rows.numbers {
+            if value.is_finite() && !long(system) && !long(unit) {
+                self.row(
+                    "sp_number",
+                    "value, system, unit",
+                    rt,
+                    id,
+                    code,
+                    *grp,
+                    vec![Bind::Float(*value), Bind::Text(system), Bind::Text(unit)],
+                );
+            }
+        }
+        for (code, grp, value) in &rows.uris {
+            if !long(value) {
+                self.row(
+                    "sp_uri",
+                    "value",
+                    rt,
+                    id,
+                    code,
+                    *grp,
+                    vec![Bind::Text(value)],
+                );
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn row(
         &mut self,
         table: &'static str,
         columns: &'static str,
+        rt: &'a str,
+        id: &'a str,
         code: &'a str,
         grp: i64,
         values: Vec<Bind<'a>>,
     ) {
         let mut binds = vec![
-            Bind::Text(self.rt),
-            Bind::Text(self.id),
+            Bind::Text(rt),
+            Bind::Text(id),
             Bind::Text(code),
             Bind::Int(grp),
         ];

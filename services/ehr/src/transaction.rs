@@ -571,7 +571,7 @@ async fn run_transaction(
     {
         outcomes[i] = Some(read(ehr, &mut tx, entry).await.map_err(at(i))?);
     }
-    tx.commit().await.map_err(EhrError::from)?;
+    tx.commit().await?;
     Ok(outcomes
         .into_iter()
         .map(|o| Ok(o.expect("every entry ran")))

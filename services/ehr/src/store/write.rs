@@ -12,13 +12,87 @@ use crate::{
     criteria::Criteria, definitions::ResourceType, error::EhrError, resource::IncomingResource,
 };
 
-/// A write transaction on the store's database.
-pub type Tx = Transaction<'static, Any>;
+/// A write transaction on the store's database. Search index rows of the resources written
+/// in it are held back and written together, one multi-row statement per table, when the
+/// transaction commits (or earlier, before anything reads the index inside it): a
+/// 100-entry Bundle costs a handful of index statements, not hundreds.
+pub struct Tx {
+    inner: Transaction<'static, Any>,
+    pending: Vec<(String, String, crate::search::extract::IndexRows)>,
+    pending_rows: usize,
+    prefix: &'static str,
+    combine: bool,
+}
+
+/// Held-back index rows beyond which they are written at once (bounds memory and statement size).
+const PENDING_ROWS: usize = 4_000;
+
+impl std::ops::Deref for Tx {
+    type Target = sqlx::AnyConnection;
+    fn deref(&self) -> &sqlx::AnyConnection {
+        &self.inner
+    }
+}
+
+impl std::ops::DerefMut for Tx {
+    fn deref_mut(&mut self) -> &mut sqlx::AnyConnection {
+        &mut self.inner
+    }
+}
+
+impl Tx {
+    /// Writes the held-back index rows, then commits.
+    pub async fn commit(mut self) -> Result<(), EhrError> {
+        self.flush().await?;
+        self.inner.commit().await?;
+        Ok(())
+    }
+
+    /// Holds back the index rows of one resource.
+    pub(crate) async fn hold(
+        &mut self,
+        rt: &str,
+        id: &str,
+        rows: crate::search::extract::IndexRows,
+    ) -> Result<(), EhrError> {
+        self.pending_rows += rows.len();
+        self.pending.push((rt.to_string(), id.to_string(), rows));
+        if self.pending_rows >= PENDING_ROWS {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Writes the held-back index rows.
+    pub(crate) async fn flush(&mut self) -> Result<(), EhrError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let pending = std::mem::take(&mut self.pending);
+        self.pending_rows = 0;
+        let mut inserts = super::Inserts::new(self.prefix);
+        for (rt, id, rows) in &pending {
+            inserts.resource(rt, id, rows);
+        }
+        for (sql, binds) in inserts.statements(self.combine) {
+            super::bind_rows(sqlx::query(&sql), &binds)
+                .execute(&mut *self.inner)
+                .await?;
+        }
+        Ok(())
+    }
+}
 
 impl ResourceStore {
     /// Starts a write transaction (on SQLite this takes the single writer connection).
     pub async fn begin(&self) -> Result<Tx, EhrError> {
-        Ok(self.db.writer().begin().await?)
+        Ok(Tx {
+            inner: self.db.writer().begin().await?,
+            pending: Vec::new(),
+            pending_rows: 0,
+            prefix: self.sql.index_prefix,
+            combine: self.db.backend() == sen_platform::Backend::Postgres,
+        })
     }
 
     /// Creates a resource with a server-assigned id. With `condition` (If-None-Exist), an
@@ -42,6 +116,7 @@ impl ResourceStore {
         criteria: &Criteria,
     ) -> Result<Option<Version>, EhrError> {
         self.lock_condition(tx, criteria).await?;
+        tx.flush().await?;
         let matches = self.find(tx, criteria, 2).await?;
         match matches.as_slice() {
             [] => Ok(None),
