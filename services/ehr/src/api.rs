@@ -959,7 +959,9 @@ async fn search_within(
         Some((c, id)) => format!("{base}/{c}/{id}/{rt}"),
         None => format!("{base}/{rt}"),
     };
-    let count_only = out.filter == ElementFilter::Summary(Summary::Count);
+    // `_count=0` asks for the total alone, like `_summary=count` (R4 search, 3.1.1.5.4).
+    let count_only = out.filter == ElementFilter::Summary(Summary::Count)
+        || param(&params, "_count") == Some("0");
     let total = if count_only || request.total != Total::None {
         Some(ehr.store.search_count(&request).await? as usize)
     } else {

@@ -3,6 +3,7 @@
 
 mod conformance;
 mod fhirpath_js;
+mod fhirpy;
 mod support;
 
 use std::{process::Command, time::Duration};
@@ -59,7 +60,10 @@ mod every_r4_resource_survives_put_and_transaction {
     }
 }
 
+use fhirpy::fhirpy_finds_what_the_rules_say;
+
 on_both_backends!(
+    fhirpy_finds_what_the_rules_say,
     the_fhir_sdk_client_creates_reads_updates_searches_and_deletes,
     every_acknowledged_create_survives_a_sigkill,
     sigterm_lets_the_server_stop_cleanly,

@@ -330,9 +330,14 @@ async fn sorting_paging_includes_and_totals(app: TestApp) {
     let total = search(&app, "Observation?code=8867-4&_total=accurate&_count=1").await;
     assert_eq!(total["total"], 3);
     assert_eq!(ids(&total, "match").len(), 1);
-    let count = search(&app, "Observation?code=8867-4&_summary=count").await;
-    assert_eq!(count["total"], 3);
-    assert!(count.get("entry").is_none(), "{count}");
+    for query in [
+        "Observation?code=8867-4&_summary=count",
+        "Observation?code=8867-4&_count=0",
+    ] {
+        let count = search(&app, query).await;
+        assert_eq!(count["total"], 3, "{query}");
+        assert!(count.get("entry").is_none(), "{query}: {count}");
+    }
 }
 
 async fn unknown_parameters_are_reported_or_refused(app: TestApp) {
