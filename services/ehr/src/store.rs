@@ -132,7 +132,7 @@ struct Sql {
     index_prefix: &'static str,
     /// A no-op clause that makes a subquery planned on its own.
     plan_barrier: &'static str,
-    /// Statements deleting a resource's index rows ($1 type, $2 id): one on PostgreSQL (CTEs),
+    /// Statements deleting a resource's index rows ($1 its resource key): one on PostgreSQL (CTEs),
     /// one per table on SQLite.
     delete_index: Vec<String>,
     history_system: String,
@@ -153,6 +153,7 @@ impl Sql {
             Backend::Sqlite => ("ehr_resource", "ehr_resource_history", "ehr_", ""),
         };
         let cols = "resource_type, id, version_id, last_updated, method, deleted, content";
+        let rid = resource_key(backend);
         Sql {
             read: format!("SELECT {cols} FROM {res} WHERE resource_type = $1 AND id = $2"),
             read_for_update: format!(
@@ -163,11 +164,11 @@ impl Sql {
             ),
             insert_current: format!(
                 "INSERT INTO {res} ({cols}) VALUES ($1, $2, $3, $4, $5, $6, $7) \
-                 ON CONFLICT (resource_type, id) DO NOTHING"
+                 ON CONFLICT (resource_type, id) DO NOTHING RETURNING {rid}"
             ),
             update_current: format!(
                 "UPDATE {res} SET version_id = $3, last_updated = $4, method = $5, deleted = $6, content = $7 \
-                 WHERE resource_type = $1 AND id = $2 AND version_id = $8"
+                 WHERE resource_type = $1 AND id = $2 AND version_id = $8 RETURNING {rid}"
             ),
             insert_history: format!(
                 "INSERT INTO {hist} ({cols}) VALUES ($1, $2, $3, $4, $5, $6, $7)"
@@ -180,11 +181,7 @@ impl Sql {
             delete_index: {
                 let deletes: Vec<String> = INDEX_TABLES
                     .iter()
-                    .map(|t| {
-                        format!(
-                            "DELETE FROM {index_prefix}{t} WHERE resource_type = $1 AND id = $2"
-                        )
-                    })
+                    .map(|t| format!("DELETE FROM {index_prefix}{t} WHERE rid = $1"))
                     .collect();
                 match backend {
                     Backend::Postgres => {
@@ -401,11 +398,12 @@ impl ResourceStore {
         tx: &mut Tx,
         version: &Version,
         indexed: bool,
+        rid: i64,
     ) -> Result<(), EhrError> {
         self.bind_version(sqlx::query(&self.sql.insert_history), version)
             .execute(&mut **tx)
             .await?;
-        self.replace_index(tx, version, indexed).await
+        self.replace_index(tx, version, indexed, rid).await
     }
 
     /// Replaces the search index rows of a resource with those of `version` (none for a
@@ -416,16 +414,13 @@ impl ResourceStore {
         tx: &mut Tx,
         version: &Version,
         indexed: bool,
+        rid: i64,
     ) -> Result<(), EhrError> {
         if version.method != Method::Post {
             // Rows held back for this transaction go first, so the delete sees them all.
             tx.flush().await?;
             for sql in &self.sql.delete_index {
-                sqlx::query(sql)
-                    .bind(version.resource_type.as_str())
-                    .bind(version.id.as_str())
-                    .execute(&mut **tx)
-                    .await?;
+                sqlx::query(sql).bind(rid).execute(&mut **tx).await?;
             }
         }
         if !indexed || version.deleted {
@@ -443,7 +438,8 @@ impl ResourceStore {
                 name: version.resource_type.clone(),
             })?;
         let rows = crate::search::extract::extract(rt, &value);
-        tx.hold(&version.resource_type, &version.id, rows).await
+        tx.hold(&version.resource_type, &version.id, rid, rows)
+            .await
     }
 }
 
@@ -509,7 +505,13 @@ impl<'a> Inserts<'a> {
     }
 
     /// Every index row of one resource.
-    fn resource(&mut self, rt: &'a str, id: &'a str, rows: &'a crate::search::extract::IndexRows) {
+    fn resource(
+        &mut self,
+        rt: &'a str,
+        id: &'a str,
+        rid: i64,
+        rows: &'a crate::search::extract::IndexRows,
+    ) {
         for (code, grp, folded, exact) in &rows.strings {
             if !long(folded) && !long(exact) {
                 self.row(
@@ -517,6 +519,7 @@ impl<'a> Inserts<'a> {
                     "folded, exact",
                     rt,
                     id,
+                    rid,
                     code,
                     *grp,
                     vec![Bind::Text(folded), Bind::Text(exact)],
@@ -530,6 +533,7 @@ impl<'a> Inserts<'a> {
                     "system, value",
                     rt,
                     id,
+                    rid,
                     code,
                     *grp,
                     vec![Bind::Text(system), Bind::Text(value)],
@@ -543,6 +547,7 @@ impl<'a> Inserts<'a> {
                     "target_type, target_id, url",
                     rt,
                     id,
+                    rid,
                     code,
                     *grp,
                     vec![
@@ -559,6 +564,7 @@ impl<'a> Inserts<'a> {
                 "low, high",
                 rt,
                 id,
+                rid,
                 code,
                 *grp,
                 vec![Bind::Int(*low), Bind::Int(*high)],
@@ -571,6 +577,7 @@ impl<'a> Inserts<'a> {
                     "value, system, unit",
                     rt,
                     id,
+                    rid,
                     code,
                     *grp,
                     vec![Bind::Float(*value), Bind::Text(system), Bind::Text(unit)],
@@ -584,6 +591,7 @@ impl<'a> Inserts<'a> {
                     "value",
                     rt,
                     id,
+                    rid,
                     code,
                     *grp,
                     vec![Bind::Text(value)],
@@ -599,6 +607,7 @@ impl<'a> Inserts<'a> {
         columns: &'static str,
         rt: &'a str,
         id: &'a str,
+        rid: i64,
         code: &'a str,
         grp: i64,
         values: Vec<Bind<'a>>,
@@ -606,6 +615,7 @@ impl<'a> Inserts<'a> {
         let mut binds = vec![
             Bind::Text(rt),
             Bind::Text(id),
+            Bind::Int(rid),
             Bind::Text(code),
             Bind::Int(grp),
         ];
@@ -638,7 +648,7 @@ impl<'a> Inserts<'a> {
                 }
                 let (parts, binds) = out.last_mut().expect("pushed");
                 let mut sql = format!(
-                    "INSERT INTO {}{table} (resource_type, id, code, grp, {columns}) VALUES ",
+                    "INSERT INTO {}{table} (resource_type, id, rid, code, grp, {columns}) VALUES ",
                     self.prefix
                 );
                 for (i, row) in chunk.iter().enumerate() {
@@ -690,3 +700,12 @@ fn check_if_match(if_match: Option<i64>, current: Option<&Version>) -> Result<()
 
 /// Longest token system or code that is indexed (PostgreSQL btree rows stop near 2.7 kB).
 const MAX_INDEXED_BYTES: usize = 1024;
+
+/// The column holding a resource row's integer key: assigned in increasing order, so the
+/// index rows' per-resource index grows at its end (SQLite's rowid; a sequence on PostgreSQL).
+pub(crate) fn resource_key(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Postgres => "rid",
+        Backend::Sqlite => "rowid",
+    }
+}

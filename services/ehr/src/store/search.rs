@@ -269,7 +269,8 @@ impl ResourceStore {
     ) -> Result<(usize, Option<(String, String)>), EhrError> {
         let mut binds: Vec<Bind> = Vec::new();
         let mut sql = format!(
-            "SELECT resource_type, id, version_id, last_updated, method, deleted, content FROM {} WHERE deleted = 0",
+            "SELECT resource_type, id, version_id, last_updated, method, deleted, content, {} FROM {} WHERE deleted = 0",
+            super::resource_key(self.db.backend()),
             self.resource_table()
         );
         if let Some(rt) = only {
@@ -293,9 +294,10 @@ impl ResourceStore {
         let mut last = None;
         for row in &rows {
             let mut version = super::version_from_row(row, 0)?;
+            let rid: i64 = row.try_get(7)?;
             // Not a creation: the old rows (if any) go first.
             version.method = super::Method::Put;
-            self.replace_index(&mut tx, &version, true).await?;
+            self.replace_index(&mut tx, &version, true, rid).await?;
             last = Some((version.resource_type, version.id));
         }
         tx.commit().await?;

@@ -2,7 +2,7 @@
 //! inside a caller's transaction (`*_in`), which is how a transaction Bundle commits many
 //! entries at once.
 
-use sqlx::{Any, Transaction};
+use sqlx::{Any, Row, Transaction};
 
 use super::{
     Created, Deleted, Method, ResourceStore, Updated, Version, WRITE_ATTEMPTS, check_if_match,
@@ -18,7 +18,7 @@ use crate::{
 /// 100-entry Bundle costs a handful of index statements, not hundreds.
 pub struct Tx {
     inner: Transaction<'static, Any>,
-    pending: Vec<(String, String, crate::search::extract::IndexRows)>,
+    pending: Vec<(String, String, i64, crate::search::extract::IndexRows)>,
     pending_rows: usize,
     prefix: &'static str,
     combine: bool,
@@ -53,10 +53,12 @@ impl Tx {
         &mut self,
         rt: &str,
         id: &str,
+        rid: i64,
         rows: crate::search::extract::IndexRows,
     ) -> Result<(), EhrError> {
         self.pending_rows += rows.len();
-        self.pending.push((rt.to_string(), id.to_string(), rows));
+        self.pending
+            .push((rt.to_string(), id.to_string(), rid, rows));
         if self.pending_rows >= PENDING_ROWS {
             self.flush().await?;
         }
@@ -71,8 +73,8 @@ impl Tx {
         let pending = std::mem::take(&mut self.pending);
         self.pending_rows = 0;
         let mut inserts = super::Inserts::new(self.prefix);
-        for (rt, id, rows) in &pending {
-            inserts.resource(rt, id, rows);
+        for (rt, id, rid, rows) in &pending {
+            inserts.resource(rt, id, *rid, rows);
         }
         for (sql, binds) in inserts.statements(self.combine) {
             super::bind_rows(sqlx::query(&sql), &binds)
@@ -169,12 +171,14 @@ impl ResourceStore {
         };
         let inserted = self
             .bind_version(sqlx::query(&self.sql.insert_current), &version)
-            .execute(&mut **tx)
+            .fetch_optional(&mut **tx)
             .await?;
-        if inserted.rows_affected() != 1 {
+        let Some(row) = inserted else {
             return Err(EhrError::Contention);
-        }
-        self.write_history_and_index(tx, &version, true).await?;
+        };
+        let rid: i64 = row.try_get(0)?;
+        self.write_history_and_index(tx, &version, true, rid)
+            .await?;
         Ok(Created::New(version))
     }
 
@@ -234,19 +238,21 @@ impl ResourceStore {
             Some(c) => {
                 self.bind_version(sqlx::query(&self.sql.update_current), &version)
                     .bind(c.version)
-                    .execute(&mut **tx)
+                    .fetch_optional(&mut **tx)
                     .await?
             }
             None => {
                 self.bind_version(sqlx::query(&self.sql.insert_current), &version)
-                    .execute(&mut **tx)
+                    .fetch_optional(&mut **tx)
                     .await?
             }
         };
-        if written.rows_affected() != 1 {
+        let Some(row) = written else {
             return Err(EhrError::Contention);
-        }
-        self.write_history_and_index(tx, &version, true).await?;
+        };
+        let rid: i64 = row.try_get(0)?;
+        self.write_history_and_index(tx, &version, true, rid)
+            .await?;
         let created = current.is_none_or(|c| c.deleted);
         Ok(Updated { version, created })
     }
@@ -301,12 +307,14 @@ impl ResourceStore {
         let written = self
             .bind_version(sqlx::query(&self.sql.update_current), &version)
             .bind(current.version)
-            .execute(&mut **tx)
+            .fetch_optional(&mut **tx)
             .await?;
-        if written.rows_affected() != 1 {
+        let Some(row) = written else {
             return Err(EhrError::Contention);
-        }
-        self.write_history_and_index(tx, &version, false).await?;
+        };
+        let rid: i64 = row.try_get(0)?;
+        self.write_history_and_index(tx, &version, false, rid)
+            .await?;
         Ok(Deleted::Now(version))
     }
 }

@@ -432,8 +432,8 @@ async fn a_search_past_the_statement_timeout_is_too_costly_on_postgres() {
     load(&app).await;
     // Enough index rows that a substring scan takes far longer than 50 ms.
     sqlx::query(
-        "INSERT INTO ehr.sp_string (resource_type, id, code, grp, folded, exact) \
-         SELECT 'Patient', 'p-an', 'name', 0, md5(g::text) || md5((g * 7)::text), 'x' \
+        "INSERT INTO ehr.sp_string (resource_type, id, rid, code, grp, folded, exact) \
+         SELECT 'Patient', 'p-an', 0, 'name', 0, md5(g::text) || md5((g * 7)::text), 'x' \
          FROM generate_series(1, 400000) g",
     )
     .execute(app.db.writer())
