@@ -162,10 +162,18 @@ impl Sql {
             vread: format!(
                 "SELECT {cols} FROM {hist} WHERE resource_type = $1 AND id = $2 AND version_id = $3"
             ),
-            insert_current: format!(
-                "INSERT INTO {res} ({cols}) VALUES ($1, $2, $3, $4, $5, $6, $7) \
-                 ON CONFLICT (resource_type, id) DO NOTHING RETURNING {rid}"
-            ),
+            insert_current: match backend {
+                Backend::Postgres => format!(
+                    "INSERT INTO {res} ({cols}) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                     ON CONFLICT (resource_type, id) DO NOTHING RETURNING {rid}"
+                ),
+                // One writer: the next key is the largest so far plus one (an index lookup).
+                Backend::Sqlite => format!(
+                    "INSERT INTO {res} ({cols}, rid) VALUES ($1, $2, $3, $4, $5, $6, $7, \
+                     (SELECT IFNULL(MAX(rid), 0) + 1 FROM {res})) \
+                     ON CONFLICT (resource_type, id) DO NOTHING RETURNING {rid}"
+                ),
+            },
             update_current: format!(
                 "UPDATE {res} SET version_id = $3, last_updated = $4, method = $5, deleted = $6, content = $7 \
                  WHERE resource_type = $1 AND id = $2 AND version_id = $8 RETURNING {rid}"
@@ -702,10 +710,8 @@ fn check_if_match(if_match: Option<i64>, current: Option<&Version>) -> Result<()
 const MAX_INDEXED_BYTES: usize = 1024;
 
 /// The column holding a resource row's integer key: assigned in increasing order, so the
-/// index rows' per-resource index grows at its end (SQLite's rowid; a sequence on PostgreSQL).
-pub(crate) fn resource_key(backend: Backend) -> &'static str {
-    match backend {
-        Backend::Postgres => "rid",
-        Backend::Sqlite => "rowid",
-    }
+/// index rows' per-resource index grows at its end (a sequence on PostgreSQL; on SQLite the
+/// writer assigns it, since SQLite's own rowid may change on VACUUM).
+pub(crate) fn resource_key(_backend: Backend) -> &'static str {
+    "rid"
 }

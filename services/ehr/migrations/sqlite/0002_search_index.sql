@@ -7,7 +7,11 @@
 -- Every resource row gets an integer key in the order rows are created; index rows carry
 -- it, so their per-resource index (for replacing a resource's rows) grows at its end instead
 -- of taking random UUID positions.
--- (SQLite: the table's rowid.)
+-- SQLite's own rowid is not it: VACUUM may renumber the rowids of a table without an INTEGER
+-- PRIMARY KEY, so the key is a column of its own, assigned by the (single) writer.
+ALTER TABLE ehr_resource ADD COLUMN rid INTEGER;
+UPDATE ehr_resource SET rid = rowid;
+CREATE INDEX resource_rid ON ehr_resource (rid);
 
 CREATE TABLE ehr_sp_string (
     resource_type TEXT NOT NULL,
