@@ -218,13 +218,6 @@ impl Registry {
         urls
     }
 
-    /// Whether a value set is known, and its codes when it is.
-    pub fn value_set_contains(&self, url: &str, system: &str, code: &str) -> Option<bool> {
-        self.value_sets
-            .get(url)
-            .map(|c| c.by_system.get(system).is_some_and(|s| s.contains(code)))
-    }
-
     fn add_code_system(&mut self, cs: &Value) -> Result<(), String> {
         let url = text(cs, "url")?;
         let content = cs

@@ -116,14 +116,6 @@ pub(crate) fn is_choice_suffix(code: &str, suffix: &str) -> bool {
     }
 }
 
-pub(crate) fn choice_suffix(code: &str) -> String {
-    let mut chars = code.chars();
-    chars
-        .next()
-        .map(|c| c.to_ascii_uppercase().to_string() + chars.as_str())
-        .unwrap_or_default()
-}
-
 impl Validator {
     pub fn r4() -> &'static Validator {
         static VALIDATOR: OnceLock<Validator> = OnceLock::new();

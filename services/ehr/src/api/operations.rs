@@ -11,12 +11,11 @@ use http::{HeaderMap, StatusCode, header};
 use sen_platform::{ApiError, OperationOutcome, OutcomeIssue};
 
 use super::{
-    Output, RESULT_PARAMS, Result, base_url, body_response, check_content_type, check_id, if_match,
-    output, params, prefer_return, resource_type, write_response,
+    Output, Result, base_url, body_response, check_content_type, check_id, if_match, output,
+    params, prefer_return, resource_type, write_response,
 };
 use crate::{
-    Ehr, criteria::Criteria, definitions::ResourceType, error::EhrError, patch::Document,
-    resource::IncomingResource,
+    Ehr, definitions::ResourceType, error::EhrError, patch::Document, resource::IncomingResource,
 };
 
 /// The patch document of a PATCH request: JSON Patch, or FHIRPath Patch as a Parameters
@@ -145,19 +144,7 @@ pub(super) async fn patch_conditional(
     let params = params(query);
     let out = output(&params, &headers, false)?;
     let document = patch_document(&headers, &body)?;
-    let criteria_pairs: Vec<(String, String)> = params
-        .iter()
-        .filter(|(k, _)| !RESULT_PARAMS.contains(&k.as_str()))
-        .cloned()
-        .collect();
-    if criteria_pairs.is_empty() {
-        return Err(EhrError::BadParameter {
-            name: "PATCH",
-            message: "a conditional patch needs search criteria".into(),
-        }
-        .into());
-    }
-    let criteria = Criteria::parse(rt, &criteria_pairs)?;
+    let criteria = super::conditional_criteria(rt, &params, "patch")?;
     let matches = ehr.store.search(&criteria, 2).await?;
     let id = match matches.as_slice() {
         [] => {

@@ -6,7 +6,7 @@ use std::borrow::Cow;
 
 use serde_json::Value;
 
-use crate::validation::{Element, Validator, choice_suffix, is_choice_suffix, is_primitive};
+use crate::validation::{Element, Validator, is_choice_suffix, is_primitive};
 
 /// The FHIR type of a node: its type code, and where its elements are defined (a type's
 /// table and a path inside it, "" for the type's root; backbone elements live inside the
@@ -280,7 +280,7 @@ impl<'a> Node<'a> {
         }
     }
 
-    /// Every child, in definition order.
+    /// Every child, in the object's order.
     pub fn children(&self, out: &mut Vec<Item<'a>>) {
         let Some(map) = self.value.and_then(Value::as_object) else {
             if let Some(ext) = self.ext.and_then(Value::as_object) {
@@ -294,17 +294,7 @@ impl<'a> Node<'a> {
             }
             return;
         }
-        for element in self.elements() {
-            if element.choice {
-                for code in &element.types {
-                    let key = format!("{}{}", element.name, choice_suffix(code));
-                    self.push_key(map, element, &key, code, out);
-                }
-            } else {
-                let code = element.types.first().map_or("", String::as_str);
-                self.push_key(map, element, &element.name, code, out);
-            }
-        }
+        self.visit_children(&mut |_, _, _, node| out.push(Item::Node(node)));
     }
 
     fn primitive_children(
