@@ -21,11 +21,11 @@ fuzz_target!(|data: &[u8]| {
     let defs = Definitions::r4();
     if let Ok(resource) = IncomingResource::parse(data, defs) {
         if resource.validate().is_ok() {
-            let value = resource.to_value();
+            let value = resource.tree();
             for url in registry.urls() {
                 let profile = registry.profile(url).expect("listed");
                 if profile.type_name == resource.resource_type.as_str() {
-                    let _ = registry.check(profile, &value);
+                    let _ = registry.check(profile, value);
                 }
             }
         }

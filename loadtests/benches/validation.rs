@@ -42,7 +42,7 @@ fn bench(c: &mut Criterion) {
     let check = |body: &str| {
         let resource = IncomingResource::parse(body.as_bytes(), defs).unwrap();
         resource.validate().unwrap();
-        registry.check(profile, &resource.to_value())
+        registry.check(profile, resource.tree())
     };
     assert!(check(PATIENT_VN).is_empty(), "{:?}", check(PATIENT_VN));
     group.bench_function("Patient+sen-vn-patient", |b| {

@@ -168,7 +168,7 @@ impl Ehr {
         if urls.is_empty() {
             return Ok(Vec::new());
         }
-        let value = resource.to_value();
+        let value = resource.tree();
         let mut problems = Vec::new();
         for url in urls {
             let profile = self
@@ -187,7 +187,7 @@ impl Ehr {
                     ),
                 });
             }
-            problems.extend(self.profiles.check(profile, &value));
+            problems.extend(self.profiles.check(profile, value));
         }
         if problems.iter().any(|p| p.severity == Severity::Error) {
             return Err(EhrError::ProfileViolation { problems });

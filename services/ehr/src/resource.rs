@@ -111,6 +111,9 @@ pub struct IncomingResource {
     pub resource_type: ResourceType,
     pub id: Option<String>,
     object: RawObject,
+    /// The resource as a JSON tree, kept from validation (or built once when first asked):
+    /// profiles and search-index extraction read it without parsing the text again.
+    tree: std::sync::OnceLock<serde_json::Value>,
 }
 
 fn string_of(raw: &RawValue) -> Option<String> {
@@ -197,6 +200,7 @@ impl IncomingResource {
             resource_type,
             id,
             object,
+            tree: std::sync::OnceLock::new(),
         })
     }
 
@@ -223,7 +227,8 @@ impl IncomingResource {
             }
         }
         // The bytes as received: the same JSON, without serialising the object again.
-        validate_json(body)?;
+        let (_, tree) = validate_json(body)?;
+        let _ = resource.tree.set(tree);
         Ok(resource)
     }
 
@@ -237,15 +242,21 @@ impl IncomingResource {
             .unwrap_or_default()
     }
 
-    /// The resource as a JSON tree.
-    pub fn to_value(&self) -> serde_json::Value {
-        serde_json::from_str(&self.object.to_json()).unwrap_or_default()
+    /// The resource as a JSON tree (its `id` and `meta` as the client sent them).
+    pub fn tree(&self) -> &serde_json::Value {
+        self.tree
+            .get_or_init(|| serde_json::from_str(&self.object.to_json()).unwrap_or_default())
     }
 
     /// Validation against the R4 definitions; every problem is reported. Warnings alone do
     /// not refuse the resource: they are returned.
     pub fn validate(&self) -> Result<Vec<Problem>, EhrError> {
-        validate_json(self.object.to_json().as_bytes())
+        let problems = crate::validation::Validator::r4().validate(self.tree());
+        if problems.iter().any(|p| p.severity == Severity::Error) {
+            Err(EhrError::Nonconformant { problems })
+        } else {
+            Ok(problems)
+        }
     }
 
     /// Takes apart JSON this server stored (already validated when it was written).
@@ -267,6 +278,7 @@ impl IncomingResource {
             resource_type,
             id,
             object,
+            tree: std::sync::OnceLock::new(),
         })
     }
 
@@ -330,8 +342,9 @@ fn forbidden_control_escape(body: &[u8]) -> Option<usize> {
     None
 }
 
-/// Validates JSON text that is known to hold one resource; the warnings when it passes.
-fn validate_json(text: &[u8]) -> Result<Vec<Problem>, EhrError> {
+/// Validates JSON text that is known to hold one resource; the warnings and the parsed tree
+/// when it passes.
+fn validate_json(text: &[u8]) -> Result<(Vec<Problem>, serde_json::Value), EhrError> {
     let value: serde_json::Value = serde_json::from_slice(text).map_err(|_| EhrError::Invalid {
         message: "the body is not valid JSON".into(),
         expression: None,
@@ -340,7 +353,7 @@ fn validate_json(text: &[u8]) -> Result<Vec<Problem>, EhrError> {
     if problems.iter().any(|p| p.severity == Severity::Error) {
         Err(EhrError::Nonconformant { problems })
     } else {
-        Ok(problems)
+        Ok((problems, value))
     }
 }
 

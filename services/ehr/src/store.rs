@@ -405,23 +405,24 @@ impl ResourceStore {
         &self,
         tx: &mut Tx,
         version: &Version,
-        indexed: bool,
+        tree: Option<&serde_json::Value>,
         rid: i64,
     ) -> Result<(), EhrError> {
         self.bind_version(sqlx::query(&self.sql.insert_history), version)
             .execute(&mut **tx)
             .await?;
-        self.replace_index(tx, version, indexed, rid).await
+        self.replace_index(tx, version, tree, rid).await
     }
 
-    /// Replaces the search index rows of a resource with those of `version` (none for a
-    /// deletion): a new resource has none to delete; the new rows are held back in `tx` and
-    /// written with those of the other resources of the transaction.
+    /// Replaces the search index rows of a resource with those extracted from `tree`, the
+    /// resource as a JSON tree (none for a deletion): a new resource has none to delete; the
+    /// new rows are held back in `tx` and written with those of the other resources of the
+    /// transaction.
     pub(crate) async fn replace_index(
         &self,
         tx: &mut Tx,
         version: &Version,
-        indexed: bool,
+        tree: Option<&serde_json::Value>,
         rid: i64,
     ) -> Result<(), EhrError> {
         if version.method != Method::Post {
@@ -431,21 +432,16 @@ impl ResourceStore {
                 sqlx::query(sql).bind(rid).execute(&mut **tx).await?;
             }
         }
-        if !indexed || version.deleted {
+        let Some(tree) = tree.filter(|_| !version.deleted) else {
             return Ok(());
-        }
-        let value: serde_json::Value =
-            serde_json::from_str(&version.content).map_err(|_| EhrError::Invalid {
-                message: "stored JSON is unreadable".into(),
-                expression: None,
-            })?;
+        };
         let rt = self
             .defs
             .resource_type(&version.resource_type)
             .ok_or_else(|| EhrError::UnknownType {
                 name: version.resource_type.clone(),
             })?;
-        let rows = crate::search::extract::extract(rt, &value);
+        let rows = crate::search::extract::extract(rt, tree);
         tx.hold(&version.resource_type, &version.id, rid, rows)
             .await
     }

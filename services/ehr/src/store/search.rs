@@ -297,7 +297,13 @@ impl ResourceStore {
             let rid: i64 = row.try_get(7)?;
             // Not a creation: the old rows (if any) go first.
             version.method = super::Method::Put;
-            self.replace_index(&mut tx, &version, true, rid).await?;
+            let tree: serde_json::Value =
+                serde_json::from_str(&version.content).map_err(|_| EhrError::Invalid {
+                    message: "stored JSON is unreadable".into(),
+                    expression: None,
+                })?;
+            self.replace_index(&mut tx, &version, Some(&tree), rid)
+                .await?;
             last = Some((version.resource_type, version.id));
         }
         tx.commit().await?;

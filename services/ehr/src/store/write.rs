@@ -177,7 +177,7 @@ impl ResourceStore {
             return Err(EhrError::Contention);
         };
         let rid: i64 = row.try_get(0)?;
-        self.write_history_and_index(tx, &version, true, rid)
+        self.write_history_and_index(tx, &version, Some(resource.tree()), rid)
             .await?;
         Ok(Created::New(version))
     }
@@ -251,7 +251,7 @@ impl ResourceStore {
             return Err(EhrError::Contention);
         };
         let rid: i64 = row.try_get(0)?;
-        self.write_history_and_index(tx, &version, true, rid)
+        self.write_history_and_index(tx, &version, Some(resource.tree()), rid)
             .await?;
         let created = current.is_none_or(|c| c.deleted);
         Ok(Updated { version, created })
@@ -313,7 +313,7 @@ impl ResourceStore {
             return Err(EhrError::Contention);
         };
         let rid: i64 = row.try_get(0)?;
-        self.write_history_and_index(tx, &version, false, rid)
+        self.write_history_and_index(tx, &version, None, rid)
             .await?;
         Ok(Deleted::Now(version))
     }
