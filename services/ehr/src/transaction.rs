@@ -446,7 +446,7 @@ fn put_id(entry: &Entry, target: Option<String>) -> String {
             let object: RawObject = serde_json::from_str(entry.resource.as_deref()?).ok()?;
             serde_json::from_str::<String>(object.get("id")?.get()).ok()
         })
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+        .unwrap_or_else(crate::store::new_id)
 }
 
 async fn run_transaction(
@@ -514,7 +514,7 @@ async fn run_transaction(
                         target
                     }
                     None => {
-                        let id = uuid::Uuid::new_v4().to_string();
+                        let id = crate::store::new_id();
                         assigned[i] = Some(id.clone());
                         format!("{}/{id}", entry.resource_type)
                     }

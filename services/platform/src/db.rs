@@ -205,6 +205,11 @@ async fn sqlite_pool(
                 conn.execute("PRAGMA foreign_keys = ON").await?;
                 if read_only {
                     conn.execute("PRAGMA query_only = ON").await?;
+                } else {
+                    // A multi-row INSERT inside a transaction keeps a statement journal (the
+                    // pages it changes, to undo just that statement); in a file that doubled
+                    // the bytes a Bundle writes. In memory it is bounded by the statement.
+                    conn.execute("PRAGMA temp_store = MEMORY").await?;
                 }
                 Ok(())
             })

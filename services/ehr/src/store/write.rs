@@ -157,7 +157,7 @@ impl ResourceStore {
         {
             return Ok(Created::Existing(existing));
         }
-        let id = id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let id = id.unwrap_or_else(crate::store::new_id);
         let now = now_micros();
         let content = resource.stored_json(&id, 1, &format_instant(now));
         let version = Version {
