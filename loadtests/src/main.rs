@@ -10,11 +10,18 @@
 //! - `search`: GET /fhir/Patient?name=<a family name without diacritics>&_count=20, and
 //!   GET /fhir/Patient?identifier=<system>|<personal ID> on the seeded patients
 //!
+//! - `city-subject-code`, `city-name`, `city-code-date`, `city-include`, `city-total`: issue 4's
+//!   query mix over the deterministic city that `sen-citygen` loads (`SEN_CITY_PATIENTS`,
+//!   default 100,000): a patient's observations of one code; patients by a name prefix typed
+//!   with or without diacritics; one code since a date, 20 per page; the same with
+//!   `_include=Observation:subject`; the accurate count of one code's observations.
+//!
 //! `test_start` seeds `SEN_LOAD_PATIENTS` patients (default 1,000) with PUT under fixed ids, so
 //! reads and updates always hit existing resources.
 
 use goose::prelude::*;
 use rand::Rng;
+use sen_loadtests::city;
 use serde_json::json;
 
 fn seeded() -> usize {
@@ -209,6 +216,81 @@ async fn transaction(user: &mut GooseUser) -> TransactionResult {
     .await
 }
 
+fn city_patients() -> u64 {
+    std::env::var("SEN_CITY_PATIENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000)
+}
+
+async fn get(user: &mut GooseUser, path: &str, name: &str) -> TransactionResult {
+    let request = GooseRequest::builder().path(path).name(name).build();
+    user.request(request).await?;
+    Ok(())
+}
+
+/// A code one of the city's observations has (not the panel: its values are in components).
+fn city_code() -> &'static str {
+    city::VITALS[rand::rng().random_range(0..city::VITALS.len() - 1)].code
+}
+
+fn city_since() -> String {
+    city::day_date(rand::rng().random_range(0..city::OBSERVATION_DAYS))
+}
+
+async fn city_subject_code(user: &mut GooseUser) -> TransactionResult {
+    let k = rand::rng().random_range(0..city_patients());
+    let j = rand::rng().random_range(0..10);
+    let path = format!(
+        "/fhir/Observation?subject=Patient/{}&code={}|{}",
+        city::patient_id(k),
+        city::LOINC,
+        city::vital(k, j).code
+    );
+    get(user, &path, "Observation?subject&code").await
+}
+
+/// Name prefixes as clerks type them: folded or with diacritics, surnames and given names.
+const CITY_NAMES: &[&str] = &[
+    "nguyen", "Nguyễn", "tran", "Trần", "le", "pham", "Phạm", "huynh", "phan", "vo", "dang",
+    "Đặng", "duong", "bui", "ngo", "truong", "lan", "Thảo", "hung", "minh", "ngoc", "dũng", "nguy",
+    "tr", "phuo",
+];
+
+async fn city_name(user: &mut GooseUser) -> TransactionResult {
+    let name = CITY_NAMES[rand::rng().random_range(0..CITY_NAMES.len())];
+    get(user, &format!("/fhir/Patient?name={name}"), "Patient?name").await
+}
+
+async fn city_code_date(user: &mut GooseUser) -> TransactionResult {
+    let path = format!(
+        "/fhir/Observation?code={}|{}&date=ge{}&_count=20",
+        city::LOINC,
+        city_code(),
+        city_since()
+    );
+    get(user, &path, "Observation?code&date=ge&_count=20").await
+}
+
+async fn city_include(user: &mut GooseUser) -> TransactionResult {
+    let path = format!(
+        "/fhir/Observation?code={}|{}&date=ge{}&_count=20&_include=Observation:subject",
+        city::LOINC,
+        city_code(),
+        city_since()
+    );
+    get(user, &path, "Observation?code&date&_include=subject").await
+}
+
+async fn city_total(user: &mut GooseUser) -> TransactionResult {
+    let path = format!(
+        "/fhir/Observation?code={}|{}&_total=accurate&_count=1",
+        city::LOINC,
+        city_code()
+    );
+    get(user, &path, "Observation?code&_total=accurate").await
+}
+
 #[tokio::main]
 async fn main() -> Result<(), GooseError> {
     GooseAttack::initialize()?
@@ -222,6 +304,17 @@ async fn main() -> Result<(), GooseError> {
                 .register_transaction(transaction!(search_name))
                 .register_transaction(transaction!(search_identifier)),
         )
+        .register_scenario(
+            scenario!("city-subject-code").register_transaction(transaction!(city_subject_code)),
+        )
+        .register_scenario(scenario!("city-name").register_transaction(transaction!(city_name)))
+        .register_scenario(
+            scenario!("city-code-date").register_transaction(transaction!(city_code_date)),
+        )
+        .register_scenario(
+            scenario!("city-include").register_transaction(transaction!(city_include)),
+        )
+        .register_scenario(scenario!("city-total").register_transaction(transaction!(city_total)))
         .set_default(GooseDefault::Host, "http://127.0.0.1:8080")?
         .execute()
         .await?;
