@@ -16,4 +16,10 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0002_search_index.sql"),
         postgres: include_str!("../migrations/postgres/0002_search_index.sql"),
     },
+    Migration {
+        version: 3,
+        description: "search planning: resource key index, keys in lookup indexes, multi-column statistics",
+        sqlite: include_str!("../migrations/sqlite/0003_resource_key_index.sql"),
+        postgres: include_str!("../migrations/postgres/0003_resource_key_index.sql"),
+    },
 ];

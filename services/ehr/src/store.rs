@@ -139,7 +139,7 @@ struct Sql {
     insert_history: String,
     /// Index table name prefix: `ehr.` or `ehr_`.
     index_prefix: &'static str,
-    /// A no-op clause that makes a subquery planned on its own.
+    /// A no-op clause that makes a subquery planned on its own (SQLite; none on PostgreSQL).
     plan_barrier: &'static str,
     /// Statements deleting a resource's index rows ($1 its resource key): one on PostgreSQL (CTEs),
     /// one per table on SQLite.
@@ -192,7 +192,9 @@ impl Sql {
             ),
             index_prefix,
             plan_barrier: match backend {
-                Backend::Postgres => " OFFSET 0",
+                // PostgreSQL plans the page as a whole: with conditions probing by resource
+                // key it can walk resources in id order and stop at the page's end.
+                Backend::Postgres => "",
                 Backend::Sqlite => " LIMIT -1",
             },
             delete_index: {

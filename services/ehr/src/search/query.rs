@@ -306,7 +306,7 @@ impl SearchRequest {
                         let aggregate = if key.descending { "MAX" } else { "MIN" };
                         let code = bind(binds, Bind::Text(param.code.clone()));
                         format!(
-                            "(SELECT {aggregate}(s.{column}) FROM {prefix}{table} s WHERE s.resource_type = r.resource_type AND s.id = r.id AND s.code = {code})"
+                            "(SELECT {aggregate}(s.{column}) FROM {prefix}{table} s WHERE s.rid = r.rid AND s.code = {code})"
                         )
                     }
                     (None, None) => "r.id".to_string(),
@@ -748,10 +748,16 @@ fn predicate(
                 return Ok(());
             }
             let code = bind(binds, Bind::Text(code));
-            sql.push_str(&format!(
-                "{row}.id {}IN (SELECT {x}.id FROM {prefix}{table} {x} WHERE {x}.resource_type = {own_type} AND {x}.code = {code} AND (",
-                if negate { "NOT " } else { "" }
-            ));
+            let not = if negate { "NOT " } else { "" };
+            if probes_by_key(prefix) {
+                sql.push_str(&format!(
+                    "{not}EXISTS (SELECT 1 FROM {prefix}{table} {x} WHERE {x}.rid = {row}.rid AND {x}.resource_type = {own_type} AND {x}.code = {code} AND ("
+                ));
+            } else {
+                sql.push_str(&format!(
+                    "{row}.id {not}IN (SELECT {x}.id FROM {prefix}{table} {x} WHERE {x}.resource_type = {own_type} AND {x}.code = {code} AND ("
+                ));
+            }
             for (i, value) in values.iter().enumerate() {
                 if i > 0 {
                     sql.push_str(" OR ");
@@ -764,6 +770,18 @@ fn predicate(
         }
     }
     Ok(())
+}
+
+/// Whether a parameter condition is written as a probe correlated on the resource key
+/// (`EXISTS … WHERE x.rid = r.rid`) rather than as a set of ids (`r.id IN (SELECT x.id …)`).
+/// PostgreSQL turns either into a semi-join it may run from the index side (hash or nested
+/// loop) or from the resource side; only the key form makes the resource side cheap for range
+/// conditions (dates, numbers, string prefixes), one probe of the per-resource index per
+/// candidate, so a first page in id order stops after a few dozen probes instead of reading
+/// every match. SQLite runs a correlated EXISTS once per outer row and cannot go the other
+/// way, so it keeps the id sets. Index tables are `ehr.*` on PostgreSQL, `ehr_*` on SQLite.
+fn probes_by_key(prefix: &str) -> bool {
+    prefix == "ehr."
 }
 
 fn table_of(kind: ParamType) -> &'static str {

@@ -40,9 +40,10 @@ impl ResourceStore {
     }
 
     /// The SQL of the ids of one page of matches (at most `limit`) in the requested order.
-    /// The filtered set is planned on its own (`OFFSET 0`, on SQLite `LIMIT -1`, keeps the planner from turning it
-    /// into an id-ordered scan that probes every resource, which a LIMIT otherwise invites)
-    /// and only then ordered and cut.
+    /// On SQLite the filtered set is planned on its own (`LIMIT -1` keeps the planner from
+    /// turning it into an id-ordered scan that evaluates every condition per resource, which
+    /// a LIMIT otherwise invites) and only then ordered and cut. PostgreSQL plans it whole:
+    /// its conditions probe by resource key, cheap from either side (see `probes_by_key`).
     pub(super) fn page_sql(
         &self,
         request: &SearchRequest,
@@ -194,10 +195,12 @@ impl ResourceStore {
                         format!("${}", binds.len())
                     })
                     .collect();
+                // The sources' reference rows are found by resource key (the per-resource
+                // index); by id they would be a scan of every row of the parameter.
+                let table = self.resource_table();
                 let mut sql = format!(
-                    "SELECT t.resource_type, t.id, t.content FROM {prefix}sp_reference x JOIN {} t ON t.resource_type = x.target_type AND t.id = x.target_id AND t.deleted = 0 \
-                     WHERE x.resource_type = $1 AND x.id IN ({})",
-                    self.resource_table(),
+                    "SELECT t.resource_type, t.id, t.content FROM {prefix}sp_reference x JOIN {table} t ON t.resource_type = x.target_type AND t.id = x.target_id AND t.deleted = 0 \
+                     WHERE x.rid IN (SELECT s.rid FROM {table} s WHERE s.resource_type = $1 AND s.id IN ({}))",
                     ids.join(", ")
                 );
                 if let Some(code) = &include.param {
