@@ -81,25 +81,32 @@ impl Database {
                 backend: "postgres",
                 source,
             })?;
-            let connect = |after: Option<u64>| {
+            let connect = |reads: bool| {
                 let mut pool = AnyPoolOptions::new()
                     .max_connections(settings.max_connections.max(1))
                     .acquire_timeout(Duration::from_secs(10));
-                // Set once per connection (no cost per query). Every statement is planned for
-                // its values: search data is skewed (one LOINC code covers a tenth of the
-                // observations, one patient ten of them), and PostgreSQL's generic plan for a
-                // prepared statement, chosen after five executions, assumes average values —
-                // measured at 1M resources, a patient's observations of one code went from
-                // 0.6 ms to 77 ms. Reads also get a statement timeout: a search too costly is
-                // cancelled and its connection returned. JIT compilation and parallel workers
-                // are off: the first costs tens of milliseconds on queries the planner merely
-                // guesses to be large, the second only moves work between the same two cores
-                // when many requests run at once.
-                let mut setup = String::from(
-                    "SET plan_cache_mode = force_custom_plan; SET jit = off;                      SET max_parallel_workers_per_gather = 0",
-                );
-                if let Some(ms) = after.filter(|ms| *ms > 0) {
-                    setup.push_str(&format!("; SET statement_timeout = {ms}"));
+                // Set once per connection (no cost per query). JIT compilation and parallel
+                // workers are off: the first costs tens of milliseconds on queries the planner
+                // merely guesses to be large, the second only moves work between the same two
+                // cores when many requests run at once.
+                let mut setup =
+                    String::from("SET jit = off; SET max_parallel_workers_per_gather = 0");
+                if reads {
+                    // Every search is planned for its values: search data is skewed (one LOINC
+                    // code covers a tenth of the observations, one patient ten of them), and the
+                    // generic plan PostgreSQL picks for a prepared statement after five
+                    // executions assumes average values — at 1M resources a patient's
+                    // observations of one code went from 0.6 ms to 77 ms. Not on the writer:
+                    // re-planning its multi-row inserts on every execution cost a fifth of the
+                    // ingest rate. Reads also get a statement timeout: a search too costly
+                    // is cancelled and its connection returned.
+                    setup.push_str("; SET plan_cache_mode = force_custom_plan");
+                    if settings.statement_timeout_ms > 0 {
+                        setup.push_str(&format!(
+                            "; SET statement_timeout = {}",
+                            settings.statement_timeout_ms
+                        ));
+                    }
                 }
                 pool = pool.after_connect(move |conn, _| {
                     let setup = setup.clone();
@@ -115,10 +122,8 @@ impl Database {
                 backend: "postgres",
                 source,
             };
-            let writer = connect(None).await.map_err(error)?;
-            let reader = connect(Some(settings.statement_timeout_ms))
-                .await
-                .map_err(error)?;
+            let writer = connect(false).await.map_err(error)?;
+            let reader = connect(true).await.map_err(error)?;
             Ok(Self {
                 backend: Backend::Postgres,
                 writer,
