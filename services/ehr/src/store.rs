@@ -418,25 +418,28 @@ impl ResourceStore {
         version: &Version,
         tree: Option<&serde_json::Value>,
         rid: i64,
+        indexed: bool,
     ) -> Result<(), EhrError> {
         self.bind_version(sqlx::query(&self.sql.insert_history), version)
             .execute(&mut **tx)
             .await?;
-        self.replace_index(tx, version, tree, rid).await
+        self.replace_index(tx, version, tree, rid, indexed).await
     }
 
     /// Replaces the search index rows of a resource with those extracted from `tree`, the
-    /// resource as a JSON tree (none for a deletion): a new resource has none to delete; the
-    /// new rows are held back in `tx` and written with those of the other resources of the
-    /// transaction.
+    /// resource as a JSON tree (none for a deletion). Only a resource that was live before
+    /// (`indexed`) has rows to delete; a new one (POST, or PUT of a new or deleted id) skips
+    /// the deletes, and its rows stay held back in `tx` to be written with those of the other
+    /// resources of the transaction.
     pub(crate) async fn replace_index(
         &self,
         tx: &mut Tx,
         version: &Version,
         tree: Option<&serde_json::Value>,
         rid: i64,
+        indexed: bool,
     ) -> Result<(), EhrError> {
-        if version.method != Method::Post {
+        if indexed {
             // Rows held back for this transaction go first, so the delete sees them all.
             tx.flush().await?;
             for sql in &self.sql.delete_index {

@@ -296,16 +296,14 @@ impl ResourceStore {
             .await?;
         let mut last = None;
         for row in &rows {
-            let mut version = super::version_from_row(row, 0)?;
+            let version = super::version_from_row(row, 0)?;
             let rid: i64 = row.try_get(7)?;
-            // Not a creation: the old rows (if any) go first.
-            version.method = super::Method::Put;
             let tree: serde_json::Value =
                 serde_json::from_str(&version.content).map_err(|_| EhrError::Invalid {
                     message: "stored JSON is unreadable".into(),
                     expression: None,
                 })?;
-            self.replace_index(&mut tx, &version, Some(&tree), rid)
+            self.replace_index(&mut tx, &version, Some(&tree), rid, true)
                 .await?;
             last = Some((version.resource_type, version.id));
         }

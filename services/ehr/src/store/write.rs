@@ -177,7 +177,7 @@ impl ResourceStore {
             return Err(EhrError::Contention);
         };
         let rid: i64 = row.try_get(0)?;
-        self.write_history_and_index(tx, &version, Some(resource.tree()), rid)
+        self.write_history_and_index(tx, &version, Some(resource.tree()), rid, false)
             .await?;
         Ok(Created::New(version))
     }
@@ -251,9 +251,9 @@ impl ResourceStore {
             return Err(EhrError::Contention);
         };
         let rid: i64 = row.try_get(0)?;
-        self.write_history_and_index(tx, &version, Some(resource.tree()), rid)
-            .await?;
         let created = current.is_none_or(|c| c.deleted);
+        self.write_history_and_index(tx, &version, Some(resource.tree()), rid, !created)
+            .await?;
         Ok(Updated { version, created })
     }
 
@@ -313,7 +313,7 @@ impl ResourceStore {
             return Err(EhrError::Contention);
         };
         let rid: i64 = row.try_get(0)?;
-        self.write_history_and_index(tx, &version, None, rid)
+        self.write_history_and_index(tx, &version, None, rid, true)
             .await?;
         Ok(Deleted::Now(version))
     }

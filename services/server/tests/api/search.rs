@@ -14,6 +14,7 @@ on_both_backends!(
     unknown_parameters_are_reported_or_refused,
     reindex_rebuilds_the_index_of_resources_written_before_it,
     compartment_search_stays_inside_the_patient_compartment,
+    updates_and_deletes_replace_what_searches_find,
 );
 
 async fn load(app: &TestApp) {
@@ -486,4 +487,45 @@ async fn compartment_search_stays_inside_the_patient_compartment(app: TestApp) {
             "{path}"
         );
     }
+}
+
+/// The index follows the resource through its life: a PUT that creates, an update, a delete
+/// and a PUT that brings the id back each leave exactly the current version findable.
+async fn updates_and_deletes_replace_what_searches_find(app: TestApp) {
+    let path = "/fhir/Patient/life-1";
+    let named = |family: &str| json!({"resourceType": "Patient", "id": "life-1", "name": [{"family": family}]});
+    let found = |family: &'static str| {
+        let app = &app;
+        async move {
+            let bundle = search(app, &format!("Patient?name={family}&_total=accurate")).await;
+            (ids(&bundle, "match"), bundle["total"].clone())
+        }
+    };
+    let one = (vec!["life-1".to_string()], json!(1));
+    let none = (Vec::<String>::new(), json!(0));
+
+    assert_eq!(
+        app.put(path, &named("Ánh")).await.status(),
+        StatusCode::CREATED
+    );
+    assert_eq!(found("anh").await, one);
+
+    assert_eq!(app.put(path, &named("Bạch")).await.status(), StatusCode::OK);
+    assert_eq!(found("anh").await, none);
+    assert_eq!(found("bach").await, one);
+
+    let deleted = app
+        .request(reqwest::Method::DELETE, path)
+        .send()
+        .await
+        .unwrap();
+    assert!(deleted.status().is_success(), "{}", deleted.status());
+    assert_eq!(found("bach").await, none);
+
+    assert_eq!(
+        app.put(path, &named("Cao")).await.status(),
+        StatusCode::CREATED
+    );
+    assert_eq!(found("bach").await, none);
+    assert_eq!(found("cao").await, one);
 }
