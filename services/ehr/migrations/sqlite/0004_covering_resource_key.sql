@@ -1,0 +1,2 @@
+-- PostgreSQL only: SQLite searches use id sets, not lookups by resource key.
+SELECT 1;
