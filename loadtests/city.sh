@@ -11,8 +11,9 @@
 #
 # A loaded database is kept (PostgreSQL database sen_city_<patients>, SQLite file under
 # ~/.cache/sen-city) so the queries can be run again without the load; the ingest figure is
-# printed only by a run that loads. Each query scenario runs once unreported ($WARMUP) first. After loading, PostgreSQL gets `VACUUM ANALYZE`, as a
-# bulk load is followed in operation (autovacuum would do it within minutes).
+# printed only by a run that loads. Each query scenario runs once unreported ($WARMUP) first.
+# After loading, PostgreSQL gets `VACUUM ANALYZE`, as a bulk load is followed in operation
+# (autovacuum would do it within minutes); every run then `ANALYZE`s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sen-target}"
@@ -38,6 +39,11 @@ pid=""
 trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null || true' EXIT
 
 peak_kb() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
+# query <scenario> <users> <run time> [goose options…]: one goose run of a city query scenario.
+query() {
+  SEN_LOAD_PATIENTS=0 SEN_CITY_PATIENTS="$CITY_PATIENTS" "$LOAD" --host "http://127.0.0.1:$PORT" \
+    --scenarios "${1//-/}" --users "$2" --hatch-rate "$2" --run-time "$3" --quiet "${@:4}"
+}
 
 for backend in $BACKENDS; do
   load=""
@@ -100,12 +106,9 @@ for backend in $BACKENDS; do
     users="$USERS"
     [ "$scenario" = city-total ] && users="$TOTAL_USERS"
     # A first, unreported run brings the pages this query touches into memory.
-    SEN_LOAD_PATIENTS=0 SEN_CITY_PATIENTS="$CITY_PATIENTS" "$LOAD" --host "http://127.0.0.1:$PORT" \
-      --scenarios "${scenario//-/}" --users "$users" --hatch-rate "$users" --run-time "$WARMUP" \
-      --quiet > /dev/null 2>&1 || true
-    SEN_LOAD_PATIENTS=0 SEN_CITY_PATIENTS="$CITY_PATIENTS" "$LOAD" --host "http://127.0.0.1:$PORT" \
-      --scenarios "${scenario//-/}" --users "$users" --hatch-rate "$users" --run-time "$RUN_TIME" \
-      --report-file "$OUT/$backend-$scenario.html" --quiet > "$OUT/$backend-$scenario.txt" 2>&1 || true
+    query "$scenario" "$users" "$WARMUP" > /dev/null 2>&1 || true
+    query "$scenario" "$users" "$RUN_TIME" --report-file "$OUT/$backend-$scenario.html" \
+      > "$OUT/$backend-$scenario.txt" 2>&1 || true
     sed -n '/resetting metrics/,$p' "$OUT/$backend-$scenario.txt" \
       | grep -E "^ GET" | awk -v b="$backend" -v s="$scenario" -v u="$users" \
         'NR==1 {print "-- " b " " s ", " u " users (requests | fails | req/s):" $0} NR==3 {print "   percentiles 50/75/98/99/99.9/99.99 ms:" $0}'

@@ -87,6 +87,12 @@ async fn send(
     Ok(())
 }
 
+async fn get(user: &mut GooseUser, path: &str, name: &str) -> TransactionResult {
+    let request = GooseRequest::builder().path(path).name(name).build();
+    user.request(request).await?;
+    Ok(())
+}
+
 async fn seed(user: &mut GooseUser) -> TransactionResult {
     for n in 0..seeded() {
         let id = format!("load-{n}");
@@ -105,12 +111,7 @@ async fn seed(user: &mut GooseUser) -> TransactionResult {
 async fn read(user: &mut GooseUser) -> TransactionResult {
     let n = rand::rng().random_range(0..seeded());
     let path = format!("/fhir/Patient/load-{n}");
-    let request = GooseRequest::builder()
-        .path(path.as_str())
-        .name("read Patient")
-        .build();
-    user.request(request).await?;
-    Ok(())
+    get(user, &path, "read Patient").await
 }
 
 /// Families as a clerk types them: no diacritics, lower case.
@@ -121,12 +122,7 @@ const FOLDED_FAMILIES: &[&str] = &[
 async fn search_name(user: &mut GooseUser) -> TransactionResult {
     let family = FOLDED_FAMILIES[rand::rng().random_range(0..FOLDED_FAMILIES.len())];
     let path = format!("/fhir/Patient?name={family}&_count=20");
-    let request = GooseRequest::builder()
-        .path(path.as_str())
-        .name("search Patient by name")
-        .build();
-    user.request(request).await?;
-    Ok(())
+    get(user, &path, "search Patient by name").await
 }
 
 async fn search_identifier(user: &mut GooseUser) -> TransactionResult {
@@ -134,12 +130,7 @@ async fn search_identifier(user: &mut GooseUser) -> TransactionResult {
     let path = format!(
         "/fhir/Patient?identifier=http://fhir.ehealth.gov.vn/core/sid/national_id|0870{n:08}"
     );
-    let request = GooseRequest::builder()
-        .path(path.as_str())
-        .name("search Patient by identifier")
-        .build();
-    user.request(request).await?;
-    Ok(())
+    get(user, &path, "search Patient by identifier").await
 }
 
 async fn create(user: &mut GooseUser) -> TransactionResult {
@@ -223,12 +214,6 @@ fn city_patients() -> u64 {
         .unwrap_or(100_000)
 }
 
-async fn get(user: &mut GooseUser, path: &str, name: &str) -> TransactionResult {
-    let request = GooseRequest::builder().path(path).name(name).build();
-    user.request(request).await?;
-    Ok(())
-}
-
 /// A code one of the city's observations has (not the panel: its values are in components).
 fn city_code() -> &'static str {
     city::VITALS[rand::rng().random_range(0..city::VITALS.len() - 1)].code
@@ -262,23 +247,23 @@ async fn city_name(user: &mut GooseUser) -> TransactionResult {
     get(user, &format!("/fhir/Patient?name={name}"), "Patient?name").await
 }
 
-async fn city_code_date(user: &mut GooseUser) -> TransactionResult {
-    let path = format!(
-        "/fhir/Observation?code={}|{}&date=ge{}&_count=20",
+/// One code's observations since a date, 20 per page, with `extra` parameters.
+fn city_code_since(extra: &str) -> String {
+    format!(
+        "/fhir/Observation?code={}|{}&date=ge{}&_count=20{extra}",
         city::LOINC,
         city_code(),
         city_since()
-    );
+    )
+}
+
+async fn city_code_date(user: &mut GooseUser) -> TransactionResult {
+    let path = city_code_since("");
     get(user, &path, "Observation?code&date=ge&_count=20").await
 }
 
 async fn city_include(user: &mut GooseUser) -> TransactionResult {
-    let path = format!(
-        "/fhir/Observation?code={}|{}&date=ge{}&_count=20&_include=Observation:subject",
-        city::LOINC,
-        city_code(),
-        city_since()
-    );
+    let path = city_code_since("&_include=Observation:subject");
     get(user, &path, "Observation?code&date&_include=subject").await
 }
 

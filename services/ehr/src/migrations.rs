@@ -18,14 +18,8 @@ pub const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 3,
-        description: "search planning: resource key index, keys in lookup indexes, multi-column statistics",
+        description: "search planning: covering resource key index, keys in lookup indexes, multi-column statistics",
         sqlite: include_str!("../migrations/sqlite/0003_resource_key_index.sql"),
         postgres: include_str!("../migrations/postgres/0003_resource_key_index.sql"),
-    },
-    Migration {
-        version: 4,
-        description: "resource key index covers type, id and deletion",
-        sqlite: include_str!("../migrations/sqlite/0004_covering_resource_key.sql"),
-        postgres: include_str!("../migrations/postgres/0004_covering_resource_key.sql"),
     },
 ];

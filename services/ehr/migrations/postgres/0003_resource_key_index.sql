@@ -1,6 +1,8 @@
 -- Searches probe index rows by resource key and may start from the index side: the matching
--- rows' keys then find their resources through this index. (SQLite has had it since 0002.)
-CREATE UNIQUE INDEX resource_rid ON ehr.resource (rid);
+-- rows' keys then find their resources through this index, which also holds what the lookup
+-- needs (type, id, deletion), so it reads no table page (at 1M resources, a name prefix
+-- matching 3,144 patients: 37 ms -> 11 ms). SQLite searches use id sets instead.
+CREATE UNIQUE INDEX resource_rid ON ehr.resource (rid) INCLUDE (resource_type, id, deleted);
 
 -- Lookup indexes carry the resource key, so a search starting from them (and a count) reads
 -- no index-table rows.

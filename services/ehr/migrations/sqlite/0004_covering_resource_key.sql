@@ -1,2 +1,0 @@
--- PostgreSQL only: SQLite searches use id sets, not lookups by resource key.
-SELECT 1;
