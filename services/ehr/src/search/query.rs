@@ -286,6 +286,73 @@ impl SearchRequest {
         Ok(())
     }
 
+    /// The SQL of how many resources match, counted in the resource table `table`.
+    /// Index rows exist for current resources only, so on PostgreSQL a count whose first
+    /// condition is a plain index condition starts from that condition's index rows (a
+    /// range of the lookup index) and probes the others by key; joining every match to the
+    /// resource table instead made the planner read the key index of all resources (one code
+    /// among 1M observations: 380 ms -> 60 ms).
+    pub fn count_sql(&self, prefix: &str, table: &str) -> Result<(String, Vec<Bind>), EhrError> {
+        let mut binds = vec![Bind::Text(self.resource_type.as_str().to_string())];
+        let uses_row_time = self
+            .conditions
+            .iter()
+            .any(|c| matches!(c, Condition::Param { param, .. } if param.code == "_lastUpdated"));
+        let source = match self.conditions.first() {
+            Some(Condition::Param {
+                param,
+                modifier,
+                values,
+            }) if probes_by_key(prefix)
+                && !uses_row_time
+                && param.kind != ParamType::Composite
+                && param.code != "_id"
+                && modifier.as_deref() != Some("not") =>
+            {
+                let mut rows = String::new();
+                index_rows(
+                    param,
+                    modifier.as_deref(),
+                    values,
+                    "$1",
+                    prefix,
+                    "c",
+                    &mut rows,
+                    &mut binds,
+                )?;
+                Some(rows)
+            }
+            _ => None,
+        };
+        let (mut sql, rest) = match source {
+            Some(rows) => (
+                format!(
+                    "SELECT COUNT(*) FROM (SELECT DISTINCT c.rid, c.id, c.resource_type {rows}) r WHERE TRUE"
+                ),
+                &self.conditions[1..],
+            ),
+            None => (
+                format!(
+                    "SELECT COUNT(*) FROM {table} r WHERE r.resource_type = $1 AND r.deleted = 0"
+                ),
+                &self.conditions[..],
+            ),
+        };
+        for condition in rest {
+            sql.push_str(" AND ");
+            predicate(
+                condition,
+                self.resource_type,
+                "r",
+                prefix,
+                &mut sql,
+                &mut binds,
+                0,
+            )?;
+        }
+        Ok((sql, binds))
+    }
+
     /// `ORDER BY` keys, each a (expression, descending) over the resource row `r`.
     pub fn order_by(&self, prefix: &str, binds: &mut Vec<Bind>) -> Vec<(String, bool)> {
         self.sort
@@ -711,16 +778,6 @@ fn predicate(
             values,
         } => {
             let negate = modifier.as_deref() == Some("not");
-            let (table, code) = match (param.kind, modifier.as_deref()) {
-                (ParamType::Token, Some("text")) => ("sp_string", format!("{}:text", param.code)),
-                (ParamType::Token, Some("of-type")) => {
-                    ("sp_token", format!("{}:of-type", param.code))
-                }
-                (ParamType::Reference, Some("identifier")) => {
-                    ("sp_token", format!("{}:identifier", param.code))
-                }
-                (kind, _) => (table_of(kind), param.code.clone()),
-            };
             if param.kind == ParamType::Composite {
                 return composite(param, values, row, &own_type, prefix, sql, binds, &x);
             }
@@ -747,28 +804,64 @@ fn predicate(
                 sql.push(')');
                 return Ok(());
             }
-            let code = bind(binds, Bind::Text(code));
             let not = if negate { "NOT " } else { "" };
+            let mut rows = String::new();
+            index_rows(
+                param,
+                modifier.as_deref(),
+                values,
+                &own_type,
+                prefix,
+                &x,
+                &mut rows,
+                binds,
+            )?;
             if probes_by_key(prefix) {
                 sql.push_str(&format!(
-                    "{not}EXISTS (SELECT 1 FROM {prefix}{table} {x} WHERE {x}.rid = {row}.rid AND {x}.resource_type = {own_type} AND {x}.code = {code} AND ("
+                    "{not}EXISTS (SELECT 1 {rows} AND {x}.rid = {row}.rid)"
                 ));
             } else {
-                sql.push_str(&format!(
-                    "{row}.id {not}IN (SELECT {x}.id FROM {prefix}{table} {x} WHERE {x}.resource_type = {own_type} AND {x}.code = {code} AND ("
-                ));
+                sql.push_str(&format!("{row}.id {not}IN (SELECT {x}.id {rows})"));
             }
-            for (i, value) in values.iter().enumerate() {
-                if i > 0 {
-                    sql.push_str(" OR ");
-                }
-                sql.push('(');
-                value_condition(param, modifier.as_deref(), value, &x, sql, binds)?;
-                sql.push(')');
-            }
-            sql.push_str("))");
         }
     }
+    Ok(())
+}
+
+/// `FROM <index table> x WHERE …`: the index rows of `rt` (bound as `own_type`) whose values
+/// match one of `values` for `param` with `modifier` (`:not` is the caller's to apply).
+#[allow(clippy::too_many_arguments)]
+fn index_rows(
+    param: &Param,
+    modifier: Option<&str>,
+    values: &[String],
+    own_type: &str,
+    prefix: &str,
+    x: &str,
+    sql: &mut String,
+    binds: &mut Vec<Bind>,
+) -> Result<(), EhrError> {
+    let (table, code) = match (param.kind, modifier) {
+        (ParamType::Token, Some("text")) => ("sp_string", format!("{}:text", param.code)),
+        (ParamType::Token, Some("of-type")) => ("sp_token", format!("{}:of-type", param.code)),
+        (ParamType::Reference, Some("identifier")) => {
+            ("sp_token", format!("{}:identifier", param.code))
+        }
+        (kind, _) => (table_of(kind), param.code.clone()),
+    };
+    let code = bind(binds, Bind::Text(code));
+    sql.push_str(&format!(
+        "FROM {prefix}{table} {x} WHERE {x}.resource_type = {own_type} AND {x}.code = {code} AND ("
+    ));
+    for (i, value) in values.iter().enumerate() {
+        if i > 0 {
+            sql.push_str(" OR ");
+        }
+        sql.push('(');
+        value_condition(param, modifier, value, x, sql, binds)?;
+        sql.push(')');
+    }
+    sql.push(')');
     Ok(())
 }
 

@@ -39,11 +39,14 @@ impl ResourceStore {
         format!("{}resource", self.sql.index_prefix)
     }
 
-    /// The SQL of the ids of one page of matches (at most `limit`) in the requested order.
-    /// On SQLite the filtered set is planned on its own (`LIMIT -1` keeps the planner from
-    /// turning it into an id-ordered scan that evaluates every condition per resource, which
-    /// a LIMIT otherwise invites) and only then ordered and cut. PostgreSQL plans it whole:
-    /// its conditions probe by resource key, cheap from either side (see `probes_by_key`).
+    /// The SQL of one page of matches (at most `limit`) in the requested order, with their
+    /// stored JSON: (type, id, content) rows. The page's ids are chosen first, reading no
+    /// resource content, and only those rows are then joined to the resource table, all in
+    /// one statement (one round trip, one plan). On SQLite the filtered set is planned on its
+    /// own (`LIMIT -1` keeps the planner from turning it into an id-ordered scan that
+    /// evaluates every condition per resource, which a LIMIT otherwise invites) and only then
+    /// ordered and cut. PostgreSQL plans it whole: its conditions probe by resource key, cheap
+    /// from either side (see `probes_by_key`).
     pub(super) fn page_sql(
         &self,
         request: &SearchRequest,
@@ -58,40 +61,47 @@ impl ResourceStore {
             .enumerate()
             .map(|(i, (expression, _))| format!(", {expression} AS s{i}"))
             .collect();
+        let table = self.resource_table();
         let mut inner = format!(
-            "SELECT r.id AS id{columns} FROM {} r WHERE r.resource_type = $1 AND r.deleted = 0",
-            self.resource_table()
+            "SELECT r.id AS id{columns} FROM {table} r WHERE r.resource_type = $1 AND r.deleted = 0"
         );
         request.write_conditions(prefix, &mut inner, &mut binds)?;
         if let PageStart::AfterId(after) = start {
             binds.push(Bind::Text(after.clone()));
             inner.push_str(&format!(" AND r.id > ${}", binds.len()));
         }
-        let mut order: Vec<String> = keys
-            .iter()
-            .enumerate()
-            .map(|(i, (_, descending))| {
-                // Resources without a value sort last either way.
-                format!(
-                    "CASE WHEN m.s{i} IS NULL THEN 1 ELSE 0 END, m.s{i}{}",
-                    if *descending { " DESC" } else { "" }
-                )
-            })
-            .collect();
-        order.push("m.id".into());
-        let mut sql = format!(
-            "SELECT m.id FROM ({inner}{}) m ORDER BY {} LIMIT {limit}",
-            self.sql.plan_barrier,
+        // The same order twice: to cut the page, then for the page joined to its content.
+        let order = |row: &str| {
+            let mut order: Vec<String> = keys
+                .iter()
+                .enumerate()
+                .map(|(i, (_, descending))| {
+                    // Resources without a value sort last either way.
+                    format!(
+                        "CASE WHEN {row}.s{i} IS NULL THEN 1 ELSE 0 END, {row}.s{i}{}",
+                        if *descending { " DESC" } else { "" }
+                    )
+                })
+                .collect();
+            order.push(format!("{row}.id"));
             order.join(", ")
+        };
+        let mut page = format!(
+            "SELECT m.* FROM ({inner}{}) m ORDER BY {} LIMIT {limit}",
+            self.sql.plan_barrier,
+            order("m")
         );
         if let PageStart::Offset(offset) = start {
-            sql.push_str(&format!(" OFFSET {offset}"));
+            page.push_str(&format!(" OFFSET {offset}"));
         }
+        let sql = format!(
+            "SELECT t.resource_type, t.id, t.content FROM ({page}) p JOIN {table} t ON t.resource_type = $1 AND t.id = p.id ORDER BY {}",
+            order("p")
+        );
         Ok((sql, binds))
     }
 
-    /// One page of matches, in order, read through `conn`: their ids first, then the
-    /// resources of those ids.
+    /// One page of matches, in order, read through `conn`.
     pub(super) async fn page_on(
         &self,
         conn: &mut sqlx::AnyConnection,
@@ -100,41 +110,13 @@ impl ResourceStore {
         limit: usize,
     ) -> Result<Vec<Found>, EhrError> {
         let (sql, binds) = self.page_sql(request, start, limit)?;
-        let ids: Vec<String> = bind_all(sqlx::query(&sql), &binds)
-            .fetch_all(&mut *conn)
-            .await?
-            .iter()
-            .map(|row| row.try_get::<String, _>(0))
-            .collect::<Result<_, _>>()?;
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut binds = vec![Bind::Text(request.resource_type.as_str().to_string())];
-        let list: Vec<String> = ids
-            .iter()
-            .map(|id| {
-                binds.push(Bind::Text(id.clone()));
-                format!("${}", binds.len())
-            })
-            .collect();
-        let sql = format!(
-            "SELECT resource_type, id, content FROM {} WHERE resource_type = $1 AND id IN ({})",
-            self.resource_table(),
-            list.join(", ")
-        );
-        let mut found: Vec<Found> = bind_all(sqlx::query(&sql), &binds)
+        bind_all(sqlx::query(&sql), &binds)
             .fetch_all(&mut *conn)
             .await?
             .iter()
             .map(|row| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))
-            .collect::<Result<_, sqlx::Error>>()?;
-        let position: std::collections::HashMap<&str, usize> = ids
-            .iter()
-            .enumerate()
-            .map(|(i, id)| (id.as_str(), i))
-            .collect();
-        found.sort_by_key(|(_, id, _)| position.get(id.as_str()).copied().unwrap_or(usize::MAX));
-        Ok(found)
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(EhrError::from)
     }
 
     /// One page of matches (at most `limit`) in the requested order.
@@ -150,12 +132,7 @@ impl ResourceStore {
 
     /// How many resources match.
     pub async fn search_count(&self, request: &SearchRequest) -> Result<i64, EhrError> {
-        let mut binds = vec![Bind::Text(request.resource_type.as_str().to_string())];
-        let mut sql = format!(
-            "SELECT COUNT(*) FROM {} r WHERE r.resource_type = $1 AND r.deleted = 0",
-            self.resource_table()
-        );
-        request.write_conditions(self.sql.index_prefix, &mut sql, &mut binds)?;
+        let (sql, binds) = request.count_sql(self.sql.index_prefix, &self.resource_table())?;
         let row = bind_all(sqlx::query(&sql), &binds)
             .fetch_one(self.db.reader())
             .await?;

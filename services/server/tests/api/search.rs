@@ -339,6 +339,31 @@ async fn sorting_paging_includes_and_totals(app: TestApp) {
         assert_eq!(count["total"], 3, "{query}");
         assert!(count.get("entry").is_none(), "{query}: {count}");
     }
+    // A total counts resources, not matching index rows (p-nguyet's family and given names
+    // both start with "nguy"), whichever condition comes first, and only current ones.
+    let deleted = app
+        .request(reqwest::Method::DELETE, "/fhir/Observation/o2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), StatusCode::OK);
+    for (query, expected) in [
+        ("Patient?name=nguy", 2),
+        ("Patient?name=nguy,tran", 3),
+        ("Patient?name=nguy&gender=female", 1),
+        ("Patient?gender=female&name=nguy", 1),
+        ("Patient?gender:not=male&name=nguy", 1),
+        ("Patient?name=nguy&_lastUpdated=gt2000-01-01", 2),
+        ("Patient?name=nguy&_id=p-an,p-hoa", 1),
+        ("Observation?code=8867-4", 2),
+        ("Observation?subject=Patient/p-an&code=8867-4", 1),
+        ("Patient/p-hoa/Observation?code=8867-4", 1),
+        ("Observation?code=8867-4&subject:Patient.name=nguy", 1),
+    ] {
+        let bundle = search(&app, &format!("{query}&_total=accurate")).await;
+        assert_eq!(bundle["total"], expected, "{query}");
+        assert_eq!(ids(&bundle, "match").len(), expected, "{query}");
+    }
 }
 
 async fn unknown_parameters_are_reported_or_refused(app: TestApp) {
