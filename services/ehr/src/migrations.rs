@@ -22,4 +22,10 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0003_resource_key_index.sql"),
         postgres: include_str!("../migrations/postgres/0003_resource_key_index.sql"),
     },
+    Migration {
+        version: 4,
+        description: "drop the resource index no search uses any more (PostgreSQL)",
+        sqlite: include_str!("../migrations/sqlite/0004_drop_resource_live.sql"),
+        postgres: include_str!("../migrations/postgres/0004_drop_resource_live.sql"),
+    },
 ];
