@@ -31,7 +31,8 @@ mkdir -p "$OUT"
 
 cargo build --release --bin sen -p sen-server
 cargo build --release -p sen-loadtests
-SEN="$CARGO_TARGET_DIR/release/sen"
+# BENCH_SEN runs another build of `sen` (an A/B comparison in one session on the same data).
+SEN="${BENCH_SEN:-$CARGO_TARGET_DIR/release/sen}"
 LOAD="$CARGO_TARGET_DIR/release/sen-load"
 GEN="$CARGO_TARGET_DIR/release/sen-citygen"
 

@@ -23,7 +23,8 @@ mkdir -p "$OUT"
 
 cargo build --release --bin sen -p sen-server
 cargo build --release -p sen-loadtests
-SEN="$CARGO_TARGET_DIR/release/sen"
+# BENCH_SEN runs another build of `sen` (an A/B comparison in one session on the same machine).
+SEN="${BENCH_SEN:-$CARGO_TARGET_DIR/release/sen}"
 LOAD="$CARGO_TARGET_DIR/release/sen-load"
 
 # Whatever happens, no server outlives the run (a leftover would answer the next backend's load).
