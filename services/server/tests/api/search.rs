@@ -122,6 +122,23 @@ async fn search(app: &TestApp, query: &str) -> Value {
     body
 }
 
+/// The matches of every page of `query`, following the next links to the end.
+async fn all_pages(app: &TestApp, query: &str) -> Vec<String> {
+    let mut seen = Vec::new();
+    let mut page = search(app, query).await;
+    loop {
+        seen.extend(ids(&page, "match"));
+        let next = page["link"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["relation"] == "next")
+            .map(|l| l["url"].as_str().unwrap().to_string());
+        let Some(next) = next else { return seen };
+        page = search(app, next.split("/fhir/").nth(1).unwrap()).await;
+    }
+}
+
 fn ids(bundle: &Value, mode: &str) -> Vec<String> {
     bundle["entry"]
         .as_array()
@@ -286,38 +303,15 @@ async fn sorting_paging_includes_and_totals(app: TestApp) {
     );
     // Pages follow the next links to the end, each resource once.
     for query in ["Patient?_count=3", "Patient?_count=3&_sort=-birthdate"] {
-        let mut seen = Vec::new();
-        let mut page = search(&app, query).await;
-        loop {
-            seen.extend(ids(&page, "match"));
-            let next = page["link"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|l| l["relation"] == "next")
-                .map(|l| l["url"].as_str().unwrap().to_string());
-            let Some(next) = next else { break };
-            let path = next.split("/fhir/").nth(1).unwrap().to_string();
-            page = search(&app, &path).await;
-        }
+        let mut seen = all_pages(&app, query).await;
         seen.sort();
         assert_eq!(seen, ["p-an", "p-duong", "p-hoa", "p-nguyet"], "{query}");
     }
     // Pages that start from a condition's index rows (PostgreSQL) page the same way.
-    let mut seen = Vec::new();
-    let mut page = search(&app, "Observation?status=final&_count=2").await;
-    loop {
-        seen.extend(ids(&page, "match"));
-        let next = page["link"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|l| l["relation"] == "next")
-            .map(|l| l["url"].as_str().unwrap().to_string());
-        let Some(next) = next else { break };
-        page = search(&app, next.split("/fhir/").nth(1).unwrap()).await;
-    }
-    assert_eq!(seen, ["o1", "o2", "o4", "o5"]);
+    assert_eq!(
+        all_pages(&app, "Observation?status=final&_count=2").await,
+        ["o1", "o2", "o4", "o5"]
+    );
     let included = search(&app, "Observation?code=8867-4&_include=Observation:subject").await;
     assert_eq!(
         ids(&included, "include")
