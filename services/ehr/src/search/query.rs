@@ -271,7 +271,7 @@ impl SearchRequest {
         Ok(())
     }
 
-    /// On PostgreSQL, the condition whose index rows stand in for the resource table as the
+    /// The condition whose index rows stand in for the resource table as the
     /// rows a search starts from (`FROM <index table> r`, the other conditions probing by key).
     /// Index rows exist for current resources only and carry the resource's type, id and key,
     /// so the resource table is not needed to find matches. A page takes the first positive
@@ -281,12 +281,9 @@ impl SearchRequest {
     /// start from another condition's rows. A count, which reads every match anyway, also
     /// takes a first positive condition of another kind. None when a condition or sort key
     /// needs the resource row itself (`_lastUpdated`) or, for pages, when sorting.
-    pub fn source_condition(&self, prefix: &str, for_count: bool) -> Option<usize> {
+    pub fn source_condition(&self, for_count: bool) -> Option<usize> {
         let row_time = |c: &Condition| matches!(c, Condition::Param { param, .. } if param.code == "_lastUpdated");
-        if !probes_by_key(prefix)
-            || self.conditions.iter().any(row_time)
-            || (!for_count && !self.sort.is_empty())
-        {
+        if self.conditions.iter().any(row_time) || (!for_count && !self.sort.is_empty()) {
             return None;
         }
         let plain = |c: &Condition| match c {
@@ -346,6 +343,7 @@ impl SearchRequest {
                 "$1",
                 prefix,
                 "r",
+                false,
                 sql,
                 binds,
             )?,
@@ -353,10 +351,22 @@ impl SearchRequest {
                 "FROM {table} r WHERE r.resource_type = $1 AND r.deleted = 0"
             )),
         }
+        // Few rows come from a source (a page stops early): the other conditions probe each
+        // one by key, on SQLite too, which otherwise builds every condition's id set.
+        let probe = source.is_some() || probes_by_key(prefix);
         for (i, condition) in self.conditions.iter().enumerate() {
             if Some(i) != source {
                 sql.push_str(" AND ");
-                predicate(condition, self.resource_type, "r", prefix, sql, binds, 0)?;
+                predicate(
+                    condition,
+                    self.resource_type,
+                    "r",
+                    prefix,
+                    sql,
+                    binds,
+                    0,
+                    probe,
+                )?;
             }
         }
         Ok(())
@@ -365,7 +375,7 @@ impl SearchRequest {
     /// The SQL of how many resources match (`$1` is the type; `table` the resource table).
     pub fn count_sql(&self, prefix: &str, table: &str) -> Result<(String, Vec<Bind>), EhrError> {
         let mut binds = vec![Bind::Text(self.resource_type.as_str().to_string())];
-        let source = self.source_condition(prefix, true);
+        let source = self.source_condition(true);
         let mut sql = String::from(if source.is_some() {
             "SELECT COUNT(DISTINCT r.rid) "
         } else {
@@ -721,9 +731,10 @@ fn bind(binds: &mut Vec<Bind>, value: Bind) -> String {
     format!("${}", binds.len())
 }
 
-/// Writes the predicate of `condition` on the resource row alias `row`, whose type is `rt`.
-/// Every predicate is `row.id IN (uncorrelated subquery)`: the database reads the selective
-/// index rows once, rather than probing the index for each candidate resource.
+/// Writes the predicate of `condition` on the row alias `row` (resources of type `rt`, or
+/// index rows standing in for them). With `probe`, parameter conditions are probes correlated
+/// on the resource key; otherwise id sets, `row.id IN (uncorrelated subquery)` (see
+/// `probes_by_key`). Chains, `_has`, compartments and composites are id sets either way.
 #[allow(clippy::too_many_arguments)]
 fn predicate(
     condition: &Condition,
@@ -733,6 +744,7 @@ fn predicate(
     sql: &mut String,
     binds: &mut Vec<Bind>,
     depth: usize,
+    probe: bool,
 ) -> Result<(), EhrError> {
     if depth > 4 {
         return Err(bad("search", "chains and _has nest at most 4 deep"));
@@ -776,7 +788,16 @@ fn predicate(
                 "{row}.id IN (SELECT {x}.id FROM {prefix}sp_reference {x} JOIN {prefix}resource {t} ON {t}.resource_type = {x}.target_type AND {t}.id = {x}.target_id AND {t}.deleted = 0 \
                  WHERE {x}.resource_type = {own_type} AND {x}.code = {code} AND {x}.target_type = {target_type} AND "
             ));
-            predicate(inner, *target, &t, prefix, sql, binds, depth + 1)?;
+            predicate(
+                inner,
+                *target,
+                &t,
+                prefix,
+                sql,
+                binds,
+                depth + 1,
+                probes_by_key(prefix),
+            )?;
             sql.push(')');
         }
         Condition::Has {
@@ -791,7 +812,16 @@ fn predicate(
                 "{row}.id IN (SELECT {x}.target_id FROM {prefix}sp_reference {x} JOIN {prefix}resource {t} ON {t}.resource_type = {x}.resource_type AND {t}.id = {x}.id AND {t}.deleted = 0 \
                  WHERE {x}.resource_type = {source_type} AND {x}.code = {code} AND {x}.target_type = {own_type} AND "
             ));
-            predicate(inner, *source, &t, prefix, sql, binds, depth + 1)?;
+            predicate(
+                inner,
+                *source,
+                &t,
+                prefix,
+                sql,
+                binds,
+                depth + 1,
+                probes_by_key(prefix),
+            )?;
             sql.push(')');
         }
         Condition::Param {
@@ -835,10 +865,11 @@ fn predicate(
                 &own_type,
                 prefix,
                 &x,
+                probe,
                 &mut rows,
                 binds,
             )?;
-            if probes_by_key(prefix) {
+            if probe {
                 sql.push_str(&format!(
                     "{not}EXISTS (SELECT 1 {rows} AND {x}.rid = {row}.rid)"
                 ));
@@ -852,6 +883,10 @@ fn predicate(
 
 /// `FROM <index table> x WHERE …`: the index rows of `rt` (bound as `own_type`) whose values
 /// match one of `values` for `param` with `modifier` (`:not` is the caller's to apply).
+/// `by_key`: the caller adds `x.rid = …`, a probe of one resource's rows. SQLite, planning
+/// without statistics, otherwise prefers the lookup index (more equalities) and reads every
+/// row of the value per probe (a code's 125k rows for each of a patient's observations), so
+/// there the probe names the per-resource index.
 #[allow(clippy::too_many_arguments)]
 fn index_rows(
     param: &Param,
@@ -860,6 +895,7 @@ fn index_rows(
     own_type: &str,
     prefix: &str,
     x: &str,
+    by_key: bool,
     sql: &mut String,
     binds: &mut Vec<Bind>,
 ) -> Result<(), EhrError> {
@@ -872,8 +908,13 @@ fn index_rows(
         (kind, _) => (table_of(kind), param.code.clone()),
     };
     let code = bind(binds, Bind::Text(code));
+    let hint = if by_key && !probes_by_key(prefix) {
+        format!(" INDEXED BY {table}_resource")
+    } else {
+        String::new()
+    };
     sql.push_str(&format!(
-        "FROM {prefix}{table} {x} WHERE {x}.resource_type = {own_type} AND {x}.code = {code} AND ("
+        "FROM {prefix}{table} {x}{hint} WHERE {x}.resource_type = {own_type} AND {x}.code = {code} AND ("
     ));
     for (i, value) in values.iter().enumerate() {
         if i > 0 {

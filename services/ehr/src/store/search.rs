@@ -64,7 +64,7 @@ impl ResourceStore {
             .map(|(i, (expression, _))| format!(", {expression} AS s{i}"))
             .collect();
         let table = self.resource_table();
-        let source = request.source_condition(prefix, false);
+        let source = request.source_condition(false);
         // Index rows may repeat a resource (two matching values); resource rows do not.
         let distinct = if source.is_some() { "DISTINCT " } else { "" };
         let mut inner = format!("SELECT {distinct}r.id AS id{columns} ");
@@ -105,8 +105,11 @@ impl ResourceStore {
         if let PageStart::Offset(offset) = start {
             page.push_str(&format!(" OFFSET {offset}"));
         }
+        // CROSS JOIN: SQLite then keeps the page as the outer loop; with a plain join its
+        // 3.46 planner scanned every resource of the type and probed the page (1M
+        // observations: 110 ms instead of 0.1 ms). PostgreSQL plans it as any inner join.
         let sql = format!(
-            "SELECT t.resource_type, t.id, t.content FROM ({page}) p JOIN {table} t ON t.resource_type = $1 AND t.id = p.id ORDER BY {}",
+            "SELECT t.resource_type, t.id, t.content FROM ({page}) p CROSS JOIN {table} t WHERE t.resource_type = $1 AND t.id = p.id ORDER BY {}",
             order("p")
         );
         Ok((sql, binds))
