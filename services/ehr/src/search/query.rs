@@ -935,7 +935,9 @@ fn index_rows(
 /// conditions (dates, numbers, string prefixes), one probe of the per-resource index per
 /// candidate, so a first page in id order stops after a few dozen probes instead of reading
 /// every match. SQLite runs a correlated EXISTS once per outer row and cannot go the other
-/// way, so it keeps the id sets. Index tables are `ehr.*` on PostgreSQL, `ehr_*` on SQLite.
+/// way, so it keeps the id sets where a search walks the resource table; where a search starts
+/// from one condition's index rows it probes too (`SearchRequest::write_from`). Index tables
+/// are `ehr.*` on PostgreSQL, `ehr_*` on SQLite.
 fn probes_by_key(prefix: &str) -> bool {
     prefix == "ehr."
 }

@@ -42,13 +42,13 @@ impl ResourceStore {
     /// The SQL of one page of matches (at most `limit`) in the requested order, with their
     /// stored JSON: (type, id, content) rows. The page's ids are chosen first, reading no
     /// resource content, and only those rows are then joined to the resource table, all in
-    /// one statement (one round trip, one plan). On SQLite the filtered set is planned on its
-    /// own (`LIMIT -1` keeps the planner from turning it into an id-ordered scan that
+    /// one statement (one round trip, one plan). An unsorted page starts from one condition's
+    /// index rows rather than the resource table where it can, on both backends
+    /// ([`SearchRequest::source_condition`]). Otherwise, on SQLite the filtered set is planned
+    /// on its own (`LIMIT -1` keeps the planner from turning it into an id-ordered scan that
     /// evaluates every condition per resource, which a LIMIT otherwise invites) and only then
-    /// ordered and cut. PostgreSQL plans it whole: its conditions probe by resource key, cheap
-    /// from either side (see `probes_by_key`), and an unsorted page starts from one
-    /// condition's index rows rather than the resource table where it can
-    /// ([`SearchRequest::source_condition`]).
+    /// ordered and cut; PostgreSQL plans it whole, its conditions probing by resource key,
+    /// cheap from either side (see `probes_by_key`).
     pub(super) fn page_sql(
         &self,
         request: &SearchRequest,
