@@ -272,8 +272,11 @@ impl From<EhrError> for ApiError {
                     http::HeaderValue::from_static("2"),
                 )
             }
-            // PostgreSQL cancelled a read at the statement timeout (query_canceled).
-            E::Database(sqlx::Error::Database(e)) if e.code().as_deref() == Some("57014") => {
+            // A read stopped at the statement timeout: PostgreSQL's query_canceled, SQLite's
+            // SQLITE_INTERRUPT (its progress handler, see `Database::sqlite_bounded_read`).
+            E::Database(sqlx::Error::Database(e))
+                if matches!(e.code().as_deref(), Some("57014") | Some("9")) =>
+            {
                 ApiError::new(
                     S::BAD_REQUEST,
                     IssueCode::TooCostly,

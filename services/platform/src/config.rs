@@ -73,8 +73,9 @@ pub struct DatabaseConfig {
     /// Apply pending migrations when `sen serve` starts. Always on for SQLite; on
     /// PostgreSQL the default is off, so schema changes are a deliberate `sen migrate`.
     pub migrate_on_start: Option<bool>,
-    /// Longest a read (search, history, read) may run on PostgreSQL before it is cancelled
-    /// and answered "too costly"; writes are not limited.
+    /// Longest a read statement may run before it is cancelled and answered "too costly"
+    /// (0: no limit): on PostgreSQL every read (search, history, read), on SQLite searches
+    /// (interrupted by SQLite itself). Writes are not limited.
     pub statement_timeout_ms: u64,
 }
 

@@ -4,12 +4,23 @@
 //! a single-connection writer (SQLite allows one writer at a time; queueing in the pool is
 //! cheaper than retrying `SQLITE_BUSY`) and a read-only pool for concurrent readers in WAL
 //! mode. On PostgreSQL both handles are the same pool.
+//!
+//! Reads that may run long (searches) have a time limit on both engines: PostgreSQL's reader
+//! pool sets `statement_timeout`; SQLite has no such setting, so searches there take a
+//! connection from a third, native pool ([`Database::sqlite_bounded_read`]) whose statements
+//! SQLite itself interrupts past the deadline (a progress handler). A query cut short either
+//! way fails at once and frees its connection; the caller answers "too costly".
 
-use std::{str::FromStr, time::Duration};
+use std::{
+    str::FromStr,
+    time::{Duration, Instant},
+};
 
 use sqlx::{
     AnyPool, Executor,
     any::{AnyConnectOptions, AnyPoolOptions},
+    pool::PoolConnection,
+    sqlite::{Sqlite, SqliteConnectOptions, SqlitePool, SqlitePoolOptions},
 };
 
 use crate::config::{Config, SqliteSynchronous};
@@ -52,6 +63,9 @@ pub struct Database {
     backend: Backend,
     writer: AnyPool,
     reader: AnyPool,
+    /// SQLite only: read-only connections for searches, bounded by `bound`.
+    bounded: Option<SqlitePool>,
+    bound: Duration,
 }
 
 /// Pool options that matter outside this module.
@@ -59,7 +73,8 @@ pub struct Database {
 pub struct PoolSettings {
     pub max_connections: u32,
     pub sqlite_synchronous: SqliteSynchronous,
-    /// PostgreSQL: the reader pool's statement timeout (0: none).
+    /// Longest a search statement runs (0: no limit): PostgreSQL's reader pool statement
+    /// timeout; on SQLite, the bounded read pool's deadline.
     pub statement_timeout_ms: u64,
 }
 
@@ -134,6 +149,8 @@ impl Database {
                 backend: Backend::Postgres,
                 writer,
                 reader,
+                bounded: None,
+                bound: Duration::ZERO,
             })
         } else if let Some(path) = url.strip_prefix("sqlite://") {
             let path = path.split('?').next().unwrap_or(path);
@@ -150,12 +167,15 @@ impl Database {
                 SqliteSynchronous::Normal => "NORMAL",
             };
             let writer = sqlite_pool(path, 1, synchronous, false).await?;
-            let reader =
-                sqlite_pool(path, settings.max_connections.max(1), synchronous, true).await?;
+            let readers = settings.max_connections.max(1);
+            let reader = sqlite_pool(path, readers, synchronous, true).await?;
+            let bounded = sqlite_bounded_pool(path, readers, synchronous)?;
             Ok(Self {
                 backend: Backend::Sqlite,
                 writer,
                 reader,
+                bounded: Some(bounded),
+                bound: Duration::from_millis(settings.statement_timeout_ms),
             })
         } else {
             Err(DbError::Scheme)
@@ -174,6 +194,27 @@ impl Database {
     /// The pool for reads (read-only connections on SQLite).
     pub fn reader(&self) -> &AnyPool {
         &self.reader
+    }
+
+    /// SQLite: a read-only connection on which SQLite interrupts any statement still running
+    /// when the statement timeout has passed since this call (the statement then fails with
+    /// `SQLITE_INTERRUPT`, code 9). `None` on PostgreSQL, whose reader pool is bounded by
+    /// its own `statement_timeout`. The deadline is set on every acquire, so a connection
+    /// from this pool never runs under a stale one.
+    pub async fn sqlite_bounded_read(&self) -> Result<Option<PoolConnection<Sqlite>>, sqlx::Error> {
+        let Some(pool) = &self.bounded else {
+            return Ok(None);
+        };
+        let mut conn = pool.acquire().await?;
+        if !self.bound.is_zero() {
+            let deadline = Instant::now() + self.bound;
+            // Called every ~1,000 virtual-machine steps (microseconds); answering false
+            // interrupts the statement.
+            conn.lock_handle()
+                .await?
+                .set_progress_handler(1_000, move || Instant::now() < deadline);
+        }
+        Ok(Some(conn))
     }
 
     /// A trivial round trip, for readiness.
@@ -199,7 +240,58 @@ impl Database {
     pub async fn close(&self) {
         self.writer.close().await;
         self.reader.close().await;
+        if let Some(bounded) = &self.bounded {
+            bounded.close().await;
+        }
     }
+}
+
+/// The PRAGMAs every SQLite connection starts with.
+fn sqlite_setup(synchronous: &'static str, read_only: bool) -> Vec<String> {
+    let mut setup = vec![
+        "PRAGMA journal_mode = WAL".to_string(),
+        format!("PRAGMA synchronous = {synchronous}"),
+        "PRAGMA busy_timeout = 10000".to_string(),
+        "PRAGMA foreign_keys = ON".to_string(),
+    ];
+    if read_only {
+        setup.push("PRAGMA query_only = ON".to_string());
+    } else {
+        // A multi-row INSERT inside a transaction keeps a statement journal (the pages it
+        // changes, to undo just that statement); in a file that doubled the bytes a Bundle
+        // writes. In memory it is bounded by the statement.
+        setup.push("PRAGMA temp_store = MEMORY".to_string());
+    }
+    setup
+}
+
+/// The native read-only pool behind [`Database::sqlite_bounded_read`] (connections open
+/// lazily, on first use).
+fn sqlite_bounded_pool(
+    path: &str,
+    max_connections: u32,
+    synchronous: &'static str,
+) -> Result<SqlitePool, DbError> {
+    let options =
+        SqliteConnectOptions::from_str(&format!("sqlite://{path}?mode=rwc")).map_err(|source| {
+            DbError::Connect {
+                backend: "sqlite",
+                source,
+            }
+        })?;
+    Ok(SqlitePoolOptions::new()
+        .max_connections(max_connections)
+        .min_connections(0)
+        .acquire_timeout(Duration::from_secs(30))
+        .after_connect(move |conn, _meta| {
+            Box::pin(async move {
+                for pragma in sqlite_setup(synchronous, true) {
+                    conn.execute(pragma.as_str()).await?;
+                }
+                Ok(())
+            })
+        })
+        .connect_lazy_with(options))
 }
 
 async fn sqlite_pool(
@@ -219,18 +311,8 @@ async fn sqlite_pool(
         .acquire_timeout(Duration::from_secs(30))
         .after_connect(move |conn, _meta| {
             Box::pin(async move {
-                conn.execute("PRAGMA journal_mode = WAL").await?;
-                conn.execute(format!("PRAGMA synchronous = {synchronous}").as_str())
-                    .await?;
-                conn.execute("PRAGMA busy_timeout = 10000").await?;
-                conn.execute("PRAGMA foreign_keys = ON").await?;
-                if read_only {
-                    conn.execute("PRAGMA query_only = ON").await?;
-                } else {
-                    // A multi-row INSERT inside a transaction keeps a statement journal (the
-                    // pages it changes, to undo just that statement); in a file that doubled
-                    // the bytes a Bundle writes. In memory it is bounded by the statement.
-                    conn.execute("PRAGMA temp_store = MEMORY").await?;
+                for pragma in sqlite_setup(synchronous, read_only) {
+                    conn.execute(pragma.as_str()).await?;
                 }
                 Ok(())
             })
