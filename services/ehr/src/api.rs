@@ -21,7 +21,10 @@ use crate::{
     error::EhrError,
     json,
     resource::{ElementFilter, Summary, is_valid_id},
-    search::query::{SearchRequest, Total},
+    search::{
+        keyset::Position,
+        query::{SearchRequest, Total},
+    },
     store::{Created, Deleted, Found, HistoryScope, PageStart, Version},
 };
 
@@ -935,20 +938,21 @@ async fn search_within(
         param(&params, "_page_token"),
         param(&params, "_page_offset"),
     ) {
+        (None, None) => PageStart::First,
         (Some(after), None) if request.sort.is_empty() && is_valid_id(after) => {
             PageStart::AfterId(after.to_string())
         }
-        (None, Some(offset)) => {
-            PageStart::Offset(offset.parse().map_err(|_| EhrError::BadParameter {
-                name: "_page_offset",
-                message: "not a page position from this server".into(),
-            })?)
-        }
-        (None, None) => PageStart::First,
+        (Some(token), None) if !request.sort.is_empty() => PageStart::After(
+            Position::from_token(token, &request.sort_kinds()).ok_or(EhrError::BadParameter {
+                name: "_page_token",
+                message: "not a page token of this search's sort order".into(),
+            })?,
+        ),
+        // `_page_offset` was the link of sorted pages before they kept their place.
         _ => {
             return Err(EhrError::BadParameter {
                 name: "_page_token",
-                message: "not a page token from this server".into(),
+                message: "not a page token from this server; start the search again".into(),
             }
             .into());
         }
@@ -962,36 +966,42 @@ async fn search_within(
     // `_count=0` asks for the total alone, like `_summary=count` (R4 search, 3.1.1.5.4).
     let count_only = out.filter == ElementFilter::Summary(Summary::Count)
         || param(&params, "_count") == Some("0");
-    let total = if count_only || request.total != Total::None {
-        Some(ehr.store.search_count(&request).await? as usize)
-    } else {
-        None
-    };
     let mut links = vec![link(
         &format!("{path}{}", query_string(&params, None)),
         "self",
     )];
     let mut entries: Vec<String> = Vec::new();
+    // What the page shows of the total: all of it, or (first pages with a next link) a floor.
+    let mut whole = None;
+    let mut at_least = 0;
     if !count_only {
-        let mut found = ehr
+        let mut page = ehr
             .store
             .search_page(&request, &start, count as usize + 1)
             .await?;
-        if found.len() > count as usize {
-            found.truncate(count as usize);
-            let next = match (&start, request.sort.is_empty()) {
-                (_, true) => (
-                    "_page_token",
-                    found.last().map(|f| f.1.clone()).unwrap_or_default(),
-                ),
-                (PageStart::Offset(o), false) => ("_page_offset", (o + count as usize).to_string()),
-                (_, false) => ("_page_offset", (count as usize).to_string()),
+        if page.found.len() > count as usize {
+            page.found.truncate(count as usize);
+            let last = page.found.len() - 1;
+            let token = if request.sort.is_empty() {
+                page.found[last].1.clone()
+            } else {
+                page.position(last).map(|p| p.token()).unwrap_or_default()
             };
             links.push(link(
-                &format!("{path}{}", query_string(&params, Some((next.0, &next.1)))),
+                &format!(
+                    "{path}{}",
+                    query_string(&params, Some(("_page_token", &token)))
+                ),
                 "next",
             ));
+            if matches!(start, PageStart::First) {
+                at_least = count as usize + 1;
+            }
+        } else if matches!(start, PageStart::First) {
+            // The first page holds every match: that is the total, exactly, without a count.
+            whole = Some(page.found.len());
         }
+        let found = page.found;
         let included = ehr
             .store
             .search_includes(&found, &request.includes, &request.revincludes)
@@ -1006,6 +1016,15 @@ async fn search_within(
         entries.extend(found.iter().map(|f| entry(f, "match")));
         entries.extend(included.iter().map(|f| entry(f, "include")));
     }
+    let total = match (whole, request.total) {
+        (Some(n), _) => Some(n),
+        (None, Total::Estimate) if !count_only => {
+            let estimate = ehr.store.search_estimate(&request).await?;
+            Some(usize::try_from(estimate).unwrap_or(0).max(at_least))
+        }
+        (None, Total::None) if !count_only => None,
+        (None, _) => Some(ehr.store.search_count(&request).await? as usize),
+    };
     if !request.ignored.is_empty() {
         let outcome = OperationOutcome::new(vec![OutcomeIssue::warning(
             sen_platform::IssueCode::NotSupported,

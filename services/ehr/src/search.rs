@@ -2,6 +2,7 @@
 
 pub mod dates;
 pub mod extract;
+pub mod keyset;
 pub mod params;
 pub mod query;
 pub mod text;

@@ -6,7 +6,7 @@
 //! multi-row statement, never one round trip per value. No SQL lives outside this module.
 
 mod search;
-pub use search::{Found, PageStart};
+pub use search::{Found, Page, PageStart};
 mod write;
 
 use sen_platform::{Backend, Database};

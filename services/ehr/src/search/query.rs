@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use super::{
     dates,
+    keyset::{SortColumn, SortKind},
     params::{Param, ParamType, SearchParams},
     text::fold,
 };
@@ -385,33 +386,57 @@ impl SearchRequest {
         Ok((sql, binds))
     }
 
-    /// `ORDER BY` keys, each a (expression, descending) over the resource row `r`.
-    pub fn order_by(&self, prefix: &str, binds: &mut Vec<Bind>) -> Vec<(String, bool)> {
+    /// The sort keys as SQL over the resource row `r`: expression, direction, value kind.
+    pub fn order_by(&self, prefix: &str, binds: &mut Vec<Bind>) -> Vec<SortColumn> {
         self.sort
             .iter()
             .map(|key| {
-                let expression = match (&key.column, &key.param) {
-                    (Some(column), _) => format!("r.{column}"),
+                let (expression, kind) = match (&key.column, &key.param) {
+                    (Some(column), _) => (
+                        format!("r.{column}"),
+                        if *column == "id" {
+                            SortKind::Text
+                        } else {
+                            SortKind::Int
+                        },
+                    ),
                     (None, Some(param)) => {
-                        let (table, column) = match param.kind {
-                            ParamType::String => ("sp_string", "folded"),
-                            ParamType::Date if key.descending => ("sp_date", "high"),
-                            ParamType::Date => ("sp_date", "low"),
-                            ParamType::Number | ParamType::Quantity => ("sp_number", "value"),
-                            ParamType::Reference => ("sp_reference", "target_id"),
-                            ParamType::Uri => ("sp_uri", "value"),
-                            _ => ("sp_token", "value"),
+                        let (table, column, kind) = match param.kind {
+                            ParamType::String => ("sp_string", "folded", SortKind::Text),
+                            ParamType::Date if key.descending => ("sp_date", "high", SortKind::Int),
+                            ParamType::Date => ("sp_date", "low", SortKind::Int),
+                            ParamType::Number | ParamType::Quantity => {
+                                ("sp_number", "value", SortKind::Float)
+                            }
+                            ParamType::Reference => ("sp_reference", "target_id", SortKind::Text),
+                            ParamType::Uri => ("sp_uri", "value", SortKind::Text),
+                            _ => ("sp_token", "value", SortKind::Text),
                         };
                         let aggregate = if key.descending { "MAX" } else { "MIN" };
                         let code = bind(binds, Bind::Text(param.code.clone()));
-                        format!(
-                            "(SELECT {aggregate}(s.{column}) FROM {prefix}{table} s WHERE s.rid = r.rid AND s.code = {code})"
+                        (
+                            format!(
+                                "(SELECT {aggregate}(s.{column}) FROM {prefix}{table} s WHERE s.rid = r.rid AND s.code = {code})"
+                            ),
+                            kind,
                         )
                     }
-                    (None, None) => "r.id".to_string(),
+                    (None, None) => ("r.id".to_string(), SortKind::Text),
                 };
-                (expression, key.descending)
+                SortColumn {
+                    expression,
+                    descending: key.descending,
+                    kind,
+                }
             })
+            .collect()
+    }
+
+    /// The value kinds of the sort keys (what a sorted page's position carries).
+    pub fn sort_kinds(&self) -> Vec<SortKind> {
+        self.order_by("", &mut Vec::new())
+            .into_iter()
+            .map(|c| c.kind)
             .collect()
     }
 }

@@ -1,29 +1,59 @@
 //! Searches: the SQL of a [`SearchRequest`] run against the index tables, its total, and the
 //! resources `_include` and `_revinclude` bring along.
 
-use sqlx::Row;
+use sqlx::{ColumnIndex, Database, Decode, Encode, Row, Type, query::Query};
+
+use sen_platform::Backend;
 
 use super::ResourceStore;
 use crate::{
     error::EhrError,
-    search::query::{Bind, Include, SearchRequest},
+    search::{
+        keyset::{Position, SortKind, SortValue, order_terms},
+        query::{Bind, Include, SearchRequest},
+    },
 };
 
-/// Where a page starts: after an id (unsorted searches page by id) or at an offset (sorted).
+/// Where a page starts: after an id (unsorted searches page by id) or after a position in
+/// the sort order (sorted searches; see [`crate::search::keyset`]).
 #[derive(Debug, Clone)]
 pub enum PageStart {
     First,
     AfterId(String),
-    Offset(usize),
+    After(Position),
 }
 
 /// A resource found: (type, id, stored JSON).
 pub type Found = (String, String, String);
 
-pub(super) fn bind_all<'q>(
-    mut query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+/// A page of matches, and the sort values of its rows when the search is sorted.
+#[derive(Debug, Default)]
+pub struct Page {
+    pub found: Vec<Found>,
+    pub sort_values: Vec<Vec<SortValue>>,
+}
+
+impl Page {
+    /// The position of the `i`-th match, for a `next` link that starts after it.
+    pub fn position(&self, i: usize) -> Option<Position> {
+        Some(Position {
+            values: self.sort_values.get(i)?.clone(),
+            id: self.found.get(i)?.1.clone(),
+        })
+    }
+}
+
+/// `query` with `binds` bound in order (any driver: searches on SQLite run natively).
+pub(super) fn bind_all<'q, DB>(
+    mut query: Query<'q, DB, <DB as Database>::Arguments<'q>>,
     binds: &'q [Bind],
-) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+) -> Query<'q, DB, <DB as Database>::Arguments<'q>>
+where
+    DB: Database,
+    &'q str: Encode<'q, DB> + Type<DB>,
+    i64: Encode<'q, DB> + Type<DB>,
+    f64: Encode<'q, DB> + Type<DB>,
+{
     for b in binds {
         query = match b {
             Bind::Text(t) => query.bind(t.as_str()),
@@ -32,6 +62,54 @@ pub(super) fn bind_all<'q>(
         };
     }
     query
+}
+
+/// (type, id, content) rows as a [`Page`], each row followed by sort values of `kinds`.
+fn page_rows<R>(rows: &[R], kinds: &[SortKind]) -> Result<Page, EhrError>
+where
+    R: Row,
+    usize: ColumnIndex<R>,
+    String: for<'r> Decode<'r, R::Database> + Type<R::Database>,
+    Option<String>: for<'r> Decode<'r, R::Database> + Type<R::Database>,
+    Option<i64>: for<'r> Decode<'r, R::Database> + Type<R::Database>,
+    Option<f64>: for<'r> Decode<'r, R::Database> + Type<R::Database>,
+{
+    let mut page = Page::default();
+    for row in rows {
+        page.found
+            .push((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?));
+        if kinds.is_empty() {
+            continue;
+        }
+        let values = kinds
+            .iter()
+            .enumerate()
+            .map(|(i, kind)| {
+                let column = 3 + i;
+                Ok(match kind {
+                    SortKind::Text => row
+                        .try_get::<Option<String>, _>(column)?
+                        .map_or(SortValue::Null, SortValue::Text),
+                    SortKind::Int => row
+                        .try_get::<Option<i64>, _>(column)?
+                        .map_or(SortValue::Null, SortValue::Int),
+                    SortKind::Float => row
+                        .try_get::<Option<f64>, _>(column)?
+                        .map_or(SortValue::Null, SortValue::Float),
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()?;
+        page.sort_values.push(values);
+    }
+    Ok(page)
+}
+
+/// The `rows=` estimate of one line of PostgreSQL's text `EXPLAIN`.
+fn planned_rows(line: &str) -> Option<i64> {
+    let rest = &line[line.find(" rows=")? + " rows=".len()..];
+    rest[..rest.find(|c: char| !c.is_ascii_digit())?]
+        .parse()
+        .ok()
 }
 
 impl ResourceStore {
@@ -61,7 +139,7 @@ impl ResourceStore {
         let columns: String = keys
             .iter()
             .enumerate()
-            .map(|(i, (expression, _))| format!(", {expression} AS s{i}"))
+            .map(|(i, key)| format!(", {} AS s{i}", key.expression))
             .collect();
         let table = self.resource_table();
         let source = request.source_condition(false);
@@ -73,44 +151,33 @@ impl ResourceStore {
             binds.push(Bind::Text(after.clone()));
             inner.push_str(&format!(" AND r.id > ${}", binds.len()));
         }
-        // The same order twice: to cut the page, then for the page joined to its content.
-        let order = |row: &str| {
-            let mut order: Vec<String> = keys
-                .iter()
-                .enumerate()
-                .map(|(i, (_, descending))| {
-                    // Resources without a value sort last either way.
-                    format!(
-                        "CASE WHEN {row}.s{i} IS NULL THEN 1 ELSE 0 END, {row}.s{i}{}",
-                        if *descending { " DESC" } else { "" }
-                    )
-                })
-                .collect();
-            order.push(format!("{row}.id"));
-            order.join(", ")
-        };
-        let mut page = if source.is_some() {
+        let page = if source.is_some() {
             // Cut at the same level as DISTINCT (pages from index rows are unsorted, in id
             // order): planned with its LIMIT, the index rows stream in id order through a
             // Unique and stop; as a subquery it was planned for all rows (hash joins over
             // every observation of a code: 420 ms instead of 3).
             format!("{inner} ORDER BY r.id LIMIT {limit}")
         } else {
+            let after = match start {
+                PageStart::After(position) => {
+                    format!(" WHERE {}", position.after_sql("m", &keys, &mut binds))
+                }
+                _ => String::new(),
+            };
+            // The same order twice: to cut the page, then for the page joined to its content.
             format!(
-                "SELECT m.* FROM ({inner}{}) m ORDER BY {} LIMIT {limit}",
+                "SELECT m.* FROM ({inner}{}) m{after} ORDER BY {} LIMIT {limit}",
                 self.sql.plan_barrier,
-                order("m")
+                order_terms("m", &keys)
             )
         };
-        if let PageStart::Offset(offset) = start {
-            page.push_str(&format!(" OFFSET {offset}"));
-        }
+        let values: String = (0..keys.len()).map(|i| format!(", p.s{i}")).collect();
         // CROSS JOIN: SQLite then keeps the page as the outer loop; with a plain join its
         // 3.46 planner scanned every resource of the type and probed the page (1M
         // observations: 110 ms instead of 0.1 ms). PostgreSQL plans it as any inner join.
         let sql = format!(
-            "SELECT t.resource_type, t.id, t.content FROM ({page}) p CROSS JOIN {table} t WHERE t.resource_type = $1 AND t.id = p.id ORDER BY {}",
-            order("p")
+            "SELECT t.resource_type, t.id, t.content{values} FROM ({page}) p CROSS JOIN {table} t WHERE t.resource_type = $1 AND t.id = p.id ORDER BY {}",
+            order_terms("p", &keys)
         );
         Ok((sql, binds))
     }
@@ -124,33 +191,59 @@ impl ResourceStore {
         limit: usize,
     ) -> Result<Vec<Found>, EhrError> {
         let (sql, binds) = self.page_sql(request, start, limit)?;
-        bind_all(sqlx::query(&sql), &binds)
+        let rows = bind_all(sqlx::query(&sql), &binds)
             .fetch_all(&mut *conn)
-            .await?
-            .iter()
-            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(EhrError::from)
+            .await?;
+        Ok(page_rows(&rows, &request.sort_kinds())?.found)
     }
 
-    /// One page of matches (at most `limit`) in the requested order.
+    /// One page of matches (at most `limit`) in the requested order, with their sort values.
     pub async fn search_page(
         &self,
         request: &SearchRequest,
         start: &PageStart,
         limit: usize,
-    ) -> Result<Vec<Found>, EhrError> {
-        let mut conn = self.db.reader().acquire().await?;
-        self.page_on(&mut conn, request, start, limit).await
+    ) -> Result<Page, EhrError> {
+        let (sql, binds) = self.page_sql(request, start, limit)?;
+        self.fetch_page(&sql, &binds, &request.sort_kinds()).await
     }
 
     /// How many resources match.
     pub async fn search_count(&self, request: &SearchRequest) -> Result<i64, EhrError> {
         let (sql, binds) = request.count_sql(self.sql.index_prefix, &self.resource_table())?;
+        if let Some(mut conn) = self.db.sqlite_bounded_read().await? {
+            let row = bind_all(sqlx::query(&sql), &binds)
+                .fetch_one(&mut *conn)
+                .await?;
+            return Ok(row.try_get(0)?);
+        }
         let row = bind_all(sqlx::query(&sql), &binds)
             .fetch_one(self.db.reader())
             .await?;
         Ok(row.try_get(0)?)
+    }
+
+    /// A total for `_total=estimate`: on PostgreSQL the planner's estimate of the matches
+    /// (`EXPLAIN`: planned, no row read — the input estimate of the count's aggregate); SQLite
+    /// keeps no such estimate and counts.
+    pub async fn search_estimate(&self, request: &SearchRequest) -> Result<i64, EhrError> {
+        if self.db.backend() != Backend::Postgres {
+            return self.search_count(request).await;
+        }
+        let (sql, binds) = request.count_sql(self.sql.index_prefix, &self.resource_table())?;
+        let explain = format!("EXPLAIN {sql}");
+        let lines = bind_all(sqlx::query(&explain), &binds)
+            .fetch_all(self.db.reader())
+            .await?
+            .iter()
+            .map(|row| row.try_get::<String, _>(0))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(lines
+            .iter()
+            .skip(1)
+            .find(|line| line.trim_start().starts_with("->"))
+            .and_then(|line| planned_rows(line))
+            .unwrap_or(0))
     }
 
     /// The resources `includes` name from `found` (and, with `:iterate`, from what they bring),
@@ -240,14 +333,28 @@ impl ResourceStore {
         Ok(out)
     }
 
-    async fn fetch_found(&self, sql: &str, binds: &[Bind]) -> Result<Vec<Found>, EhrError> {
+    /// (type, id, content) rows of a search statement, read under the statement timeout
+    /// (SQLite's bounded connections; PostgreSQL's reader pool).
+    async fn fetch_page(
+        &self,
+        sql: &str,
+        binds: &[Bind],
+        kinds: &[SortKind],
+    ) -> Result<Page, EhrError> {
+        if let Some(mut conn) = self.db.sqlite_bounded_read().await? {
+            let rows = bind_all(sqlx::query(sql), binds)
+                .fetch_all(&mut *conn)
+                .await?;
+            return page_rows(&rows, kinds);
+        }
         let rows = bind_all(sqlx::query(sql), binds)
             .fetch_all(self.db.reader())
             .await?;
-        rows.iter()
-            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(EhrError::from)
+        page_rows(&rows, kinds)
+    }
+
+    async fn fetch_found(&self, sql: &str, binds: &[Bind]) -> Result<Vec<Found>, EhrError> {
+        Ok(self.fetch_page(sql, binds, &[]).await?.found)
     }
 }
 
@@ -301,5 +408,19 @@ impl ResourceStore {
         tx.commit().await?;
         let next = if rows.len() == limit { last } else { None };
         Ok((rows.len(), next))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_planned_rows_of_an_explain_line_are_read() {
+        let line = "  ->  Index Only Scan using sp_token_lookup on sp_token r  (cost=0.56..4.58 rows=124791 width=8)";
+        assert_eq!(super::planned_rows(line), Some(124_791));
+        assert_eq!(
+            super::planned_rows("Aggregate  (cost=1.00..1.01 rows=1 width=8)"),
+            Some(1)
+        );
+        assert_eq!(super::planned_rows("  Filter: (code = $2)"), None);
     }
 }

@@ -4,6 +4,7 @@
 use std::collections::BTreeSet;
 
 use reqwest::StatusCode;
+use sen_platform::Backend;
 use serde_json::{Value, json};
 
 use crate::{CCCD, support::TestApp};
@@ -15,6 +16,7 @@ on_both_backends!(
     reindex_rebuilds_the_index_of_resources_written_before_it,
     compartment_search_stays_inside_the_patient_compartment,
     updates_and_deletes_replace_what_searches_find,
+    sorted_pages_keep_their_place_while_others_write,
 );
 
 async fn load(app: &TestApp) {
@@ -378,9 +380,129 @@ async fn sorting_paging_includes_and_totals(app: TestApp) {
         ("Patient/p-hoa/Observation?code=8867-4", 1),
         ("Observation?code=8867-4&subject:Patient.name=nguy", 1),
     ] {
+        // Counted (a page of one leaves matches out) and seen whole on one page.
+        let counted = search(&app, &format!("{query}&_total=accurate&_count=1")).await;
+        assert_eq!(counted["total"], expected, "{query}");
         let bundle = search(&app, &format!("{query}&_total=accurate")).await;
         assert_eq!(bundle["total"], expected, "{query}");
         assert_eq!(ids(&bundle, "match").len(), expected, "{query}");
+    }
+    // An estimate: exact when the first page holds every match; otherwise never below what
+    // the page shows (PostgreSQL's planner estimate; SQLite counts).
+    let whole = search(&app, "Observation?code=8867-4&_total=estimate").await;
+    assert_eq!(whole["total"], 2);
+    let estimated = search(&app, "Observation?status=final&_total=estimate&_count=1").await;
+    assert!(estimated["total"].as_u64().unwrap() >= 2, "{estimated}");
+}
+
+/// A sorted search's next links carry the position of their last resource: pages keep
+/// their place while others create and delete resources before and after it.
+async fn sorted_pages_keep_their_place_while_others_write(app: TestApp) {
+    load(&app).await;
+    let undated = json!({"resourceType": "Patient", "id": "p-none", "gender": "male"});
+    assert_eq!(
+        app.put("/fhir/Patient/p-none", &undated).await.status(),
+        StatusCode::CREATED
+    );
+    let born =
+        |id: &str, date: &str| json!({"resourceType": "Patient", "id": id, "birthDate": date});
+    let next_of = |page: &Value| {
+        page["link"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["relation"] == "next")
+            .map(|l| {
+                l["url"]
+                    .as_str()
+                    .unwrap()
+                    .split("/fhir/")
+                    .nth(1)
+                    .unwrap()
+                    .to_string()
+            })
+    };
+    let mut seen = Vec::new();
+    let mut page = search(&app, "Patient?_sort=birthdate&_count=1").await;
+    let mut step = 0;
+    loop {
+        seen.extend(ids(&page, "match"));
+        match step {
+            // Before the position: an offset would show p-nguyet again.
+            0 => assert_eq!(
+                app.put("/fhir/Patient/p-early", &born("p-early", "1970"))
+                    .await
+                    .status(),
+                StatusCode::CREATED
+            ),
+            // A resource already seen goes away (an offset would skip p-hoa), one after the
+            // position arrives.
+            1 => {
+                let gone = app
+                    .request(reqwest::Method::DELETE, "/fhir/Patient/p-nguyet")
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(gone.status(), StatusCode::OK);
+                assert_eq!(
+                    app.put("/fhir/Patient/p-late", &born("p-late", "2010-01-01"))
+                        .await
+                        .status(),
+                    StatusCode::CREATED
+                );
+            }
+            _ => {}
+        }
+        step += 1;
+        let Some(next) = next_of(&page) else { break };
+        page = search(&app, &next).await;
+    }
+    assert_eq!(
+        seen,
+        ["p-nguyet", "p-an", "p-hoa", "p-duong", "p-late", "p-none"]
+    );
+    // Descending, several keys, text and missing values: pages of one give the same order as
+    // one page of all.
+    for sort in [
+        "-birthdate",
+        "gender,-family",
+        "family,-_lastUpdated",
+        "-_id",
+    ] {
+        let whole = ids(
+            &search(&app, &format!("Patient?_sort={sort}")).await,
+            "match",
+        );
+        assert_eq!(whole.len(), 6, "{sort}");
+        assert_eq!(
+            all_pages(&app, &format!("Patient?_sort={sort}&_count=1")).await,
+            whole,
+            "{sort}"
+        );
+    }
+    assert_eq!(
+        all_pages(&app, "Patient?_sort=-birthdate&_count=2").await,
+        ["p-late", "p-duong", "p-hoa", "p-an", "p-early", "p-none"]
+    );
+    // Tokens of another sort order, made up, or from before positions: refused.
+    let family_page = search(&app, "Patient?_sort=family&_count=1").await;
+    let family_token = next_of(&family_page)
+        .unwrap()
+        .split("_page_token=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap()
+        .to_string();
+    for query in [
+        format!("Patient?_sort=birthdate&_page_token={family_token}"),
+        "Patient?_sort=birthdate&_page_token=W10".to_string(),
+        "Patient?_sort=birthdate&_page_token=p-an".to_string(),
+        "Patient?_sort=birthdate&_page_offset=2".to_string(),
+    ] {
+        let response = app.get(&format!("/fhir/{query}")).await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{query}");
     }
 }
 
@@ -466,34 +588,65 @@ async fn reindex_rebuilds_the_index_of_resources_written_before_it(app: TestApp)
     assert_eq!(bad.status(), StatusCode::NOT_FOUND);
 }
 
-/// PostgreSQL cancels a search at the configured statement timeout: a 4xx "too costly",
-/// and the connection is free again at once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_search_past_the_statement_timeout_is_too_costly_on_postgres() {
-    let Some(app) = TestApp::postgres_with(|c| c.database.statement_timeout_ms = 50).await else {
-        return;
-    };
+/// A search past the configured statement timeout is cut short on both backends: a 4xx
+/// "too costly", and the (single) reading connection is free again at once.
+async fn a_search_past_the_statement_timeout_is_too_costly(app: TestApp) {
     load(&app).await;
-    // Enough index rows that a substring scan takes far longer than 50 ms.
-    sqlx::query(
-        "INSERT INTO ehr.sp_string (resource_type, id, rid, code, grp, folded, exact) \
-         SELECT 'Patient', 'p-an', 0, 'name', 0, md5(g::text) || md5((g * 7)::text), 'x' \
-         FROM generate_series(1, 400000) g",
-    )
-    .execute(app.db.writer())
-    .await
-    .unwrap();
-    let response = app
-        .get("/fhir/Patient?name:contains=zzzz&name:contains=yyyy")
-        .await;
-    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
-    let outcome: Value = response.json().await.unwrap();
-    assert_eq!(outcome["issue"][0]["code"], "too-costly", "{outcome}");
+    // Enough index rows of one patient that a substring scan takes far longer than the
+    // statement timeout,
+    // whether it starts from the index rows or probes them by resource key.
+    let filler = match app.db.backend() {
+        Backend::Postgres => {
+            "INSERT INTO ehr.sp_string (resource_type, id, rid, code, grp, folded, exact) \
+             SELECT 'Patient', 'p-an', (SELECT rid FROM ehr.resource WHERE id = 'p-an'), 'name', 0, \
+             md5(g::text) || md5((g * 7)::text), 'x' FROM generate_series(1, 400000) g"
+        }
+        Backend::Sqlite => {
+            "WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < 1000000) \
+             INSERT INTO ehr_sp_string (resource_type, id, rid, code, grp, folded, exact) \
+             SELECT 'Patient', 'p-an', (SELECT rid FROM ehr_resource WHERE id = 'p-an'), 'name', 0, \
+             lower(hex(randomblob(32))), 'x' FROM g"
+        }
+    };
+    sqlx::query(filler).execute(app.db.writer()).await.unwrap();
+    for path in [
+        "/fhir/Patient?name:contains=zzzz&name:contains=yyyy",
+        "/fhir/Patient?name:contains=zzzz&_summary=count",
+    ] {
+        let response = app.get(path).await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{path}");
+        let outcome: Value = response.json().await.unwrap();
+        assert_eq!(outcome["issue"][0]["code"], "too-costly", "{outcome}");
+    }
     // Cheap searches still answer.
     assert_eq!(
         ids(&search(&app, "Patient?_id=p-hoa").await, "match"),
         ["p-hoa"]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_search_past_the_statement_timeout_is_too_costly_on_sqlite() {
+    // SQLite scans these rows in about 115 ms on the development machine.
+    let app = TestApp::sqlite_with(|c| {
+        c.database.statement_timeout_ms = 25;
+        c.database.max_connections = 1;
+    })
+    .await;
+    a_search_past_the_statement_timeout_is_too_costly(app).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_search_past_the_statement_timeout_is_too_costly_on_postgres() {
+    let Some(app) = TestApp::postgres_with(|c| {
+        c.database.statement_timeout_ms = 50;
+        c.database.max_connections = 1;
+    })
+    .await
+    else {
+        return;
+    };
+    a_search_past_the_statement_timeout_is_too_costly(app).await;
 }
 
 async fn compartment_search_stays_inside_the_patient_compartment(app: TestApp) {
