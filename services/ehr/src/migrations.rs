@@ -28,4 +28,10 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0004_drop_resource_live.sql"),
         postgres: include_str!("../migrations/postgres/0004_drop_resource_live.sql"),
     },
+    Migration {
+        version: 5,
+        description: "name rows in id order, for name search pages (PostgreSQL)",
+        sqlite: include_str!("../migrations/sqlite/0005_name_walk_index.sql"),
+        postgres: include_str!("../migrations/postgres/0005_name_walk_index.sql"),
+    },
 ];

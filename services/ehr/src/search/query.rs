@@ -280,9 +280,13 @@ impl SearchRequest {
     /// walks them and stops (a LOINC code's observations since a date: 282 resources and 416
     /// probes walked in id order -> 42 index rows and 42 probes), and the planner may still
     /// start from another condition's rows. A count, which reads every match anyway, also
-    /// takes a first positive condition of another kind. None when a condition or sort key
-    /// needs the resource row itself (`_lastUpdated`) or, for pages, when sorting.
-    pub fn source_condition(&self, for_count: bool) -> Option<usize> {
+    /// takes a first positive condition of another kind. On PostgreSQL a page with neither
+    /// may start from a name prefix (`name`, `family`, `given`): the partial index
+    /// `sp_string_name_walk` holds those rows in id order with their folded value, so a common
+    /// name's page walks and stops while a rare one takes the lookup range (migration 0005).
+    /// None when a condition or sort key needs the resource row itself (`_lastUpdated`) or,
+    /// for pages, when sorting. `prefix` names the backend's index tables.
+    pub fn source_condition(&self, prefix: &str, for_count: bool) -> Option<usize> {
         let row_time = |c: &Condition| matches!(c, Condition::Param { param, .. } if param.code == "_lastUpdated");
         if self.conditions.iter().any(row_time) || (!for_count && !self.sort.is_empty()) {
             return None;
@@ -312,13 +316,31 @@ impl SearchRequest {
             },
             _ => false,
         };
-        self.conditions.iter().position(in_id_order).or_else(|| {
-            if for_count {
-                self.conditions.iter().position(plain)
-            } else {
-                None
+        let walked_name = |c: &Condition| match c {
+            Condition::Param {
+                param,
+                modifier: None,
+                values,
+            } => {
+                probes_by_key(prefix)
+                    && plain(c)
+                    && values.len() == 1
+                    && param.kind == ParamType::String
+                    && WALKED_NAMES.contains(&param.code.as_str())
             }
-        })
+            _ => false,
+        };
+        self.conditions
+            .iter()
+            .position(in_id_order)
+            .or_else(|| self.conditions.iter().position(walked_name))
+            .or_else(|| {
+                if for_count {
+                    self.conditions.iter().position(plain)
+                } else {
+                    None
+                }
+            })
     }
 
     /// `FROM <table> r WHERE …`: the rows a search starts from — the index rows of condition
@@ -376,7 +398,7 @@ impl SearchRequest {
     /// The SQL of how many resources match (`$1` is the type; `table` the resource table).
     pub fn count_sql(&self, prefix: &str, table: &str) -> Result<(String, Vec<Bind>), EhrError> {
         let mut binds = vec![Bind::Text(self.resource_type.as_str().to_string())];
-        let source = self.source_condition(true);
+        let source = self.source_condition(prefix, true);
         let mut sql = String::from(if source.is_some() {
             "SELECT COUNT(DISTINCT r.rid) "
         } else {
@@ -963,6 +985,10 @@ fn index_rows(
 /// way, so it keeps the id sets where a search walks the resource table; where a search starts
 /// from one condition's index rows it probes too (`SearchRequest::write_from`). Index tables
 /// are `ehr.*` on PostgreSQL, `ehr_*` on SQLite.
+/// String parameters whose rows `sp_string_name_walk` keeps in id order (PostgreSQL; its
+/// partial index predicate names the same codes).
+const WALKED_NAMES: &[&str] = &["name", "family", "given"];
+
 fn probes_by_key(prefix: &str) -> bool {
     prefix == "ehr."
 }

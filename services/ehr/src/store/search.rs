@@ -142,7 +142,7 @@ impl ResourceStore {
             .map(|(i, key)| format!(", {} AS s{i}", key.expression))
             .collect();
         let table = self.resource_table();
-        let source = request.source_condition(false);
+        let source = request.source_condition(prefix, false);
         // Index rows may repeat a resource (two matching values); resource rows do not.
         let distinct = if source.is_some() { "DISTINCT " } else { "" };
         let mut inner = format!("SELECT {distinct}r.id AS id{columns} ");

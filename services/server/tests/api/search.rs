@@ -309,10 +309,19 @@ async fn sorting_paging_includes_and_totals(app: TestApp) {
         seen.sort();
         assert_eq!(seen, ["p-an", "p-duong", "p-hoa", "p-nguyet"], "{query}");
     }
-    // Pages that start from a condition's index rows (PostgreSQL) page the same way.
+    // Pages that start from a condition's index rows page the same way, a resource with two
+    // matching names (p-nguyet: family and given) once.
     assert_eq!(
         all_pages(&app, "Observation?status=final&_count=2").await,
         ["o1", "o2", "o4", "o5"]
+    );
+    assert_eq!(
+        all_pages(&app, "Patient?name=nguy&_count=1").await,
+        ["p-an", "p-nguyet"]
+    );
+    assert_eq!(
+        all_pages(&app, "Patient?given=thi&family=nguyen&_count=1").await,
+        ["p-nguyet"]
     );
     let included = search(&app, "Observation?code=8867-4&_include=Observation:subject").await;
     assert_eq!(
