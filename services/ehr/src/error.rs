@@ -272,6 +272,24 @@ impl From<EhrError> for ApiError {
                     http::HeaderValue::from_static("2"),
                 )
             }
+            // The connection to the database broke (a network cut; PostgreSQL shutting down,
+            // restarted or terminating the backend: class 57P): that connection leaves the
+            // pool; a retry gets another.
+            E::Database(e)
+                if matches!(e, sqlx::Error::Io(_))
+                    || matches!(&e, sqlx::Error::Database(d) if d.code().is_some_and(|c| c.starts_with("57P"))) =>
+            {
+                tracing::warn!(error = %describe(&e), "database connection lost; answering 503");
+                ApiError::new(
+                    S::SERVICE_UNAVAILABLE,
+                    IssueCode::Transient,
+                    "the database connection was lost; retry the request",
+                )
+                .header(
+                    http::header::RETRY_AFTER,
+                    http::HeaderValue::from_static("1"),
+                )
+            }
             // A read stopped at the statement timeout: PostgreSQL's query_canceled, SQLite's
             // SQLITE_INTERRUPT (its progress handler, see `Database::sqlite_bounded_read`).
             E::Database(sqlx::Error::Database(e))

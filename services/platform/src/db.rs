@@ -25,6 +25,9 @@ use sqlx::{
 
 use crate::config::{Config, SqliteSynchronous};
 
+/// A PostgreSQL connection idle longer than this is pinged before it is handed out.
+const PING_WHEN_IDLE: Duration = Duration::from_secs(30);
+
 /// Which database engine is behind the pools.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -97,9 +100,22 @@ impl Database {
                 source,
             })?;
             let connect = |reads: bool| {
+                // sqlx pings every idle connection it hands out (a round trip per request,
+                // as costly on a loopback as the query's own); only one idle long enough to
+                // have been dropped by the server or a proxy is checked now. A connection
+                // that died sooner fails its query once (503) and leaves the pool.
                 let mut pool = AnyPoolOptions::new()
                     .max_connections(settings.max_connections.max(1))
-                    .acquire_timeout(Duration::from_secs(10));
+                    .acquire_timeout(Duration::from_secs(10))
+                    .test_before_acquire(false)
+                    .before_acquire(|conn, meta| {
+                        Box::pin(async move {
+                            if meta.idle_for > PING_WHEN_IDLE {
+                                sqlx::Connection::ping(conn).await?;
+                            }
+                            Ok(true)
+                        })
+                    });
                 // Set once per connection (no cost per query). JIT compilation and parallel
                 // workers are off: the first costs tens of milliseconds on queries the planner
                 // merely guesses to be large, the second only moves work between the same two
@@ -281,6 +297,7 @@ fn sqlite_bounded_pool(
         })?;
     Ok(SqlitePoolOptions::new()
         .max_connections(max_connections)
+        .test_before_acquire(false)
         .min_connections(0)
         .acquire_timeout(Duration::from_secs(30))
         .after_connect(move |conn, _meta| {
@@ -305,8 +322,11 @@ async fn sqlite_pool(
         backend: "sqlite",
         source,
     })?;
+    // No ping before each acquire: an SQLite connection is a local file and a worker thread;
+    // the ping was a round trip to that thread per request.
     AnyPoolOptions::new()
         .max_connections(max_connections)
+        .test_before_acquire(false)
         .min_connections(if read_only { 0 } else { 1 })
         .acquire_timeout(Duration::from_secs(30))
         .after_connect(move |conn, _meta| {

@@ -649,3 +649,34 @@ async fn validate_reports_problems_without_writing(app: TestApp) {
         "only the explicit create wrote"
     );
 }
+
+/// A pooled PostgreSQL connection that the server dropped (here: its backend terminated) is
+/// not pinged before each use; the one request that finds it broken answers 503 with
+/// `Retry-After`, never 500, and the next request gets a new connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_database_connection_answers_503_once_on_postgres() {
+    let Some(app) = TestApp::postgres_with(|c| c.database.max_connections = 1).await else {
+        return;
+    };
+    let (id, _) = app.create(&patient("087090000110")).await;
+    let read = format!("/fhir/Patient?_id={id}");
+    assert_eq!(app.get(&read).await.status(), StatusCode::OK);
+    let terminated: i64 = sqlx::query_scalar(
+        "WITH others AS MATERIALIZED (SELECT pid FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid()) \
+         SELECT count(*) FROM others WHERE pg_terminate_backend(pid)",
+    )
+    .fetch_one(app.db.writer())
+    .await
+    .unwrap();
+    assert!(
+        terminated >= 1,
+        "the server's reading connection was terminated"
+    );
+    let lost = app.get(&read).await;
+    assert_eq!(lost.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(lost.headers()["retry-after"], "1");
+    let outcome: Value = lost.json().await.unwrap();
+    assert_eq!(outcome["issue"][0]["code"], "transient", "{outcome}");
+    assert_eq!(app.get(&read).await.status(), StatusCode::OK);
+}
