@@ -34,4 +34,10 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0005_name_walk_index.sql"),
         postgres: include_str!("../migrations/postgres/0005_name_walk_index.sql"),
     },
+    Migration {
+        version: 6,
+        description: "name rows in id order, for name search pages (SQLite)",
+        sqlite: include_str!("../migrations/sqlite/0006_name_walk_index.sql"),
+        postgres: include_str!("../migrations/postgres/0006_name_walk_index.sql"),
+    },
 ];

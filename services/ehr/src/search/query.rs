@@ -117,6 +117,17 @@ pub enum Total {
     Accurate,
 }
 
+/// How a page reads its source condition's index rows. PostgreSQL's planner chooses by its
+/// statistics (`Planner`); SQLite has none, so for a name prefix the store measures how
+/// common the prefix is and says: `Walk` the name rows in id order (common names: a page
+/// stops after a few dozen rows) or read the prefix's `Lookup` range and sort it (rare ones).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceScan {
+    Planner,
+    Walk,
+    Lookup,
+}
+
 /// A parsed search.
 #[derive(Debug)]
 pub struct SearchRequest {
@@ -280,13 +291,13 @@ impl SearchRequest {
     /// walks them and stops (a LOINC code's observations since a date: 282 resources and 416
     /// probes walked in id order -> 42 index rows and 42 probes), and the planner may still
     /// start from another condition's rows. A count, which reads every match anyway, also
-    /// takes a first positive condition of another kind. On PostgreSQL a page with neither
-    /// may start from a name prefix (`name`, `family`, `given`): the partial index
-    /// `sp_string_name_walk` holds those rows in id order with their folded value, so a common
-    /// name's page walks and stops while a rare one takes the lookup range (migration 0005).
-    /// None when a condition or sort key needs the resource row itself (`_lastUpdated`) or,
-    /// for pages, when sorting. `prefix` names the backend's index tables.
-    pub fn source_condition(&self, prefix: &str, for_count: bool) -> Option<usize> {
+    /// takes a first positive condition of another kind. A page with neither may start from
+    /// a name prefix (`name`, `family`, `given`): partial indexes hold those rows in id order
+    /// with their folded value (`sp_string_name_walk` on PostgreSQL, one per code on SQLite),
+    /// so a common name's page walks and stops while a rare one takes the lookup range
+    /// (migrations 5 and 6; see [`SourceScan`]). None when a condition or sort key needs the resource row itself
+    /// (`_lastUpdated`) or, for pages, when sorting.
+    pub fn source_condition(&self, for_count: bool) -> Option<usize> {
         let row_time = |c: &Condition| matches!(c, Condition::Param { param, .. } if param.code == "_lastUpdated");
         if self.conditions.iter().any(row_time) || (!for_count && !self.sort.is_empty()) {
             return None;
@@ -322,8 +333,7 @@ impl SearchRequest {
                 modifier: None,
                 values,
             } => {
-                probes_by_key(prefix)
-                    && plain(c)
+                plain(c)
                     && values.len() == 1
                     && param.kind == ParamType::String
                     && WALKED_NAMES.contains(&param.code.as_str())
@@ -343,14 +353,52 @@ impl SearchRequest {
             })
     }
 
+    /// SQLite: when a page starts from a name prefix, a statement counting that prefix's
+    /// lookup rows up to `cap` (`$1` the type): at the cap the name is common and the page
+    /// walks; below it the page reads the range. `None` for other pages.
+    pub fn name_source_probe(&self, prefix: &str, cap: usize) -> Option<(String, Vec<Bind>)> {
+        let i = self.source_condition(false)?;
+        let Condition::Param {
+            param,
+            modifier,
+            values,
+        } = &self.conditions[i]
+        else {
+            return None;
+        };
+        if param.kind != ParamType::String || probes_by_key(prefix) {
+            return None;
+        }
+        let mut binds = vec![Bind::Text(self.resource_type.as_str().to_string())];
+        let mut rows = String::new();
+        index_rows(
+            param,
+            modifier.as_deref(),
+            values,
+            "$1",
+            prefix,
+            "r",
+            Rows::Source(SourceScan::Lookup),
+            &mut rows,
+            &mut binds,
+        )
+        .ok()?;
+        Some((
+            format!("SELECT COUNT(*) FROM (SELECT 1 {rows} LIMIT {cap})"),
+            binds,
+        ))
+    }
+
     /// `FROM <table> r WHERE …`: the rows a search starts from — the index rows of condition
     /// `source` (see [`SearchRequest::source_condition`]), or the current resources of the
     /// type in `table` — followed by every other condition. `$1` is the resource type.
+    #[allow(clippy::too_many_arguments)]
     pub fn write_from(
         &self,
         prefix: &str,
         table: &str,
         source: Option<usize>,
+        scan: SourceScan,
         sql: &mut String,
         binds: &mut Vec<Bind>,
     ) -> Result<(), EhrError> {
@@ -366,7 +414,7 @@ impl SearchRequest {
                 "$1",
                 prefix,
                 "r",
-                false,
+                Rows::Source(scan),
                 sql,
                 binds,
             )?,
@@ -398,13 +446,20 @@ impl SearchRequest {
     /// The SQL of how many resources match (`$1` is the type; `table` the resource table).
     pub fn count_sql(&self, prefix: &str, table: &str) -> Result<(String, Vec<Bind>), EhrError> {
         let mut binds = vec![Bind::Text(self.resource_type.as_str().to_string())];
-        let source = self.source_condition(prefix, true);
+        let source = self.source_condition(true);
         let mut sql = String::from(if source.is_some() {
             "SELECT COUNT(DISTINCT r.rid) "
         } else {
             "SELECT COUNT(*) "
         });
-        self.write_from(prefix, table, source, &mut sql, &mut binds)?;
+        self.write_from(
+            prefix,
+            table,
+            source,
+            SourceScan::Planner,
+            &mut sql,
+            &mut binds,
+        )?;
         Ok((sql, binds))
     }
 
@@ -912,7 +967,7 @@ fn predicate(
                 &own_type,
                 prefix,
                 &x,
-                probe,
+                if probe { Rows::ByKey } else { Rows::Set },
                 &mut rows,
                 binds,
             )?;
@@ -928,13 +983,26 @@ fn predicate(
     Ok(())
 }
 
+/// Which index rows [`index_rows`] writes, and so which index they are read through.
+#[derive(Debug, Clone, Copy)]
+enum Rows {
+    /// A search's source rows, read as `SourceScan` says.
+    Source(SourceScan),
+    /// One resource's rows: the caller adds `x.rid = …`.
+    ByKey,
+    /// Every matching row, as an id set.
+    Set,
+}
+
 /// `FROM <index table> x WHERE …`: the index rows of `rt` (bound as `own_type`) whose values
 /// match one of `values` for `param` with `modifier` (`:not` is the caller's to apply).
-/// `by_key`: the caller adds `x.rid = …`, a probe of one resource's rows (`own_type` then
-/// goes unused: the key names the resource). SQLite, planning
-/// without statistics, otherwise prefers the lookup index (more equalities) and reads every
-/// row of the value per probe (a code's 125k rows for each of a patient's observations), so
-/// there the probe names the per-resource index.
+/// A probe ([`Rows::ByKey`]) leaves `own_type` unused: the key names the resource. SQLite,
+/// planning without statistics, otherwise prefers the lookup index (more equalities) and
+/// reads every row of the value per probe (a code's 125k rows for each of a patient's
+/// observations), so there the probe names the per-resource index; and a name source names
+/// the index its [`SourceScan`] chose: the walk is one partial index per name code
+/// (`sp_string_walk_<code>`, migration 6), with the code written out, as a partial index
+/// serves a statement only when the statement's WHERE repeats the index's condition.
 #[allow(clippy::too_many_arguments)]
 fn index_rows(
     param: &Param,
@@ -943,7 +1011,7 @@ fn index_rows(
     own_type: &str,
     prefix: &str,
     x: &str,
-    by_key: bool,
+    rows: Rows,
     sql: &mut String,
     binds: &mut Vec<Bind>,
 ) -> Result<(), EhrError> {
@@ -955,15 +1023,26 @@ fn index_rows(
         }
         (kind, _) => (table_of(kind), param.code.clone()),
     };
-    let code = bind(binds, Bind::Text(code));
-    let hint = if by_key && !probes_by_key(prefix) {
-        format!(" INDEXED BY {table}_resource")
-    } else {
-        String::new()
+    let sqlite = !probes_by_key(prefix);
+    let walked = table == "sp_string" && WALKED_NAMES.contains(&code.as_str());
+    let (hint, code) = match rows {
+        Rows::ByKey if sqlite => (
+            format!(" INDEXED BY {table}_resource"),
+            bind(binds, Bind::Text(code)),
+        ),
+        Rows::Source(SourceScan::Walk) if sqlite && walked => (
+            format!(" INDEXED BY sp_string_walk_{code}"),
+            format!("'{code}'"),
+        ),
+        Rows::Source(SourceScan::Lookup) if sqlite && walked => (
+            " INDEXED BY sp_string_lookup".to_string(),
+            bind(binds, Bind::Text(code)),
+        ),
+        _ => (String::new(), bind(binds, Bind::Text(code))),
     };
     // A probe's rows are one resource's (its key): the type adds nothing but a clause for the
     // planner to weigh on every plan (subject+code pages: 5% less PostgreSQL time without).
-    let own = if by_key {
+    let own = if matches!(rows, Rows::ByKey) {
         String::new()
     } else {
         format!("{x}.resource_type = {own_type} AND ")
@@ -993,8 +1072,8 @@ fn index_rows(
 /// way, so it keeps the id sets where a search walks the resource table; where a search starts
 /// from one condition's index rows it probes too (`SearchRequest::write_from`). Index tables
 /// are `ehr.*` on PostgreSQL, `ehr_*` on SQLite.
-/// String parameters whose rows `sp_string_name_walk` keeps in id order (PostgreSQL; its
-/// partial index predicate names the same codes).
+/// String parameters whose rows the name walk indexes keep in id order (their partial index
+/// conditions name the same codes).
 const WALKED_NAMES: &[&str] = &["name", "family", "given"];
 
 fn probes_by_key(prefix: &str) -> bool {

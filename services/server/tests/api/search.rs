@@ -17,6 +17,7 @@ on_both_backends!(
     compartment_search_stays_inside_the_patient_compartment,
     updates_and_deletes_replace_what_searches_find,
     sorted_pages_keep_their_place_while_others_write,
+    a_common_name_pages_through_all_its_patients_once,
 );
 
 async fn load(app: &TestApp) {
@@ -733,4 +734,47 @@ async fn updates_and_deletes_replace_what_searches_find(app: TestApp) {
     );
     assert_eq!(found("bach").await, none);
     assert_eq!(found("cao").await, one);
+}
+
+/// A name common enough that its pages walk the name rows in id order (SQLite decides by
+/// counting the prefix's rows, at 400 and more): every patient once, in id order, also those
+/// with two matching names.
+async fn a_common_name_pages_through_all_its_patients_once(app: TestApp) {
+    let entries: Vec<Value> = (0..450)
+        .map(|i| {
+            let id = format!("w-{i:03}");
+            let given = if i % 2 == 0 { "Lâm" } else { "Hà" };
+            json!({"request": {"method": "PUT", "url": format!("Patient/{id}")},
+                "resource": {"resourceType": "Patient", "id": id,
+                    "name": [{"family": "Lâm", "given": [given]}]}})
+        })
+        .collect();
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
+    let response = app
+        .request(reqwest::Method::POST, "/fhir")
+        .header("content-type", "application/fhir+json")
+        .body(bundle.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let rare = json!({"resourceType": "Patient", "id": "w-rare", "name": [{"family": "Lâmbert"}]});
+    assert_eq!(
+        app.put("/fhir/Patient/w-rare", &rare).await.status(),
+        StatusCode::CREATED
+    );
+    let mut all: Vec<String> = (0..450).map(|i| format!("w-{i:03}")).collect();
+    all.push("w-rare".into());
+    for query in [
+        "Patient?name=lam&_count=50",
+        "Patient?family=LAM&_count=64",
+        "Patient?name=l%C3%A2m&_count=450",
+    ] {
+        assert_eq!(all_pages(&app, query).await, all, "{query}");
+    }
+    let given: Vec<String> = (0..450).step_by(2).map(|i| format!("w-{i:03}")).collect();
+    assert_eq!(all_pages(&app, "Patient?given=lam&_count=40").await, given);
+    assert_eq!(all_pages(&app, "Patient?name=lambert").await, ["w-rare"]);
+    let counted = search(&app, "Patient?name=lam&_total=accurate&_count=1").await;
+    assert_eq!(counted["total"], 451);
 }
