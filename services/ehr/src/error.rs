@@ -262,15 +262,7 @@ impl From<EhrError> for ApiError {
             // Every connection busy for the whole acquire timeout: overload, not a fault.
             E::Database(sqlx::Error::PoolTimedOut) => {
                 tracing::warn!("database pool exhausted; answering 503");
-                ApiError::new(
-                    S::SERVICE_UNAVAILABLE,
-                    IssueCode::Transient,
-                    "the server is busy; retry shortly",
-                )
-                .header(
-                    http::header::RETRY_AFTER,
-                    http::HeaderValue::from_static("2"),
-                )
+                retry_later("the server is busy; retry shortly", "2")
             }
             // The connection to the database broke (a network cut; PostgreSQL shutting down,
             // restarted or terminating the backend: class 57P): that connection leaves the
@@ -280,15 +272,7 @@ impl From<EhrError> for ApiError {
                     || matches!(&e, sqlx::Error::Database(d) if d.code().is_some_and(|c| c.starts_with("57P"))) =>
             {
                 tracing::warn!(error = %describe(&e), "database connection lost; answering 503");
-                ApiError::new(
-                    S::SERVICE_UNAVAILABLE,
-                    IssueCode::Transient,
-                    "the database connection was lost; retry the request",
-                )
-                .header(
-                    http::header::RETRY_AFTER,
-                    http::HeaderValue::from_static("1"),
-                )
+                retry_later("the database connection was lost; retry the request", "1")
             }
             // A read stopped at the statement timeout: PostgreSQL's query_canceled, SQLite's
             // SQLITE_INTERRUPT (its progress handler, see `Database::sqlite_bounded_read`).
@@ -305,6 +289,19 @@ impl From<EhrError> for ApiError {
             E::Database(e) => ApiError::internal(&describe(&e)),
         }
     }
+}
+
+/// 503 with `Retry-After: seconds`: a passing condition, not a fault of the request.
+fn retry_later(message: &str, seconds: &'static str) -> ApiError {
+    ApiError::new(
+        http::StatusCode::SERVICE_UNAVAILABLE,
+        IssueCode::Transient,
+        message.to_string(),
+    )
+    .header(
+        http::header::RETRY_AFTER,
+        http::HeaderValue::from_static(seconds),
+    )
 }
 
 /// "a" or "an" before a resource type name.

@@ -358,12 +358,7 @@ impl SearchRequest {
     /// walks; below it the page reads the range. `None` for other pages.
     pub fn name_source_probe(&self, prefix: &str, cap: usize) -> Option<(String, Vec<Bind>)> {
         let i = self.source_condition(false)?;
-        let Condition::Param {
-            param,
-            modifier,
-            values,
-        } = &self.conditions[i]
-        else {
+        let Condition::Param { param, .. } = &self.conditions[i] else {
             return None;
         };
         if param.kind != ParamType::String || probes_by_key(prefix) {
@@ -371,6 +366,33 @@ impl SearchRequest {
         }
         let mut binds = vec![Bind::Text(self.resource_type.as_str().to_string())];
         let mut rows = String::new();
+        self.write_source_rows(i, prefix, SourceScan::Lookup, &mut rows, &mut binds)
+            .ok()?;
+        Some((
+            format!("SELECT COUNT(*) FROM (SELECT 1 {rows} LIMIT {cap})"),
+            binds,
+        ))
+    }
+
+    /// `FROM <index table> r WHERE …`: condition `i`'s index rows as the rows a search starts
+    /// from, read as `scan` says (`$1` is the type). False, writing nothing, when condition `i`
+    /// has no index rows of its own.
+    fn write_source_rows(
+        &self,
+        i: usize,
+        prefix: &str,
+        scan: SourceScan,
+        sql: &mut String,
+        binds: &mut Vec<Bind>,
+    ) -> Result<bool, EhrError> {
+        let Condition::Param {
+            param,
+            modifier,
+            values,
+        } = &self.conditions[i]
+        else {
+            return Ok(false);
+        };
         index_rows(
             param,
             modifier.as_deref(),
@@ -378,15 +400,11 @@ impl SearchRequest {
             "$1",
             prefix,
             "r",
-            Rows::Source(SourceScan::Lookup),
-            &mut rows,
-            &mut binds,
-        )
-        .ok()?;
-        Some((
-            format!("SELECT COUNT(*) FROM (SELECT 1 {rows} LIMIT {cap})"),
+            Rows::Source(scan),
+            sql,
             binds,
-        ))
+        )?;
+        Ok(true)
     }
 
     /// `FROM <table> r WHERE …`: the rows a search starts from — the index rows of condition
@@ -402,25 +420,14 @@ impl SearchRequest {
         sql: &mut String,
         binds: &mut Vec<Bind>,
     ) -> Result<(), EhrError> {
-        match source.map(|i| &self.conditions[i]) {
-            Some(Condition::Param {
-                param,
-                modifier,
-                values,
-            }) => index_rows(
-                param,
-                modifier.as_deref(),
-                values,
-                "$1",
-                prefix,
-                "r",
-                Rows::Source(scan),
-                sql,
-                binds,
-            )?,
-            _ => sql.push_str(&format!(
+        let from_index = match source {
+            Some(i) => self.write_source_rows(i, prefix, scan, sql, binds)?,
+            None => false,
+        };
+        if !from_index {
+            sql.push_str(&format!(
                 "FROM {table} r WHERE r.resource_type = $1 AND r.deleted = 0"
-            )),
+            ));
         }
         // Few rows come from a source (a page stops early): the other conditions probe each
         // one by key, on SQLite too, which otherwise builds every condition's id set.
