@@ -3,18 +3,26 @@
 //! Both sit behind `sqlx::Any` so a service writes its queries once. SQLite gets two pools:
 //! a single-connection writer (SQLite allows one writer at a time; queueing in the pool is
 //! cheaper than retrying `SQLITE_BUSY`) and a read-only pool for concurrent readers in WAL
-//! mode. On PostgreSQL both handles are the same pool.
+//! mode. PostgreSQL gets a writer pool and a reader pool whose sessions plan every statement
+//! for its values and stop at the statement timeout.
 //!
-//! Reads that may run long (searches) have a time limit on both engines: PostgreSQL's reader
-//! pool sets `statement_timeout`; SQLite has no such setting, so searches there take a
-//! connection from a third, native pool ([`Database::sqlite_bounded_read`]) whose statements
-//! SQLite itself interrupts past the deadline (a progress handler). A query cut short either
-//! way fails at once and frees its connection; the caller answers "too costly".
+//! Searches have their own connections on both engines, with a time limit: on PostgreSQL
+//! [`Database::pg_search_read`] (the reader settings, outside sqlx's pool: see `readers`);
+//! SQLite has no statement timeout, so searches there take a connection from a native pool
+//! ([`Database::sqlite_bounded_read`]) whose statements SQLite itself interrupts past the
+//! deadline (a progress handler). A query cut short either way fails at once and frees its
+//! connection; the caller answers "too costly".
+
+mod readers;
 
 use std::{
     str::FromStr,
+    sync::Arc,
     time::{Duration, Instant},
 };
+
+pub use readers::Reader;
+use readers::Readers;
 
 use sqlx::{
     AnyPool, Executor,
@@ -68,6 +76,8 @@ pub struct Database {
     reader: AnyPool,
     /// SQLite only: read-only connections for searches, bounded by `bound`.
     bounded: Option<SqlitePool>,
+    /// PostgreSQL only: connections for searches, outside sqlx's pool (see `readers`).
+    searches: Option<Arc<Readers>>,
     bound: Duration,
 }
 
@@ -116,35 +126,7 @@ impl Database {
                             Ok(true)
                         })
                     });
-                // Set once per connection (no cost per query). JIT compilation and parallel
-                // workers are off: the first costs tens of milliseconds on queries the planner
-                // merely guesses to be large, the second only moves work between the same two
-                // cores when many requests run at once.
-                let mut setup =
-                    String::from("SET jit = off; SET max_parallel_workers_per_gather = 0");
-                if reads {
-                    // Every search is planned for its values: search data is skewed (one LOINC
-                    // code covers a tenth of the observations, one patient ten of them), and the
-                    // generic plan PostgreSQL picks for a prepared statement after five
-                    // executions assumes average values — at 1M resources a patient's
-                    // observations of one code went from 0.6 ms to 77 ms. Not on the writer:
-                    // re-planning its multi-row inserts on every execution cost a fifth of the
-                    // ingest rate. Planning is then most of a simple search's cost, and a
-                    // third of it went to merge joins, which no search plan chose: costing
-                    // one reads the actual ends of the key indexes (get_actual_variable_range)
-                    // every time. A count over 100k+ matches takes a hash join instead
-                    // (1M observations, one code: 220 -> 380 ms). Reads also get a statement
-                    // timeout: a search too costly is cancelled and its connection returned.
-                    setup.push_str(
-                        "; SET plan_cache_mode = force_custom_plan; SET enable_mergejoin = off",
-                    );
-                    if settings.statement_timeout_ms > 0 {
-                        setup.push_str(&format!(
-                            "; SET statement_timeout = {}",
-                            settings.statement_timeout_ms
-                        ));
-                    }
-                }
+                let setup = pg_session_setup(reads, settings.statement_timeout_ms);
                 pool = pool.after_connect(move |conn, _| {
                     let setup = setup.clone();
                     Box::pin(async move {
@@ -167,6 +149,13 @@ impl Database {
                 reader,
                 bounded: None,
                 bound: Duration::ZERO,
+                searches: Some(Arc::new(Readers::new(
+                    options,
+                    pg_session_setup(true, settings.statement_timeout_ms),
+                    settings.max_connections,
+                    Duration::from_secs(10),
+                    PING_WHEN_IDLE,
+                ))),
             })
         } else if let Some(path) = url.strip_prefix("sqlite://") {
             let path = path.split('?').next().unwrap_or(path);
@@ -192,6 +181,7 @@ impl Database {
                 reader,
                 bounded: Some(bounded),
                 bound: Duration::from_millis(settings.statement_timeout_ms),
+                searches: None,
             })
         } else {
             Err(DbError::Scheme)
@@ -233,6 +223,16 @@ impl Database {
         Ok(Some(conn))
     }
 
+    /// PostgreSQL: a connection for one search statement (statement timeout set), returned
+    /// for reuse by [`Reader::done`] once the statement completed, closed otherwise. `None`
+    /// on SQLite (see [`Database::sqlite_bounded_read`]).
+    pub async fn pg_search_read(&self) -> Result<Option<Reader<'_>>, sqlx::Error> {
+        match &self.searches {
+            Some(readers) => readers.acquire().await.map(Some),
+            None => Ok(None),
+        }
+    }
+
     /// A trivial round trip, for readiness.
     pub async fn ping(&self) -> Result<(), sqlx::Error> {
         sqlx::query("SELECT 1")
@@ -244,7 +244,13 @@ impl Database {
     /// Connections (open, idle) across the pools, for the pool gauges.
     pub fn pool_usage(&self) -> (u32, usize) {
         match self.backend {
-            Backend::Postgres => (self.writer.size(), self.writer.num_idle()),
+            Backend::Postgres => {
+                let (open, idle) = self.searches.as_ref().map_or((0, 0), |s| s.usage());
+                (
+                    self.writer.size() + self.reader.size() + open,
+                    self.writer.num_idle() + self.reader.num_idle() + idle,
+                )
+            }
             Backend::Sqlite => (
                 self.writer.size() + self.reader.size(),
                 self.writer.num_idle() + self.reader.num_idle(),
@@ -259,7 +265,41 @@ impl Database {
         if let Some(bounded) = &self.bounded {
             bounded.close().await;
         }
+        if let Some(searches) = &self.searches {
+            searches.close().await;
+        }
     }
+}
+
+/// The session settings of a PostgreSQL connection, for reads or for writes.
+fn pg_session_setup(reads: bool, statement_timeout_ms: u64) -> String {
+    // Set once per connection (no cost per query). JIT compilation and parallel
+    // workers are off: the first costs tens of milliseconds on queries the planner
+    // merely guesses to be large, the second only moves work between the same two
+    // cores when many requests run at once.
+    let mut setup = String::from("SET jit = off; SET max_parallel_workers_per_gather = 0");
+    if reads {
+        // Every search is planned for its values: search data is skewed (one LOINC
+        // code covers a tenth of the observations, one patient ten of them), and the
+        // generic plan PostgreSQL picks for a prepared statement after five
+        // executions assumes average values — at 1M resources a patient's
+        // observations of one code went from 0.6 ms to 77 ms. Not on the writer:
+        // re-planning its multi-row inserts on every execution cost a fifth of the
+        // ingest rate. Planning is then most of a simple search's cost, and a
+        // third of it went to merge joins, which no search plan chose: costing
+        // one reads the actual ends of the key indexes (get_actual_variable_range)
+        // every time. A count over 100k+ matches takes a hash join instead
+        // (1M observations, one code: 220 -> 380 ms). Reads also get a statement
+        // timeout: a search too costly is cancelled and its connection returned.
+        setup.push_str("; SET plan_cache_mode = force_custom_plan; SET enable_mergejoin = off");
+        if statement_timeout_ms > 0 {
+            setup.push_str(&format!(
+                "; SET statement_timeout = {}",
+                statement_timeout_ms
+            ));
+        }
+    }
+    setup
 }
 
 /// The PRAGMAs every SQLite connection starts with.

@@ -245,10 +245,20 @@ impl ResourceStore {
                 .await?;
             return Ok(row.try_get(0)?);
         }
+        let mut reader = self.pg_reader().await?;
         let row = bind_all(sqlx::query(&sql), &binds)
-            .fetch_one(self.db.reader())
+            .fetch_one(reader.conn())
             .await?;
+        reader.done();
         Ok(row.try_get(0)?)
+    }
+
+    /// A PostgreSQL search connection (the backend has been checked not to be SQLite).
+    async fn pg_reader(&self) -> Result<sen_platform::db::Reader<'_>, EhrError> {
+        self.db
+            .pg_search_read()
+            .await?
+            .ok_or_else(|| EhrError::Database(sqlx::Error::PoolClosed))
     }
 
     /// A total for `_total=estimate`: on PostgreSQL the planner's estimate of the matches
@@ -260,9 +270,12 @@ impl ResourceStore {
         }
         let (sql, binds) = request.count_sql(self.sql.index_prefix, &self.resource_table())?;
         let explain = format!("EXPLAIN {sql}");
-        let lines = bind_all(sqlx::query(&explain), &binds)
-            .fetch_all(self.db.reader())
-            .await?
+        let mut reader = self.pg_reader().await?;
+        let rows = bind_all(sqlx::query(&explain), &binds)
+            .fetch_all(reader.conn())
+            .await?;
+        reader.done();
+        let lines = rows
             .iter()
             .map(|row| row.try_get::<String, _>(0))
             .collect::<Result<Vec<_>, _>>()?;
@@ -362,7 +375,7 @@ impl ResourceStore {
     }
 
     /// (type, id, content) rows of a search statement, read under the statement timeout
-    /// (SQLite's bounded connections; PostgreSQL's reader pool).
+    /// (SQLite's bounded connections; PostgreSQL's search connections).
     async fn fetch_page(
         &self,
         sql: &str,
@@ -375,9 +388,11 @@ impl ResourceStore {
                 .await?;
             return page_rows(&rows, kinds);
         }
+        let mut reader = self.pg_reader().await?;
         let rows = bind_all(sqlx::query(sql), binds)
-            .fetch_all(self.db.reader())
+            .fetch_all(reader.conn())
             .await?;
+        reader.done();
         page_rows(&rows, kinds)
     }
 
