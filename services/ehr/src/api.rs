@@ -949,6 +949,13 @@ async fn search_within(
             })?,
         ),
         // `_page_offset` was the link of sorted pages before they kept their place.
+        (_, Some(_)) => {
+            return Err(EhrError::BadParameter {
+                name: "_page_offset",
+                message: "pages by offset are no longer served; start the search again".into(),
+            }
+            .into());
+        }
         _ => {
             return Err(EhrError::BadParameter {
                 name: "_page_token",

@@ -513,6 +513,19 @@ async fn sorted_pages_keep_their_place_while_others_write(app: TestApp) {
     ] {
         let response = app.get(&format!("/fhir/{query}")).await;
         assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{query}");
+        let outcome: Value = response.json().await.unwrap();
+        let named = if query.contains("_page_offset") {
+            "_page_offset"
+        } else {
+            "_page_token"
+        };
+        assert!(
+            outcome["issue"][0]["diagnostics"]
+                .as_str()
+                .unwrap()
+                .starts_with(named),
+            "{query}: {outcome}"
+        );
     }
 }
 
