@@ -267,11 +267,15 @@ impl ResourceStore {
 
     /// The current version (possibly a deletion), or `None` if the resource never existed.
     pub async fn read(&self, rt: ResourceType, id: &str) -> Result<Option<Version>, EhrError> {
-        let row = sqlx::query(&self.sql.read)
-            .bind(rt.as_str())
-            .bind(id)
-            .fetch_optional(self.db.reader())
-            .await?;
+        let query = sqlx::query(&self.sql.read).bind(rt.as_str()).bind(id);
+        let row = match self.db.pg_read().await? {
+            Some(mut reader) => {
+                let row = query.fetch_optional(reader.conn()).await?;
+                reader.done();
+                row
+            }
+            None => query.fetch_optional(self.db.reader()).await?,
+        };
         Ok(row.map(|r| version_from_row(&r, 0)).transpose()?)
     }
 
@@ -281,12 +285,18 @@ impl ResourceStore {
         id: &str,
         version: i64,
     ) -> Result<Option<Version>, EhrError> {
-        let row = sqlx::query(&self.sql.vread)
+        let query = sqlx::query(&self.sql.vread)
             .bind(rt.as_str())
             .bind(id)
-            .bind(version)
-            .fetch_optional(self.db.reader())
-            .await?;
+            .bind(version);
+        let row = match self.db.pg_read().await? {
+            Some(mut reader) => {
+                let row = query.fetch_optional(reader.conn()).await?;
+                reader.done();
+                row
+            }
+            None => query.fetch_optional(self.db.reader()).await?,
+        };
         Ok(row.map(|r| version_from_row(&r, 0)).transpose()?)
     }
 

@@ -7,7 +7,8 @@
 //! for its values and stop at the statement timeout.
 //!
 //! Searches have their own connections on both engines, with a time limit: on PostgreSQL
-//! [`Database::pg_search_read`] (the reader settings, outside sqlx's pool: see `readers`);
+//! [`Database::pg_read`] (the reader settings, outside sqlx's pool: see `readers`; reads by
+//! id use them too);
 //! SQLite has no statement timeout, so searches there take a connection from a native pool
 //! ([`Database::sqlite_bounded_read`]) whose statements SQLite itself interrupts past the
 //! deadline (a progress handler). A query cut short either way fails at once and frees its
@@ -223,10 +224,10 @@ impl Database {
         Ok(Some(conn))
     }
 
-    /// PostgreSQL: a connection for one search statement (statement timeout set), returned
-    /// for reuse by [`Reader::done`] once the statement completed, closed otherwise. `None`
-    /// on SQLite (see [`Database::sqlite_bounded_read`]).
-    pub async fn pg_search_read(&self) -> Result<Option<Reader<'_>>, sqlx::Error> {
+    /// PostgreSQL: a connection for one read statement — a search, a read by id (statement
+    /// timeout set) — returned for reuse by [`Reader::done`] once the statement completed,
+    /// closed otherwise. `None` on SQLite (see [`Database::sqlite_bounded_read`]).
+    pub async fn pg_read(&self) -> Result<Option<Reader<'_>>, sqlx::Error> {
         match &self.searches {
             Some(readers) => readers.acquire().await.map(Some),
             None => Ok(None),

@@ -256,7 +256,7 @@ impl ResourceStore {
     /// A PostgreSQL search connection (the backend has been checked not to be SQLite).
     async fn pg_reader(&self) -> Result<sen_platform::db::Reader<'_>, EhrError> {
         self.db
-            .pg_search_read()
+            .pg_read()
             .await?
             .ok_or_else(|| EhrError::Database(sqlx::Error::PoolClosed))
     }
