@@ -267,16 +267,26 @@ impl ResourceStore {
 
     /// The current version (possibly a deletion), or `None` if the resource never existed.
     pub async fn read(&self, rt: ResourceType, id: &str) -> Result<Option<Version>, EhrError> {
-        let query = sqlx::query(&self.sql.read).bind(rt.as_str()).bind(id);
-        let row = match self.db.pg_read().await? {
+        let row = self
+            .read_row(sqlx::query(&self.sql.read).bind(rt.as_str()).bind(id))
+            .await?;
+        Ok(row.map(|r| version_from_row(&r, 0)).transpose()?)
+    }
+
+    /// The row, if any, of a short read statement: on PostgreSQL through the read connections
+    /// (no ping per use, see `sen_platform::db::Reader`), on SQLite through the reader pool.
+    async fn read_row<'q>(
+        &self,
+        query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    ) -> Result<Option<sqlx::any::AnyRow>, EhrError> {
+        match self.db.pg_read().await? {
             Some(mut reader) => {
                 let row = query.fetch_optional(reader.conn()).await?;
                 reader.done();
-                row
+                Ok(row)
             }
-            None => query.fetch_optional(self.db.reader()).await?,
-        };
-        Ok(row.map(|r| version_from_row(&r, 0)).transpose()?)
+            None => Ok(query.fetch_optional(self.db.reader()).await?),
+        }
     }
 
     pub async fn vread(
@@ -285,18 +295,14 @@ impl ResourceStore {
         id: &str,
         version: i64,
     ) -> Result<Option<Version>, EhrError> {
-        let query = sqlx::query(&self.sql.vread)
-            .bind(rt.as_str())
-            .bind(id)
-            .bind(version);
-        let row = match self.db.pg_read().await? {
-            Some(mut reader) => {
-                let row = query.fetch_optional(reader.conn()).await?;
-                reader.done();
-                row
-            }
-            None => query.fetch_optional(self.db.reader()).await?,
-        };
+        let row = self
+            .read_row(
+                sqlx::query(&self.sql.vread)
+                    .bind(rt.as_str())
+                    .bind(id)
+                    .bind(version),
+            )
+            .await?;
         Ok(row.map(|r| version_from_row(&r, 0)).transpose()?)
     }
 

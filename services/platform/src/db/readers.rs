@@ -148,6 +148,14 @@ mod tests {
             .get(0)
     }
 
+    async fn statement_timeout(reader: &mut Reader<'_>) -> String {
+        sqlx::query("SHOW statement_timeout")
+            .fetch_one(reader.conn())
+            .await
+            .unwrap()
+            .get(0)
+    }
+
     /// A connection comes back only after `done`; one abandoned mid-statement (a cancelled
     /// request) is closed, and the next reader gets a fresh session with the setup applied.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -165,12 +173,7 @@ mod tests {
         );
         let mut reader = readers.acquire().await.unwrap();
         let first = backend_pid(&mut reader).await;
-        let timeout: String = sqlx::query("SHOW statement_timeout")
-            .fetch_one(reader.conn())
-            .await
-            .unwrap()
-            .get(0);
-        assert_eq!(timeout, "4321ms");
+        assert_eq!(statement_timeout(&mut reader).await, "4321ms");
         reader.done();
         let mut reader = readers.acquire().await.unwrap();
         assert_eq!(backend_pid(&mut reader).await, first, "reused after done");
@@ -198,12 +201,7 @@ mod tests {
         drop(reader);
         let mut reader = readers.acquire().await.unwrap();
         assert_ne!(backend_pid(&mut reader).await, first, "a fresh connection");
-        let timeout: String = sqlx::query("SHOW statement_timeout")
-            .fetch_one(reader.conn())
-            .await
-            .unwrap()
-            .get(0);
-        assert_eq!(timeout, "4321ms");
+        assert_eq!(statement_timeout(&mut reader).await, "4321ms");
         reader.done();
         readers.close().await;
         assert!(matches!(
