@@ -75,11 +75,12 @@ pub struct Database {
     backend: Backend,
     writer: AnyPool,
     reader: AnyPool,
-    /// SQLite only: read-only connections for searches, bounded by `bound`.
-    bounded: Option<SqlitePool>,
-    /// PostgreSQL only: connections for searches, outside sqlx's pool (see `readers`).
+    /// SQLite only: read-only connections for searches, and how long a statement may run
+    /// on them (zero: no limit).
+    bounded: Option<(SqlitePool, Duration)>,
+    /// PostgreSQL only: connections for searches and reads by id, outside sqlx's pool (see
+    /// `readers`).
     searches: Option<Arc<Readers>>,
-    bound: Duration,
 }
 
 /// Pool options that matter outside this module.
@@ -149,7 +150,6 @@ impl Database {
                 writer,
                 reader,
                 bounded: None,
-                bound: Duration::ZERO,
                 searches: Some(Arc::new(Readers::new(
                     options,
                     pg_session_setup(true, settings.statement_timeout_ms),
@@ -180,8 +180,10 @@ impl Database {
                 backend: Backend::Sqlite,
                 writer,
                 reader,
-                bounded: Some(bounded),
-                bound: Duration::from_millis(settings.statement_timeout_ms),
+                bounded: Some((
+                    bounded,
+                    Duration::from_millis(settings.statement_timeout_ms),
+                )),
                 searches: None,
             })
         } else {
@@ -205,16 +207,16 @@ impl Database {
 
     /// SQLite: a read-only connection on which SQLite interrupts any statement still running
     /// when the statement timeout has passed since this call (the statement then fails with
-    /// `SQLITE_INTERRUPT`, code 9). `None` on PostgreSQL, whose reader pool is bounded by
-    /// its own `statement_timeout`. The deadline is set on every acquire, so a connection
-    /// from this pool never runs under a stale one.
+    /// `SQLITE_INTERRUPT`, code 9). `None` on PostgreSQL, whose read sessions have their own
+    /// `statement_timeout` (see [`Database::pg_read`]). The deadline is set on every acquire,
+    /// so a connection from this pool never runs under a stale one.
     pub async fn sqlite_bounded_read(&self) -> Result<Option<PoolConnection<Sqlite>>, sqlx::Error> {
-        let Some(pool) = &self.bounded else {
+        let Some((pool, bound)) = &self.bounded else {
             return Ok(None);
         };
         let mut conn = pool.acquire().await?;
-        if !self.bound.is_zero() {
-            let deadline = Instant::now() + self.bound;
+        if !bound.is_zero() {
+            let deadline = Instant::now() + *bound;
             // Called every ~1,000 virtual-machine steps (microseconds); answering false
             // interrupts the statement.
             conn.lock_handle()
@@ -252,10 +254,16 @@ impl Database {
                     self.writer.num_idle() + self.reader.num_idle() + idle,
                 )
             }
-            Backend::Sqlite => (
-                self.writer.size() + self.reader.size(),
-                self.writer.num_idle() + self.reader.num_idle(),
-            ),
+            Backend::Sqlite => {
+                let (open, idle) = self
+                    .bounded
+                    .as_ref()
+                    .map_or((0, 0), |(pool, _)| (pool.size(), pool.num_idle()));
+                (
+                    self.writer.size() + self.reader.size() + open,
+                    self.writer.num_idle() + self.reader.num_idle() + idle,
+                )
+            }
         }
     }
 
@@ -263,7 +271,7 @@ impl Database {
     pub async fn close(&self) {
         self.writer.close().await;
         self.reader.close().await;
-        if let Some(bounded) = &self.bounded {
+        if let Some((bounded, _)) = &self.bounded {
             bounded.close().await;
         }
         if let Some(searches) = &self.searches {

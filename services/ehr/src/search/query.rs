@@ -295,8 +295,8 @@ impl SearchRequest {
     /// a name prefix (`name`, `family`, `given`): partial indexes hold those rows in id order
     /// with their folded value (`sp_string_name_walk` on PostgreSQL, one per code on SQLite),
     /// so a common name's page walks and stops while a rare one takes the lookup range
-    /// (migrations 5 and 6; see [`SourceScan`]). None when a condition or sort key needs the resource row itself
-    /// (`_lastUpdated`) or, for pages, when sorting.
+    /// (migrations 5 and 6; see [`SourceScan`]). None when a condition or sort key needs the
+    /// resource row itself (`_lastUpdated`) or, for pages, when sorting.
     pub fn source_condition(&self, for_count: bool) -> Option<usize> {
         let row_time = |c: &Condition| matches!(c, Condition::Param { param, .. } if param.code == "_lastUpdated");
         if self.conditions.iter().any(row_time) || (!for_count && !self.sort.is_empty()) {
@@ -475,42 +475,30 @@ impl SearchRequest {
         self.sort
             .iter()
             .map(|key| {
-                let (expression, kind) = match (&key.column, &key.param) {
-                    (Some(column), _) => (
-                        format!("r.{column}"),
-                        if *column == "id" {
-                            SortKind::Text
-                        } else {
-                            SortKind::Int
-                        },
-                    ),
+                let expression = match (&key.column, &key.param) {
+                    (Some(column), _) => format!("r.{column}"),
                     (None, Some(param)) => {
-                        let (table, column, kind) = match param.kind {
-                            ParamType::String => ("sp_string", "folded", SortKind::Text),
-                            ParamType::Date if key.descending => ("sp_date", "high", SortKind::Int),
-                            ParamType::Date => ("sp_date", "low", SortKind::Int),
-                            ParamType::Number | ParamType::Quantity => {
-                                ("sp_number", "value", SortKind::Float)
-                            }
-                            ParamType::Reference => ("sp_reference", "target_id", SortKind::Text),
-                            ParamType::Uri => ("sp_uri", "value", SortKind::Text),
-                            _ => ("sp_token", "value", SortKind::Text),
+                        let (table, column) = match param.kind {
+                            ParamType::String => ("sp_string", "folded"),
+                            ParamType::Date if key.descending => ("sp_date", "high"),
+                            ParamType::Date => ("sp_date", "low"),
+                            ParamType::Number | ParamType::Quantity => ("sp_number", "value"),
+                            ParamType::Reference => ("sp_reference", "target_id"),
+                            ParamType::Uri => ("sp_uri", "value"),
+                            _ => ("sp_token", "value"),
                         };
                         let aggregate = if key.descending { "MAX" } else { "MIN" };
                         let code = bind(binds, Bind::Text(param.code.clone()));
-                        (
-                            format!(
-                                "(SELECT {aggregate}(s.{column}) FROM {prefix}{table} s WHERE s.rid = r.rid AND s.code = {code})"
-                            ),
-                            kind,
+                        format!(
+                            "(SELECT {aggregate}(s.{column}) FROM {prefix}{table} s WHERE s.rid = r.rid AND s.code = {code})"
                         )
                     }
-                    (None, None) => ("r.id".to_string(), SortKind::Text),
+                    (None, None) => "r.id".to_string(),
                 };
                 SortColumn {
                     expression,
                     descending: key.descending,
-                    kind,
+                    kind: key.kind(),
                 }
             })
             .collect()
@@ -518,10 +506,24 @@ impl SearchRequest {
 
     /// The value kinds of the sort keys (what a sorted page's position carries).
     pub fn sort_kinds(&self) -> Vec<SortKind> {
-        self.order_by("", &mut Vec::new())
-            .into_iter()
-            .map(|c| c.kind)
-            .collect()
+        self.sort.iter().map(SortKey::kind).collect()
+    }
+}
+
+impl SortKey {
+    /// What the key's values are in SQL: the column `order_by` sorts on holds text
+    /// (strings, tokens, references, uris, ids), integers (dates, `_lastUpdated`, in
+    /// microseconds or milliseconds) or floats (numbers, quantities).
+    fn kind(&self) -> SortKind {
+        match (self.column, &self.param) {
+            (Some("id"), _) | (None, None) => SortKind::Text,
+            (Some(_), _) => SortKind::Int,
+            (None, Some(param)) => match param.kind {
+                ParamType::Date => SortKind::Int,
+                ParamType::Number | ParamType::Quantity => SortKind::Float,
+                _ => SortKind::Text,
+            },
+        }
     }
 }
 

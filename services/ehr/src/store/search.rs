@@ -222,13 +222,7 @@ impl ResourceStore {
         let Some((sql, binds)) = request.name_source_probe(self.sql.index_prefix, WALK_FROM) else {
             return Ok(SourceScan::Planner);
         };
-        let Some(mut conn) = self.db.sqlite_bounded_read().await? else {
-            return Ok(SourceScan::Planner);
-        };
-        let common: i64 = bind_all(sqlx::query(&sql), &binds)
-            .fetch_one(&mut *conn)
-            .await?
-            .try_get(0)?;
+        let common = self.read_count(&sql, &binds).await?;
         Ok(if common as usize >= WALK_FROM {
             SourceScan::Walk
         } else {
@@ -239,14 +233,20 @@ impl ResourceStore {
     /// How many resources match.
     pub async fn search_count(&self, request: &SearchRequest) -> Result<i64, EhrError> {
         let (sql, binds) = request.count_sql(self.sql.index_prefix, &self.resource_table())?;
+        self.read_count(&sql, &binds).await
+    }
+
+    /// The one integer a counting statement answers, read under the statement timeout (as
+    /// [`Self::fetch_page`]).
+    async fn read_count(&self, sql: &str, binds: &[Bind]) -> Result<i64, EhrError> {
         if let Some(mut conn) = self.db.sqlite_bounded_read().await? {
-            let row = bind_all(sqlx::query(&sql), &binds)
+            let row = bind_all(sqlx::query(sql), binds)
                 .fetch_one(&mut *conn)
                 .await?;
             return Ok(row.try_get(0)?);
         }
         let mut reader = self.pg_reader().await?;
-        let row = bind_all(sqlx::query(&sql), &binds)
+        let row = bind_all(sqlx::query(sql), binds)
             .fetch_one(reader.conn())
             .await?;
         reader.done();
