@@ -2,14 +2,15 @@
 each search returned as one JSON object. fhirpy builds the query strings itself and follows
 the server's `next` links (fetch_all), so this checks Sen's search as a real client uses it.
 
-    python searches.py http://127.0.0.1:PORT/fhir
+    SEN_TOKEN=<bearer token> python searches.py http://127.0.0.1:PORT/fhir
 """
 import json
+import os
 import sys
 
 from fhirpy import SyncFHIRClient
 
-client = SyncFHIRClient(sys.argv[1])
+client = SyncFHIRClient(sys.argv[1], authorization=f"Bearer {os.environ['SEN_TOKEN']}")
 
 
 def ids(search):

@@ -4,14 +4,14 @@
 use std::sync::Arc;
 
 use axum::{
-    Router,
+    Extension, Router,
     body::Bytes,
     extract::{Path, RawQuery, State},
     response::{IntoResponse, Response},
     routing::get,
 };
 use http::{HeaderMap, HeaderValue, StatusCode, header};
-use sen_platform::{ApiError, OperationOutcome, OutcomeIssue};
+use sen_platform::{ApiError, OperationOutcome, OutcomeIssue, auth::Auth};
 
 use crate::{
     Ehr,
@@ -28,17 +28,21 @@ use crate::{
     store::{Created, Deleted, Found, HistoryScope, PageStart, Version},
 };
 
+mod access;
 mod operations;
+
+use access::OwnRecords;
 
 /// Media type of every FHIR response.
 pub const FHIR_JSON_R4: &str = "application/fhir+json; charset=utf-8; fhirVersion=4.0";
 
 type Result<T, E = ApiError> = std::result::Result<T, E>;
 
-pub fn router(ehr: Arc<Ehr>) -> Router {
-    Router::new()
+/// The routes under `/fhir`: the CapabilityStatement for anyone, everything else for a valid
+/// token (`auth`) whose role and scopes allow the request (see [`access`]).
+pub fn router(ehr: Arc<Ehr>, auth: Arc<Auth>) -> Router {
+    let protected = Router::new()
         .route("/fhir", axum::routing::post(bundle_post))
-        .route("/fhir/metadata", get(metadata))
         .route("/fhir/_history", get(history_system))
         .route("/fhir/$reindex", get(reindex_status).post(reindex_start))
         .route(
@@ -69,7 +73,19 @@ pub fn router(ehr: Arc<Ehr>) -> Router {
         .route("/fhir/{type}/{id}/_history", get(history_instance))
         .route("/fhir/{type}/{id}/{member}", get(compartment_search))
         .route("/fhir/{type}/{id}/_history/{vid}", get(vread))
+        .route_layer(axum::middleware::from_fn_with_state(
+            ehr.clone(),
+            access::authorize,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
+            auth,
+            sen_platform::auth::require_token,
+        ))
+        .with_state(ehr.clone());
+    Router::new()
+        .route("/fhir/metadata", get(metadata))
         .with_state(ehr)
+        .merge(protected)
 }
 
 /// Query parameters in order, decoded.
@@ -814,10 +830,11 @@ async fn search(
     State(ehr): State<Arc<Ehr>>,
     Path(type_name): Path<String>,
     RawQuery(query): RawQuery,
+    own: Option<Extension<OwnRecords>>,
     headers: HeaderMap,
 ) -> Result<Response> {
     let rt = resource_type(&ehr, &type_name)?;
-    search_answer(&ehr, rt, params(query), &headers).await
+    search_answer(&ehr, rt, params(query), &headers, own).await
 }
 
 /// `POST /fhir/$reindex[?_type=Type]`: starts rebuilding the search index in the background;
@@ -881,6 +898,7 @@ async fn search_post(
     State(ehr): State<Arc<Ehr>>,
     Path(type_name): Path<String>,
     RawQuery(query): RawQuery,
+    own: Option<Extension<OwnRecords>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response> {
@@ -898,7 +916,7 @@ async fn search_post(
     }
     let mut all = params(query);
     all.extend(form_urlencoded::parse(&body).into_owned());
-    search_answer(&ehr, rt, all, &headers).await
+    search_answer(&ehr, rt, all, &headers, own).await
 }
 
 /// Whether the client asked for strict handling of unknown search parameters.
@@ -911,13 +929,24 @@ fn strict_handling(headers: &HeaderMap) -> bool {
         .any(|p| p.trim() == "handling=strict")
 }
 
+/// A search of `rt`; for a patient (`own`), of its own records only: its Patient resource,
+/// or the members of its compartment.
 async fn search_answer(
     ehr: &Ehr,
     rt: ResourceType,
-    params: Vec<(String, String)>,
+    mut params: Vec<(String, String)>,
     headers: &HeaderMap,
+    own: Option<Extension<OwnRecords>>,
 ) -> Result<Response> {
-    search_within(ehr, rt, params, headers, None).await
+    let compartment = match own {
+        Some(Extension(OwnRecords(patient))) if rt.as_str() == "Patient" => {
+            params.push(("_id".into(), patient));
+            None
+        }
+        Some(Extension(OwnRecords(patient))) => Some((resource_type(ehr, "Patient")?, patient)),
+        None => None,
+    };
+    search_within(ehr, rt, params, headers, compartment).await
 }
 
 /// A search, inside a compartment when one is given.

@@ -195,7 +195,9 @@ impl Ehr {
         Ok(problems)
     }
 
-    pub fn router(self: &Arc<Self>) -> axum::Router {
-        api::router(self.clone())
+    /// The service's routes; every one but the CapabilityStatement requires a token `auth`
+    /// accepts.
+    pub fn router(self: &Arc<Self>, auth: Arc<sen_platform::auth::Auth>) -> axum::Router {
+        api::router(self.clone(), auth)
     }
 }

@@ -19,6 +19,7 @@ pub struct Config {
     pub redis: RedisConfig,
     pub telemetry: TelemetryConfig,
     pub fhir: FhirConfig,
+    pub auth: AuthConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -157,6 +158,38 @@ impl Default for FhirConfig {
             max_bundle_entries: 1000,
             profile_dir: None,
             required_profiles: Default::default(),
+        }
+    }
+}
+
+/// Who may call the API: bearer JWTs from trusted issuers (see `sen_platform::auth`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// The `aud` every token must carry (for an OpenID provider: the client id or API
+    /// identifier it issues tokens for).
+    pub audience: String,
+    /// Trust the key Sen creates in its data directory on first start, under the issuer
+    /// `embedded_issuer`; `sen token` signs with it. Turn off where an OpenID provider issues
+    /// every token (and with several server processes, which would each create their own key).
+    pub embedded: bool,
+    /// The `iss` of tokens signed with the embedded key.
+    pub embedded_issuer: String,
+    /// External issuers: `iss` → the URL of its JWKS document (e.g. Keycloak's
+    /// `https://idp/realms/city/protocol/openid-connect/certs`).
+    pub issuers: std::collections::BTreeMap<String, String>,
+    /// Tolerated difference between our clock and the issuer's for `exp` and `nbf`.
+    pub clock_skew_secs: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            audience: "sen".into(),
+            embedded: true,
+            embedded_issuer: "urn:sen:embedded".into(),
+            issuers: Default::default(),
+            clock_skew_secs: 60,
         }
     }
 }
@@ -308,6 +341,14 @@ const ENV_KEYS: &[(&str, &str, Kind)] = &[
         "SEN_FHIR_REQUIRED_PROFILES",
         "fhir.required_profiles",
         Kind::Map,
+    ),
+    ("SEN_AUTH_AUDIENCE", "auth.audience", Kind::Str),
+    ("SEN_AUTH_EMBEDDED", "auth.embedded", Kind::Bool),
+    ("SEN_AUTH_ISSUERS", "auth.issuers", Kind::Map),
+    (
+        "SEN_AUTH_CLOCK_SKEW_SECS",
+        "auth.clock_skew_secs",
+        Kind::Int,
     ),
 ];
 

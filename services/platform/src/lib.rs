@@ -5,6 +5,7 @@
 //! one code path), the key-value store (Redis or memory), health endpoints, the HTTP layer stack
 //! and graceful shutdown. Services build on it and never on each other.
 
+pub mod auth;
 pub mod config;
 pub mod db;
 pub mod error;

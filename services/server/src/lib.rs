@@ -11,6 +11,7 @@ use anyhow::Context;
 use axum::Router;
 use sen_platform::{
     Backend, Config, Database,
+    auth::Auth,
     http::{HttpLimits, layered, metrics_router},
     kv::{self, KeyValueStore},
     migrate::{self, Migration},
@@ -91,6 +92,7 @@ pub async fn migrate_all(
 /// The composed application, ready to serve.
 pub struct App {
     pub router: Router,
+    pub auth: Arc<Auth>,
     pub db: Database,
     pub kv: Arc<dyn KeyValueStore>,
 }
@@ -136,7 +138,8 @@ pub async fn build(
         .await
         .context("key-value store")?;
 
-    let mut router = Router::new();
+    let auth = Arc::new(Auth::from_config(config).context("auth")?);
+    let mut router = auth.router();
     for service in services {
         router = match service {
             ServiceName::Ehr => {
@@ -146,7 +149,7 @@ pub async fn build(
                     config.server.public_url.clone(),
                 )
                 .context("FHIR profiles")?;
-                router.merge(ehr.router())
+                router.merge(ehr.router(auth.clone()))
             }
         };
     }
@@ -165,6 +168,7 @@ pub async fn build(
     };
     Ok(App {
         router: layered(router, &limits),
+        auth,
         db,
         kv,
     })

@@ -10,7 +10,11 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use sen_platform::{Config, Database, shutdown, telemetry};
+use sen_platform::{
+    Config, Database,
+    auth::{Auth, Role, TokenRequest},
+    shutdown, telemetry,
+};
 use sen_server::{ServiceName, build, migrate_all, parse_services};
 
 /// Sen: telehealth and electronic health records (HL7 FHIR R4) for the Cao Lãnh area.
@@ -54,6 +58,63 @@ enum Command {
     },
     /// Print the effective configuration as TOML, with passwords redacted.
     Config,
+    /// Print a bearer token signed with the embedded key (created in the data directory when
+    /// missing), for calling the API: `curl -H "Authorization: Bearer $(sen token --role
+    /// system)" http://127.0.0.1:8080/fhir/Patient`.
+    Token {
+        /// patient, practitioner, clinic-admin, ops-viewer or system.
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+        /// The patient the token is for (required for --role patient): Patient/ID or ID.
+        #[arg(long, value_name = "Patient/ID")]
+        patient: Option<String>,
+        /// The practitioner the user is: Practitioner/ID or ID.
+        #[arg(long, value_name = "Practitioner/ID")]
+        practitioner: Option<String>,
+        /// SMART scopes, space-separated (default: the role's usual scopes, e.g.
+        /// `system/*.cruds` for system, `patient/*.rs` for patient).
+        #[arg(long)]
+        scope: Option<String>,
+        /// How long the token is valid: 90s, 30m, 1h, 7d.
+        #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+        ttl: u64,
+        /// The token's subject (default: the patient, the practitioner or `sen-cli-<role>`).
+        #[arg(long)]
+        subject: Option<String>,
+    },
+}
+
+fn parse_role(name: &str) -> Result<Role, String> {
+    Role::parse(name).ok_or_else(|| {
+        let known: Vec<&str> = Role::ALL.iter().map(|r| r.as_str()).collect();
+        format!("unknown role {name:?}; known roles: {}", known.join(", "))
+    })
+}
+
+/// `90s`, `30m`, `1h`, `7d` (or plain seconds) as seconds; at most 30 days.
+fn parse_ttl(text: &str) -> Result<u64, String> {
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let unit = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => {
+            return Err(format!(
+                "{text:?}: use a number with s, m, h or d (e.g. 1h)"
+            ));
+        }
+    };
+    let seconds = number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit))
+        .filter(|s| (1..=30 * 86_400).contains(s))
+        .ok_or_else(|| format!("{text:?}: between 1 second and 30 days"))?;
+    Ok(seconds)
 }
 
 fn main() -> std::process::ExitCode {
@@ -88,6 +149,26 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
     match command {
         Command::Config => {
             print!("{}", config.to_redacted_toml());
+            Ok(())
+        }
+        Command::Token {
+            role,
+            patient,
+            practitioner,
+            scope,
+            ttl,
+            subject,
+        } => {
+            let auth = Auth::from_config(&config)?;
+            let token = auth.mint(&TokenRequest {
+                role,
+                subject,
+                patient,
+                practitioner,
+                scope,
+                ttl_secs: ttl,
+            })?;
+            println!("{token}");
             Ok(())
         }
         Command::Migrate { services } => {

@@ -18,7 +18,7 @@ use std::{
 
 use serde_json::{Value, json};
 
-use crate::support::{Sen, Store};
+use crate::support::{self, Sen, Store};
 
 const PACKAGE: &str = "hl7.fhir.r4.examples@4.0.1";
 
@@ -310,7 +310,7 @@ pub async fn every_r4_resource_survives_put_and_transaction(store: Store, bundle
         examples.len(),
         types.len()
     );
-    let http = reqwest::Client::new();
+    let http = support::http();
     let env = [
         ("SEN_BODY_LIMIT_BYTES", "100000000"),
         ("SEN_FHIR_MAX_BUNDLE_ENTRIES", "1000"),

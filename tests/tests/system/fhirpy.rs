@@ -9,7 +9,7 @@ use std::{path::PathBuf, process::Command};
 
 use serde_json::{Value, json};
 
-use crate::support::{Sen, Store};
+use crate::support::{self, Sen, Store};
 
 const FHIRPY: &str = "fhirpy==2.3.1";
 
@@ -55,7 +55,7 @@ fn python() -> Option<PathBuf> {
 pub async fn fhirpy_finds_what_the_rules_say(store: Store) {
     let Some(python) = python() else { return };
     let sen = Sen::start(&store.url());
-    let http = reqwest::Client::new();
+    let http = support::http();
     let cccd = "http://fhir.ehealth.gov.vn/core/sid/national_id";
     let patient = |id: &str, family: &str, given: &str, gender: &str, birth: &str, n: &str| {
         json!({"resourceType": "Patient", "id": id, "identifier": [{"system": cccd, "value": n}],
@@ -122,6 +122,7 @@ pub async fn fhirpy_finds_what_the_rules_say(store: Store) {
     let output = Command::new(&python)
         .arg(script)
         .arg(sen.fhir())
+        .env("SEN_TOKEN", support::system_token())
         .output()
         .expect("python runs");
     assert!(

@@ -71,8 +71,19 @@ on_both_backends!(
 
 async fn the_fhir_sdk_client_creates_reads_updates_searches_and_deletes(store: Store) {
     let sen = Sen::start(&store.url());
+    // No token up front: the server's 401 makes the client log in (its auth callback) and
+    // retry, as a SMART client does.
+    let logins = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = logins.clone();
     let client: Client<FhirR4B> = Client::builder()
         .base_url(format!("{}/", sen.fhir()).parse().unwrap())
+        .auth_callback(move |_http: fhir_sdk::HttpClient| {
+            let counted = counted.clone();
+            async move {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                fhir_sdk::HeaderValue::from_str(&format!("Bearer {}", support::system_token()))
+            }
+        })
         .build()
         .unwrap();
 
@@ -155,7 +166,14 @@ async fn the_fhir_sdk_client_creates_reads_updates_searches_and_deletes(store: S
     );
 
     // Error bodies are OperationOutcomes that fhir-sdk's own model parses.
-    let raw = reqwest::get(format!("{}/Patient/{id}", sen.fhir()))
+    assert_eq!(
+        logins.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the client logged in once, after the server's first 401, and kept its token"
+    );
+    let raw = support::http()
+        .get(format!("{}/Patient/{id}", sen.fhir()))
+        .send()
         .await
         .unwrap();
     assert_eq!(raw.status(), 410);
@@ -170,7 +188,7 @@ async fn every_acknowledged_create_survives_a_sigkill(store: Store) {
     let fhir = sen.fhir();
     // Writers report every create the server acknowledged (201 with a body).
     let (acked_tx, mut acked_rx) = tokio::sync::mpsc::unbounded_channel::<(String, String)>();
-    let http = reqwest::Client::new();
+    let http = support::http();
     let mut writers = Vec::new();
     for writer in 0..8 {
         let (http, fhir, acked_tx) = (http.clone(), fhir.clone(), acked_tx.clone());

@@ -35,6 +35,54 @@ pub fn sen_binary() -> PathBuf {
     .clone()
 }
 
+/// The data directory every test server shares for its embedded signing key, so that one
+/// system token serves them all (restarts included).
+pub fn keys_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("sen-system-test-keys")
+}
+
+/// `sen token` with `args`, run against [`keys_dir`].
+pub fn token(args: &[&str]) -> String {
+    let output = Command::new(sen_binary())
+        .arg("token")
+        .args(args)
+        .env("SEN_DATA_DIR", keys_dir())
+        .output()
+        .expect("run sen token");
+    assert!(
+        output.status.success(),
+        "sen token failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout)
+        .expect("UTF-8")
+        .trim()
+        .to_string()
+}
+
+/// A `system` token (every SMART scope) that the test servers accept.
+pub fn system_token() -> String {
+    static TOKEN: OnceLock<String> = OnceLock::new();
+    TOKEN
+        .get_or_init(|| token(&["--role", "system", "--ttl", "1d"]))
+        .clone()
+}
+
+/// An HTTP client that sends [`system_token`] with every request.
+pub fn http() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {}", system_token())
+            .parse()
+            .expect("header value"),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("client")
+}
+
 /// Where a test's server keeps its data.
 pub enum Store {
     Sqlite(tempfile::TempDir),
@@ -86,6 +134,7 @@ impl Sen {
             .args(extra)
             .envs(env.iter().copied())
             .env("DATABASE_URL", database_url)
+            .env("SEN_DATA_DIR", keys_dir())
             .env("SEN_LOG", "warn")
             .env_remove("REDIS_URL")
             .stdout(Stdio::piped())

@@ -22,6 +22,7 @@ macro_rules! on_both_backends {
     )*};
 }
 
+mod access;
 mod bundles;
 mod crud;
 mod errors;

@@ -4,7 +4,12 @@
 
 use std::time::Duration;
 
-use sen_platform::{Config, Database, config::Secret, testing::TestDatabase};
+use sen_platform::{
+    Config, Database,
+    auth::{Role, TokenRequest},
+    config::Secret,
+    testing::TestDatabase,
+};
 use serde_json::Value;
 use sqlx::Row;
 
@@ -13,12 +18,15 @@ pub const BODY_LIMIT: usize = 256 * 1024;
 
 pub struct TestApp {
     pub base: String,
+    /// Sends a `system` token with every request (every SMART scope).
     pub client: reqwest::Client,
+    pub auth: std::sync::Arc<sen_platform::auth::Auth>,
     pub db: Database,
     pub redis: bool,
     history_table: &'static str,
     resource_table: &'static str,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
+    _keys: tempfile::TempDir,
     _dir: Option<tempfile::TempDir>,
     _pg: Option<TestDatabase>,
 }
@@ -54,6 +62,9 @@ impl TestApp {
     ) -> Self {
         let mut config = Config::default();
         config.database.url = Some(Secret::new(url));
+        // The embedded signing key lives in the data directory: one per test app.
+        let keys = tempfile::tempdir().expect("temp dir for keys");
+        config.database.data_dir = keys.path().to_path_buf();
         config.database.max_connections = 8;
         config.server.body_limit_bytes = BODY_LIMIT;
         config.telemetry.log_filter = "warn".into();
@@ -82,9 +93,15 @@ impl TestApp {
             sen_platform::Backend::Postgres => ("ehr.resource_history", "ehr.resource"),
             sen_platform::Backend::Sqlite => ("ehr_resource_history", "ehr_resource"),
         };
+        let system = app
+            .auth
+            .mint(&token_request(Role::System, None))
+            .expect("system token");
         TestApp {
             base: format!("http://{address}"),
-            client: reqwest::Client::new(),
+            client: client_with(&system),
+            auth: app.auth,
+            _keys: keys,
             db: app.db,
             redis: redis_url.is_some(),
             history_table,
@@ -93,6 +110,29 @@ impl TestApp {
             _dir: dir,
             _pg: pg,
         }
+    }
+
+    /// A token of `role` signed with the app's embedded key, with `scope` (or the role's
+    /// default scopes).
+    pub fn token(&self, role: Role, patient: Option<&str>, scope: Option<&str>) -> String {
+        let mut request = token_request(role, patient);
+        request.scope = scope.map(str::to_string);
+        self.auth.mint(&request).expect("token")
+    }
+
+    /// A request with no token at all.
+    pub fn anonymous(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        reqwest::Client::new().request(method, format!("{}{path}", self.base))
+    }
+
+    /// A request with `token` instead of the system token.
+    pub fn request_as(
+        &self,
+        token: &str,
+        method: reqwest::Method,
+        path: &str,
+    ) -> reqwest::RequestBuilder {
+        self.anonymous(method, path).bearer_auth(token)
     }
 
     pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
@@ -185,4 +225,28 @@ impl Drop for TestApp {
             let _ = stop.send(());
         }
     }
+}
+
+fn token_request(role: Role, patient: Option<&str>) -> TokenRequest {
+    TokenRequest {
+        role,
+        subject: None,
+        patient: patient.map(str::to_string),
+        practitioner: None,
+        scope: None,
+        ttl_secs: 3600,
+    }
+}
+
+/// A client that sends `token` with every request.
+pub fn client_with(token: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().expect("header value"),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("client")
 }

@@ -1,0 +1,442 @@
+//! Who may do what under `/fhir`: every request but the CapabilityStatement carries a valid
+//! token (`sen_platform::auth::require_token` runs first), and this middleware decides from
+//! the token's role and SMART scopes before any handler runs.
+//!
+//! - `system` clients act by their `system/` scopes: each request needs the scope of its
+//!   interaction on its resource type. Requests that reach other types than the one in the
+//!   URL — Bundles, system history, `_include`, `_revinclude`, `_has` and chained parameters —
+//!   need the scope on every type (`*`), since what they bring back is only known after the
+//!   search. `$reindex` needs `system/*` update.
+//! - `patient` tokens read (and search) their own records only: the Patient resource they
+//!   name and the resources of its compartment (R4 CompartmentDefinition). A search becomes a
+//!   search inside the compartment; a read of anything else answers 404, as if it did not
+//!   exist. They write nothing yet, and cannot `_include` (what an include brings may lie
+//!   outside the compartment).
+//! - `ops-viewer` reads no record, ever: it sees aggregated indicators elsewhere.
+//! - `practitioner` and `clinic-admin` are refused until the organization rules (records of
+//!   the organizations where the practitioner holds a PractitionerRole) are enforced: a wider
+//!   grant than the rules say would show records to whoever should not see them.
+
+use std::sync::Arc;
+
+use axum::{
+    body::Body,
+    extract::{Request, State},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use http::Method;
+use sen_platform::{
+    ApiError,
+    auth::{Interaction, Principal, Role, forbidden},
+};
+
+use crate::{
+    Ehr,
+    definitions::ResourceType,
+    error::EhrError,
+    search::query::{SearchRequest, compartment_params},
+    store::PageStart,
+};
+
+/// What a request under `/fhir` does, as far as access goes.
+#[derive(Debug, PartialEq, Eq)]
+enum Target {
+    /// `POST /fhir`: a batch or transaction.
+    Bundle,
+    /// `GET /fhir/_history`.
+    SystemHistory,
+    /// `/fhir/$reindex`.
+    Reindex,
+    /// A request on a type: search (GET, POST `_search`), create, conditional writes, type
+    /// history, `$validate`.
+    Type {
+        rt: String,
+        needs: Vec<Interaction>,
+        search: bool,
+        history: bool,
+    },
+    /// A request on one resource: read, vread, instance history, update, patch, delete,
+    /// `$validate`.
+    Instance {
+        rt: String,
+        id: String,
+        interaction: Interaction,
+    },
+    /// `GET /fhir/{type}/{id}/{member}`: a compartment search.
+    Compartment {
+        rt: String,
+        id: String,
+        member: String,
+    },
+}
+
+fn classify(method: &Method, path: &str) -> Option<Target> {
+    use Interaction::*;
+    let segments: Vec<&str> = path
+        .strip_prefix("/fhir")?
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
+    let get = method == Method::GET;
+    Some(match segments.as_slice() {
+        [] if method == Method::POST => Target::Bundle,
+        ["_history"] => Target::SystemHistory,
+        ["$reindex"] => Target::Reindex,
+        [rt] => {
+            let (needs, search) = match *method {
+                Method::GET => (vec![Search], true),
+                Method::POST => (vec![Create], false),
+                // Conditional writes find their target by a search.
+                Method::PUT => (vec![Update, Create, Search], false),
+                Method::PATCH => (vec![Update, Search], false),
+                Method::DELETE => (vec![Delete, Search], false),
+                _ => return None,
+            };
+            Target::Type {
+                rt: rt.to_string(),
+                needs,
+                search,
+                history: false,
+            }
+        }
+        [rt, "_search"] => Target::Type {
+            rt: rt.to_string(),
+            needs: vec![Search],
+            search: true,
+            history: false,
+        },
+        [rt, "_history"] => Target::Type {
+            rt: rt.to_string(),
+            needs: vec![Search],
+            search: false,
+            history: true,
+        },
+        [rt, "$validate"] => Target::Type {
+            rt: rt.to_string(),
+            needs: vec![Create],
+            search: false,
+            history: false,
+        },
+        [rt, id] => Target::Instance {
+            rt: rt.to_string(),
+            id: id.to_string(),
+            interaction: match *method {
+                Method::GET => Read,
+                Method::PUT | Method::PATCH => Update,
+                Method::DELETE => Delete,
+                _ => return None,
+            },
+        },
+        [rt, id, "$validate"] => Target::Instance {
+            rt: rt.to_string(),
+            id: id.to_string(),
+            interaction: Update,
+        },
+        [rt, id, "_history"] | [rt, id, "_history", _] if get => Target::Instance {
+            rt: rt.to_string(),
+            id: id.to_string(),
+            interaction: Read,
+        },
+        [rt, id, member] if get => Target::Compartment {
+            rt: rt.to_string(),
+            id: id.to_string(),
+            member: member.to_string(),
+        },
+        _ => return None,
+    })
+}
+
+/// Whether search parameters reach other resource types than the one searched.
+fn reaches_other_types(params: &[(String, String)]) -> bool {
+    params.iter().any(|(key, _)| {
+        key.starts_with("_include")
+            || key.starts_with("_revinclude")
+            || key.starts_with("_has")
+            || key.contains('.')
+    })
+}
+
+/// The middleware: the request goes on (for patients, perhaps narrowed to their
+/// compartment) or is answered here.
+pub(super) async fn authorize(
+    State(ehr): State<Arc<Ehr>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(principal) = request.extensions().get::<Principal>().cloned() else {
+        return forbidden("no principal").into_response();
+    };
+    match decide(&ehr, &principal, request).await {
+        Ok(request) => next.run(request).await,
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn decide(ehr: &Ehr, principal: &Principal, request: Request) -> Result<Request, ApiError> {
+    let Some(target) = classify(request.method(), request.uri().path()) else {
+        // Not a FHIR interaction the router serves: it answers 404/405 itself.
+        return Ok(request);
+    };
+    match principal.role {
+        Role::System => {
+            let (request, params) = search_params(request, &target).await?;
+            system(principal, &target, &params)?;
+            Ok(request)
+        }
+        Role::Patient => patient(ehr, principal, target, request).await,
+        Role::OpsViewer => Err(forbidden(
+            "an ops-viewer token reads aggregated indicators only, never a health record",
+        )),
+        Role::Practitioner | Role::ClinicAdmin => Err(forbidden(format!(
+            "{} tokens cannot read records yet: the organization rules they need are not \
+             enforced in this version; use a system or patient token",
+            principal.role.as_str()
+        ))),
+    }
+}
+
+/// The search parameters of a search request: the query, and for `POST _search` the form
+/// body too (read here and handed on unchanged).
+async fn search_params(
+    request: Request,
+    target: &Target,
+) -> Result<(Request, Vec<(String, String)>), ApiError> {
+    let posted =
+        matches!(target, Target::Type { search: true, .. }) && request.method() == Method::POST;
+    request_params(request, posted).await
+}
+
+/// The query's parameters, and when `posted` those of the form body too.
+async fn request_params(
+    request: Request,
+    posted: bool,
+) -> Result<(Request, Vec<(String, String)>), ApiError> {
+    let mut params: Vec<(String, String)> = request
+        .uri()
+        .query()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default();
+    if !posted {
+        return Ok((request, params));
+    }
+    let (parts, body) = request.into_parts();
+    let bytes = axum::body::to_bytes(body, usize::MAX).await.map_err(|_| {
+        ApiError::bad_request(
+            sen_platform::IssueCode::TooLong,
+            "the search form is too large or could not be read",
+        )
+    })?;
+    params.extend(form_urlencoded::parse(&bytes).into_owned());
+    Ok((Request::from_parts(parts, Body::from(bytes)), params))
+}
+
+fn need(principal: &Principal, interaction: Interaction, rt: &str) -> Result<(), ApiError> {
+    if principal.scope_allows(interaction, rt) {
+        return Ok(());
+    }
+    let what = if rt == "*" { "every resource type" } else { rt };
+    Err(forbidden(format!(
+        "the token's scopes do not allow {} on {what}",
+        interaction.as_str()
+    )))
+}
+
+fn system(
+    principal: &Principal,
+    target: &Target,
+    params: &[(String, String)],
+) -> Result<(), ApiError> {
+    use Interaction::*;
+    match target {
+        Target::Bundle => [Create, Read, Update, Delete, Search]
+            .into_iter()
+            .try_for_each(|i| need(principal, i, "*")),
+        Target::SystemHistory => need(principal, Search, "*"),
+        Target::Reindex => need(principal, Update, "*"),
+        Target::Type {
+            rt, needs, search, ..
+        } => {
+            needs.iter().try_for_each(|i| need(principal, *i, rt))?;
+            if *search && reaches_other_types(params) {
+                need(principal, Search, "*")?;
+                need(principal, Read, "*")?;
+            }
+            Ok(())
+        }
+        Target::Instance {
+            rt, interaction, ..
+        } => need(principal, *interaction, rt),
+        Target::Compartment { rt, member, .. } => {
+            need(principal, Read, rt)?;
+            need(principal, Search, member)?;
+            if reaches_other_types(params) {
+                need(principal, Search, "*")?;
+                need(principal, Read, "*")?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// A patient's request: its own Patient resource and compartment, read-only.
+async fn patient(
+    ehr: &Ehr,
+    principal: &Principal,
+    target: Target,
+    request: Request,
+) -> Result<Request, ApiError> {
+    let own = principal.patient.clone().unwrap_or_default();
+    let read_only = || forbidden("a patient token reads records; it does not write them");
+    match target {
+        Target::Instance {
+            rt,
+            id,
+            interaction: Interaction::Read,
+        } => {
+            need(principal, Interaction::Read, &rt)?;
+            let Some(resource_type) = ehr.defs.resource_type(&rt) else {
+                return Ok(request);
+            };
+            if visible_to(ehr, resource_type, &id, &own).await? {
+                Ok(request)
+            } else {
+                Err(EhrError::NotFound {
+                    resource_type: resource_type.as_str(),
+                    id: id.chars().take(64).collect(),
+                }
+                .into())
+            }
+        }
+        Target::Type {
+            rt, search: true, ..
+        } => {
+            need(principal, Interaction::Search, &rt)?;
+            let posted = request.method() == Method::POST;
+            let (request, params) = request_params(request, posted).await?;
+            if reaches_other_types(&params) {
+                return Err(forbidden(
+                    "a patient token cannot use _include, _revinclude, _has or chained parameters yet",
+                ));
+            }
+            narrowed(request, &rt, &own)
+        }
+        Target::Compartment { rt, id, member } => {
+            need(principal, Interaction::Search, &member)?;
+            let (request, params) = request_params(request, false).await?;
+            if rt != "Patient" || id != own {
+                return Err(EhrError::NotFound {
+                    resource_type: "Patient",
+                    id: id.chars().take(64).collect(),
+                }
+                .into());
+            }
+            if reaches_other_types(&params) {
+                return Err(forbidden(
+                    "a patient token cannot use _include, _revinclude, _has or chained parameters yet",
+                ));
+            }
+            Ok(request)
+        }
+        Target::Instance { .. } | Target::Bundle => Err(read_only()),
+        Target::Type {
+            search: false,
+            history: false,
+            ..
+        } => Err(read_only()),
+        Target::Type { history: true, .. } | Target::SystemHistory | Target::Reindex => {
+            Err(forbidden(
+                "a patient token reads its records one by one or by search, not by history of a type",
+            ))
+        }
+    }
+}
+
+/// Whether `rt/id` is the patient's own Patient resource or a current member of its
+/// compartment (found by the same search a compartment search runs).
+async fn visible_to(
+    ehr: &Ehr,
+    rt: ResourceType,
+    id: &str,
+    patient: &str,
+) -> Result<bool, ApiError> {
+    if rt.as_str() == "Patient" && id == patient {
+        return Ok(true);
+    }
+    if compartment_params("Patient", rt.as_str()).is_none() {
+        return Ok(false);
+    }
+    let Some(patient_type) = ehr.defs.resource_type("Patient") else {
+        return Ok(false);
+    };
+    let mut search = SearchRequest::parse(rt, &[("_id".to_string(), id.to_string())], true)?;
+    search.in_compartment(patient_type, patient)?;
+    let page = ehr.store.search_page(&search, &PageStart::First, 1).await?;
+    Ok(!page.found.is_empty())
+}
+
+/// Marks a patient's search: the search handlers limit it to the patient's own records (its
+/// Patient resource, or its compartment's members), whatever the query asks. Routing has
+/// happened before this middleware runs, so the request itself cannot be redirected.
+#[derive(Debug, Clone)]
+pub(super) struct OwnRecords(pub String);
+
+/// A patient's search of `rt`, marked for the handler to narrow; types outside the Patient
+/// compartment are refused.
+fn narrowed(mut request: Request, rt: &str, own: &str) -> Result<Request, ApiError> {
+    if rt != "Patient" && compartment_params("Patient", rt).is_none() {
+        return Err(forbidden(format!(
+            "a patient token searches the records of its own compartment; {rt} is not in it"
+        )));
+    }
+    request.extensions_mut().insert(OwnRecords(own.to_string()));
+    Ok(request)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_classified_by_method_and_path() {
+        use Interaction::*;
+        assert_eq!(classify(&Method::POST, "/fhir"), Some(Target::Bundle));
+        assert_eq!(
+            classify(&Method::GET, "/fhir/Observation/1/_history/2"),
+            Some(Target::Instance {
+                rt: "Observation".into(),
+                id: "1".into(),
+                interaction: Read
+            })
+        );
+        assert_eq!(
+            classify(&Method::DELETE, "/fhir/Observation"),
+            Some(Target::Type {
+                rt: "Observation".into(),
+                needs: vec![Delete, Search],
+                search: false,
+                history: false
+            })
+        );
+        assert_eq!(
+            classify(&Method::GET, "/fhir/Patient/1/Observation"),
+            Some(Target::Compartment {
+                rt: "Patient".into(),
+                id: "1".into(),
+                member: "Observation".into()
+            })
+        );
+        assert_eq!(classify(&Method::GET, "/other"), None);
+    }
+
+    #[test]
+    fn includes_has_and_chains_reach_other_types() {
+        let p = |k: &str| vec![(k.to_string(), "x".to_string())];
+        assert!(reaches_other_types(&p("_include")));
+        assert!(reaches_other_types(&p("_revinclude:iterate")));
+        assert!(reaches_other_types(&p("_has:Observation:subject:code")));
+        assert!(reaches_other_types(&p("subject:Patient.name")));
+        assert!(!reaches_other_types(&p("code:not")));
+        assert!(!reaches_other_types(&p("_id")));
+    }
+}

@@ -1,0 +1,673 @@
+//! Tokens and access (issue 5): every FHIR endpoint but the CapabilityStatement needs a valid
+//! bearer token; forged, stale and misdirected tokens get 401 with a challenge; what a valid
+//! token may do follows its role and SMART scopes.
+//!
+//! The attack tests trust an external issuer whose JWKS document a small server in the test
+//! publishes (as Keycloak would), and sign their own tokens with its keys.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use reqwest::{Method, StatusCode};
+use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair};
+use sen_platform::auth::Role;
+use serde_json::{Value, json};
+
+use crate::{patient, support::TestApp};
+
+const ISSUER: &str = "https://idp.test/realms/cao-lanh";
+
+/// The test's OpenID provider: two keys (Ed25519 `ed-1`, P-256 `ec-1`) and a JWKS document
+/// served on 127.0.0.1, counting how often it is fetched.
+struct Provider {
+    ed: Vec<u8>,
+    ec: Vec<u8>,
+    ed_x: String,
+    url: String,
+    fetches: Arc<AtomicUsize>,
+}
+
+impl Provider {
+    async fn start() -> Self {
+        let rng = ring::rand::SystemRandom::new();
+        let ed = Ed25519KeyPair::generate_pkcs8(&rng)
+            .unwrap()
+            .as_ref()
+            .to_vec();
+        let ec = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+            .unwrap()
+            .as_ref()
+            .to_vec();
+        let ed_public = Ed25519KeyPair::from_pkcs8(&ed)
+            .unwrap()
+            .public_key()
+            .as_ref()
+            .to_vec();
+        let ec_public = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &ec, &rng)
+            .unwrap()
+            .public_key()
+            .as_ref()
+            .to_vec();
+        // An uncompressed P-256 point: 0x04, x (32 bytes), y (32 bytes).
+        let ed_x = URL_SAFE_NO_PAD.encode(&ed_public);
+        let document = json!({"keys": [
+            {"kty": "OKP", "crv": "Ed25519", "x": ed_x, "kid": "ed-1", "use": "sig", "alg": "EdDSA"},
+            {"kty": "EC", "crv": "P-256", "kid": "ec-1", "use": "sig",
+             "x": URL_SAFE_NO_PAD.encode(&ec_public[1..33]), "y": URL_SAFE_NO_PAD.encode(&ec_public[33..])},
+            // A symmetric key is never trusted, whatever a token says.
+            {"kty": "oct", "kid": "hs-1", "k": URL_SAFE_NO_PAD.encode(b"a shared secret")}
+        ]});
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let counted = fetches.clone();
+        let app = axum::Router::new().route(
+            "/certs",
+            axum::routing::get(move || {
+                let document = document.clone();
+                let counted = counted.clone();
+                async move {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    axum::Json(document)
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/certs", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Provider {
+            ed,
+            ec,
+            ed_x,
+            url,
+            fetches,
+        }
+    }
+
+    fn sign(&self, algorithm: Algorithm, kid: &str, claims: &Value) -> String {
+        let mut header = Header::new(algorithm);
+        header.kid = Some(kid.into());
+        let key = match algorithm {
+            Algorithm::EdDSA => EncodingKey::from_ed_der(&self.ed),
+            Algorithm::ES256 => EncodingKey::from_ec_der(&self.ec),
+            _ => unreachable!("the provider signs with EdDSA or ES256"),
+        };
+        jsonwebtoken::encode(&header, claims, &key).unwrap()
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Claims of a valid system token from the test's provider.
+fn claims() -> Value {
+    json!({"iss": ISSUER, "sub": "service-account-lab", "aud": "sen", "exp": now() + 600,
+           "iat": now(), "scope": "system/*.cruds", "realm_access": {"roles": ["system"]}})
+}
+
+fn with(mut claims: Value, key: &str, value: Value) -> Value {
+    claims[key] = value;
+    claims
+}
+
+/// An unsigned JWT of `header` and `claims` with `signature` appended.
+fn compact(header: &Value, claims: &Value, signature: &str) -> String {
+    format!(
+        "{}.{}.{signature}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    )
+}
+
+async fn app_trusting(provider: &Provider) -> TestApp {
+    let url = provider.url.clone();
+    TestApp::sqlite_with(move |config| {
+        config.auth.issuers.insert(ISSUER.into(), url);
+    })
+    .await
+}
+
+/// Every refused token: 401, an RFC 6750 challenge, an OperationOutcome that says why in
+/// general terms, and never the token itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_stale_and_misdirected_tokens_are_refused_with_a_challenge() {
+    let provider = Provider::start().await;
+    let app = app_trusting(&provider).await;
+    let path = "/fhir/Patient";
+
+    // Valid tokens of both algorithms pass (this also fetches the JWKS document once).
+    for (algorithm, kid) in [(Algorithm::EdDSA, "ed-1"), (Algorithm::ES256, "ec-1")] {
+        let token = provider.sign(algorithm, kid, &claims());
+        let response = app
+            .request_as(&token, Method::GET, path)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{algorithm:?}");
+    }
+    assert_eq!(provider.fetches.load(Ordering::SeqCst), 1);
+
+    let missing = app.anonymous(Method::GET, path).send().await.unwrap();
+    assert_eq!(missing.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        missing.headers()["www-authenticate"],
+        "Bearer realm=\"sen\"",
+        "no error code when no token was sent (RFC 6750 §3)"
+    );
+
+    let valid = provider.sign(Algorithm::EdDSA, "ed-1", &claims());
+    let (header, rest) = valid.split_once('.').unwrap();
+    let (_, signature) = rest.split_once('.').unwrap();
+    let hs256_with_public_key = {
+        let mut h = Header::new(Algorithm::HS256);
+        h.kid = Some("ed-1".into());
+        jsonwebtoken::encode(
+            &h,
+            &claims(),
+            &EncodingKey::from_secret(provider.ed_x.as_bytes()),
+        )
+        .unwrap()
+    };
+    let hs256_with_jwks_secret = {
+        let mut h = Header::new(Algorithm::HS256);
+        h.kid = Some("hs-1".into());
+        jsonwebtoken::encode(&h, &claims(), &EncodingKey::from_secret(b"a shared secret")).unwrap()
+    };
+    let ed = |claims: Value| provider.sign(Algorithm::EdDSA, "ed-1", &claims);
+    let without = |key: &str| {
+        let mut c = claims();
+        c.as_object_mut().unwrap().remove(key);
+        c
+    };
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("not a JWT", "abc".into(), "well-formed"),
+        (
+            "expired",
+            ed(with(claims(), "exp", json!(now() - 3600))),
+            "expired",
+        ),
+        (
+            "not yet valid",
+            ed(with(claims(), "nbf", json!(now() + 3600))),
+            "not valid yet",
+        ),
+        (
+            "issuer not trusted",
+            ed(with(claims(), "iss", json!("https://idp.evil/realms/x"))),
+            "issuer",
+        ),
+        (
+            "another audience",
+            ed(with(claims(), "aud", json!("another-api"))),
+            "audience",
+        ),
+        ("no expiry", ed(without("exp")), "well-formed"),
+        (
+            "alg none",
+            compact(&json!({"alg": "none", "typ": "JWT"}), &claims(), ""),
+            "well-formed",
+        ),
+        (
+            "HS256 keyed with the public key",
+            hs256_with_public_key,
+            "algorithm",
+        ),
+        (
+            "HS256 keyed with a JWKS secret",
+            hs256_with_jwks_secret,
+            "key",
+        ),
+        (
+            "ES256 header on the Ed25519 key",
+            format!(
+                "{}.{}",
+                URL_SAFE_NO_PAD.encode(json!({"alg": "ES256", "kid": "ed-1"}).to_string()),
+                rest
+            ),
+            "algorithm",
+        ),
+        (
+            "tampered payload",
+            format!(
+                "{header}.{}.{signature}",
+                URL_SAFE_NO_PAD.encode(with(claims(), "sub", json!("someone-else")).to_string())
+            ),
+            "signature",
+        ),
+        (
+            "unknown key id",
+            provider.sign(Algorithm::EdDSA, "ed-2", &claims()),
+            "key",
+        ),
+        ("no role", ed(without("realm_access")), "role"),
+    ];
+    for (case, token, says) in &cases {
+        let response = app
+            .request_as(token, Method::GET, path)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{case}");
+        let challenge = response.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            challenge.starts_with("Bearer realm=\"sen\", error=\"invalid_token\""),
+            "{case}: {challenge}"
+        );
+        let body = response.text().await.unwrap();
+        let outcome: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(outcome["resourceType"], "OperationOutcome", "{case}");
+        assert_eq!(outcome["issue"][0]["code"], "login", "{case}");
+        let diagnostics = outcome["issue"][0]["diagnostics"].as_str().unwrap();
+        assert!(diagnostics.contains(says), "{case}: {diagnostics}");
+        assert!(
+            !body.contains(token.as_str()) || token.len() < 8,
+            "{case}: token echoed"
+        );
+    }
+    // Made-up key ids do not make Sen fetch the provider's keys again and again.
+    assert_eq!(provider.fetches.load(Ordering::SeqCst), 1);
+
+    // Public: the CapabilityStatement and the .well-known documents.
+    let metadata = app
+        .anonymous(Method::GET, "/fhir/metadata")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(metadata.status(), StatusCode::OK);
+    let jwks: Value = app
+        .anonymous(Method::GET, "/.well-known/jwks.json")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(jwks["keys"][0]["kty"], "OKP");
+    assert_eq!(jwks["keys"][0]["alg"], "EdDSA");
+    assert!(jwks["keys"][0].get("d").is_none(), "no private part");
+    let smart: Value = app
+        .anonymous(Method::GET, "/.well-known/smart-configuration")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        smart["jwks_uri"]
+            .as_str()
+            .unwrap()
+            .ends_with("/.well-known/jwks.json")
+    );
+    assert_eq!(
+        smart["token_endpoint"],
+        format!("{ISSUER}/protocol/openid-connect/token")
+    );
+    assert!(
+        smart["capabilities"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("permission-v2"))
+    );
+}
+
+/// Scopes narrower than `*`: each interaction needs its letter on its type, and requests that
+/// reach other types need the scope on every type.
+async fn scopes_allow_exactly_the_interactions_and_types_they_name(app: TestApp) {
+    let (patient_id, _) = app.create(&patient("087090000001")).await;
+    let (observation_id, _) = app.create(&observation(&patient_id)).await;
+    let token = app.token(
+        Role::System,
+        None,
+        Some("system/Observation.rs system/Patient.read"),
+    );
+    let cases: Vec<(Method, String, Option<Value>, StatusCode)> = vec![
+        (
+            Method::GET,
+            format!("/fhir/Observation/{observation_id}"),
+            None,
+            StatusCode::OK,
+        ),
+        (
+            Method::GET,
+            format!("/fhir/Observation?subject=Patient/{patient_id}"),
+            None,
+            StatusCode::OK,
+        ),
+        (
+            Method::GET,
+            format!("/fhir/Patient/{patient_id}"),
+            None,
+            StatusCode::OK,
+        ),
+        (
+            Method::POST,
+            "/fhir/Observation".into(),
+            Some(observation(&patient_id)),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            Method::DELETE,
+            format!("/fhir/Observation/{observation_id}"),
+            None,
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            Method::GET,
+            "/fhir/Encounter".into(),
+            None,
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            Method::GET,
+            "/fhir/Observation?_include=Observation:subject".into(),
+            None,
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            Method::GET,
+            "/fhir/Observation?subject:Patient.name=nguyen".into(),
+            None,
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            Method::GET,
+            "/fhir/_history".into(),
+            None,
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            Method::POST,
+            "/fhir".into(),
+            Some(json!({"resourceType": "Bundle", "type": "batch", "entry": []})),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            Method::POST,
+            "/fhir/$reindex".into(),
+            None,
+            StatusCode::FORBIDDEN,
+        ),
+    ];
+    for (method, path, body, status) in cases {
+        let mut request = app.request_as(&token, method.clone(), &path);
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/fhir+json")
+                .body(body.to_string());
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), status, "{method} {path}");
+        if status == StatusCode::FORBIDDEN {
+            assert!(
+                response.headers()["www-authenticate"]
+                    .to_str()
+                    .unwrap()
+                    .contains("insufficient_scope")
+            );
+        }
+    }
+    // Nothing was written by the refused requests.
+    assert_eq!(app.resource_rows().await, 2);
+}
+
+fn observation(patient_id: &str) -> Value {
+    json!({"resourceType": "Observation", "status": "final",
+           "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+           "subject": {"reference": format!("Patient/{patient_id}")},
+           "effectiveDateTime": "2026-11-20T08:00:00+07:00",
+           "valueQuantity": {"value": 72, "unit": "/min", "system": "http://unitsofmeasure.org", "code": "/min"}})
+}
+
+/// A record of `rt` about the patient `patient_id`.
+fn record(rt: &str, patient_id: &str) -> Value {
+    let subject = json!({"reference": format!("Patient/{patient_id}")});
+    match rt {
+        "Patient" => patient("087090000009"),
+        "Observation" => observation(patient_id),
+        "Encounter" => json!({"resourceType": "Encounter", "status": "finished",
+            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+            "subject": subject}),
+        "Condition" => json!({"resourceType": "Condition", "subject": subject,
+            "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10", "code": "I10"}]}}),
+        _ => unreachable!(),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Act {
+    Read,
+    Search,
+    Create,
+    Update,
+    Delete,
+}
+
+/// The rules of issue 5 as far as this version enforces them, one line per role: what each
+/// interaction answers on the caller's own records and on another patient's.
+fn expected(role: Role, act: Act, own: bool) -> StatusCode {
+    use StatusCode as S;
+    match (role, act) {
+        // system: by its scopes (the default `system/*.cruds` allows everything).
+        (Role::System, Act::Create) => S::CREATED,
+        (Role::System, _) => S::OK,
+        // patient: reads and searches its own compartment; another's records do not exist
+        // for it (a read answers 404, a search finds nothing); it writes nothing.
+        (Role::Patient, Act::Search) => S::OK,
+        (Role::Patient, Act::Read) if own => S::OK,
+        (Role::Patient, Act::Read) => S::NOT_FOUND,
+        (Role::Patient, _) => S::FORBIDDEN,
+        // ops-viewer: never a record. practitioner, clinic-admin: not until organization rules.
+        (Role::OpsViewer | Role::Practitioner | Role::ClinicAdmin, _) => S::FORBIDDEN,
+    }
+}
+
+/// Roles × interactions × resource types × own or another patient's record: 200 cases, each
+/// on records made for it, checked against [`expected`].
+async fn the_authorization_matrix_follows_the_rules(app: TestApp) {
+    let (own, _) = app.create(&patient("087090000101")).await;
+    let (other, _) = app.create(&patient("087090000102")).await;
+    let mut cases = 0;
+    for role in Role::ALL {
+        let token = app.token(role, (role == Role::Patient).then_some(own.as_str()), None);
+        for rt in ["Patient", "Observation", "Encounter", "Condition"] {
+            for act in [
+                Act::Read,
+                Act::Search,
+                Act::Create,
+                Act::Update,
+                Act::Delete,
+            ] {
+                for mine in [true, false] {
+                    let owner = if mine { &own } else { &other };
+                    // The record the request is about: the patient itself (a fresh one where a
+                    // system token may change or delete it), or a new record of the patient.
+                    let (id, body) = if rt != "Patient" {
+                        let (id, body) = app.create(&record(rt, owner)).await;
+                        (id, Some(body))
+                    } else if role == Role::System && matches!(act, Act::Update | Act::Delete) {
+                        let (id, body) = app.create(&patient("087090000103")).await;
+                        (id, Some(body))
+                    } else {
+                        (owner.clone(), None)
+                    };
+                    let rows_before = app.resource_rows().await;
+                    let (method, path, send) = match act {
+                        Act::Read => (Method::GET, format!("/fhir/{rt}/{id}"), None),
+                        Act::Search if rt == "Patient" => {
+                            (Method::GET, format!("/fhir/Patient?_id={id}"), None)
+                        }
+                        Act::Search => (
+                            Method::GET,
+                            format!("/fhir/{rt}?subject=Patient/{owner}&_id={id}"),
+                            None,
+                        ),
+                        Act::Create => {
+                            (Method::POST, format!("/fhir/{rt}"), Some(record(rt, owner)))
+                        }
+                        Act::Update => {
+                            let current = match &body {
+                                Some(b) => b.clone(),
+                                None => app
+                                    .get(&format!("/fhir/Patient/{id}"))
+                                    .await
+                                    .json()
+                                    .await
+                                    .unwrap(),
+                            };
+                            (Method::PUT, format!("/fhir/{rt}/{id}"), Some(current))
+                        }
+                        Act::Delete => (Method::DELETE, format!("/fhir/{rt}/{id}"), None),
+                    };
+                    let mut request = app.request_as(&token, method.clone(), &path);
+                    if let Some(send) = send {
+                        request = request
+                            .header("content-type", "application/fhir+json")
+                            .body(send.to_string());
+                    }
+                    let response = request.send().await.unwrap();
+                    let status = response.status();
+                    let want = expected(role, act, mine);
+                    assert_eq!(
+                        status,
+                        want,
+                        "{} {act:?} {rt} own={mine}: {method} {path}",
+                        role.as_str()
+                    );
+                    let body: Value = response.json().await.unwrap_or(Value::Null);
+                    if act == Act::Search && status == StatusCode::OK {
+                        // A search finds the record it is about, except a patient's search for
+                        // another's records: that finds nothing.
+                        let ids: Vec<&str> = body["entry"]
+                            .as_array()
+                            .map(|e| {
+                                e.iter()
+                                    .filter_map(|x| x["resource"]["id"].as_str())
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        let visible = role == Role::System || mine;
+                        assert_eq!(
+                            ids.contains(&id.as_str()),
+                            visible,
+                            "{} search {rt} own={mine}: {ids:?}",
+                            role.as_str()
+                        );
+                    }
+                    if want.is_client_error() {
+                        assert_eq!(body["resourceType"], "OperationOutcome");
+                        assert_eq!(app.resource_rows().await, rows_before, "nothing written");
+                    }
+                    cases += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(cases, 200);
+}
+
+/// A patient's searches are narrowed to its compartment, whatever the query asks.
+async fn a_patient_token_finds_only_its_own_records(app: TestApp) {
+    let (own, _) = app.create(&patient("087090000201")).await;
+    let (other, _) = app.create(&patient("087090000202")).await;
+    let (mine, _) = app.create(&observation(&own)).await;
+    let (theirs, _) = app.create(&observation(&other)).await;
+    let token = app.token(Role::Patient, Some(&own), None);
+    let ids = |body: &Value| -> Vec<String> {
+        let mut ids: Vec<String> = body["entry"]
+            .as_array()
+            .map(|e| {
+                e.iter()
+                    .filter_map(|x| x["resource"]["id"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        ids.sort();
+        ids
+    };
+    for path in [
+        "/fhir/Observation".to_string(),
+        "/fhir/Observation?code=http://loinc.org|8867-4".to_string(),
+        format!("/fhir/Observation?subject=Patient/{other}"),
+        format!("/fhir/Observation?_id={mine},{theirs}"),
+    ] {
+        let body: Value = app
+            .request_as(&token, Method::GET, &path)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let found = ids(&body);
+        assert!(!found.contains(&theirs), "{path}: {found:?}");
+        if !path.contains(&other) {
+            assert_eq!(found, vec![mine.clone()], "{path}");
+        }
+    }
+    // POST _search too.
+    let body: Value = app
+        .request_as(&token, Method::POST, "/fhir/Observation/_search")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("_id={mine},{theirs}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ids(&body), vec![mine.clone()]);
+    let body: Value = app
+        .request_as(&token, Method::GET, "/fhir/Patient")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ids(&body), vec![own.clone()]);
+    // Reading another's record is as if it did not exist; includes are not served yet.
+    for (path, status) in [
+        (format!("/fhir/Observation/{theirs}"), StatusCode::NOT_FOUND),
+        (
+            format!("/fhir/Observation/{theirs}/_history/1"),
+            StatusCode::NOT_FOUND,
+        ),
+        (format!("/fhir/Patient/{other}"), StatusCode::NOT_FOUND),
+        (format!("/fhir/Observation/{mine}/_history"), StatusCode::OK),
+        (
+            "/fhir/Observation?_include=Observation:subject".to_string(),
+            StatusCode::FORBIDDEN,
+        ),
+        ("/fhir/Practitioner".to_string(), StatusCode::FORBIDDEN),
+        (
+            "/fhir/Observation/_history".to_string(),
+            StatusCode::FORBIDDEN,
+        ),
+    ] {
+        let response = app
+            .request_as(&token, Method::GET, &path)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), status, "{path}");
+    }
+}
+
+on_both_backends!(
+    scopes_allow_exactly_the_interactions_and_types_they_name,
+    the_authorization_matrix_follows_the_rules,
+    a_patient_token_finds_only_its_own_records,
+);
