@@ -66,7 +66,11 @@ for backend in $BACKENDS; do
       url="$db"
       ;;
   esac
-  DATABASE_URL="$url" SEN_LOG=warn "$SEN" serve --listen "127.0.0.1:$PORT" --migrate \
+  # The embedded signing key lives in the data directory; the load tools send a system token.
+  keys="$OUT/$backend-keys"
+  SEN_LOAD_TOKEN=$(SEN_DATA_DIR="$keys" "$SEN" token --role system --ttl 1d 2>/dev/null || true)
+  export SEN_LOAD_TOKEN
+  SEN_DATA_DIR="$keys" DATABASE_URL="$url" SEN_LOG=warn "$SEN" serve --listen "127.0.0.1:$PORT" --migrate \
     > "$OUT/$backend-server.log" 2>&1 &
   pid=$!
   for _ in $(seq 1 1200); do curl -sf "http://127.0.0.1:$PORT/health/ready" >/dev/null && break; sleep 0.1; done

@@ -46,7 +46,11 @@ for backend in $BACKENDS; do
       url="${PG_ADMIN%/*}/$name"
       ;;
   esac
-  DATABASE_URL="$url" SEN_LOG=warn "$SEN" serve --listen "127.0.0.1:$PORT" --migrate \
+  # The embedded signing key lives in the data directory; the load tools send a system token.
+  keys="$OUT/$backend-keys"
+  SEN_LOAD_TOKEN=$(SEN_DATA_DIR="$keys" "$SEN" token --role system --ttl 1d 2>/dev/null || true)
+  export SEN_LOAD_TOKEN
+  SEN_DATA_DIR="$keys" DATABASE_URL="$url" SEN_LOG=warn "$SEN" serve --listen "127.0.0.1:$PORT" --migrate \
     > "$OUT/$backend-server.log" 2>&1 &
   pid=$!
   if ! kill -0 "$pid" 2>/dev/null; then echo "sen did not start; see $OUT/$backend-server.log" >&2; exit 1; fi
@@ -61,7 +65,7 @@ for backend in $BACKENDS; do
   done
   if command -v wrk >/dev/null && [[ " $SCENARIOS " == *" read "* ]]; then
     echo "-- $backend read, wrk cross-check (1 thread, $USERS connections, one resource):"
-    wrk -t1 -c"$USERS" -d10s --latency "http://127.0.0.1:$PORT/fhir/Patient/load-1" | grep -E "Requests/sec| 50%| 99%"
+    wrk -t1 -c"$USERS" -d10s --latency -H "Authorization: Bearer $SEN_LOAD_TOKEN" "http://127.0.0.1:$PORT/fhir/Patient/load-1" | grep -E "Requests/sec| 50%| 99%"
   fi
   echo "== $backend: RSS after load $(( $(rss_kb $pid) / 1024 )) MB, peak $(( $(peak_kb $pid) / 1024 )) MB"
   kill -TERM "$pid"; wait "$pid" || true

@@ -102,6 +102,7 @@ async fn main() -> anyhow::Result<()> {
                 let response = client
                     .post(format!("{}/fhir", o.host))
                     .header("content-type", "application/fhir+json")
+                    .header("authorization", sen_loadtests::authorization())
                     .body(body)
                     .send()
                     .await?;

@@ -76,6 +76,7 @@ async fn send(
     let builder = user
         .get_request_builder(&method, path)?
         .header("content-type", "application/fhir+json")
+        .header("authorization", sen_loadtests::authorization())
         .body(body);
     let request = GooseRequest::builder()
         .method(method)
@@ -88,7 +89,14 @@ async fn send(
 }
 
 async fn get(user: &mut GooseUser, path: &str, name: &str) -> TransactionResult {
-    let request = GooseRequest::builder().path(path).name(name).build();
+    let builder = user
+        .get_request_builder(&GooseMethod::Get, path)?
+        .header("authorization", sen_loadtests::authorization());
+    let request = GooseRequest::builder()
+        .path(path)
+        .name(name)
+        .set_request_builder(builder)
+        .build();
     user.request(request).await?;
     Ok(())
 }
