@@ -277,6 +277,7 @@ pub struct Auth {
     embedded: Option<EmbeddedKey>,
     verifier: Verifier,
     verified: VerifiedTokens,
+    limiter: Option<Arc<crate::ratelimit::RateLimiter>>,
 }
 
 /// Tokens already verified, with their principal, until they expire. A client sends the same
@@ -350,7 +351,14 @@ impl Auth {
                 entries: Default::default(),
                 leeway: config.auth.clock_skew_secs,
             },
+            limiter: None,
         })
+    }
+
+    /// Counts each authenticated request against its client's rate limit.
+    pub fn with_limiter(mut self, limiter: Arc<crate::ratelimit::RateLimiter>) -> Self {
+        self.limiter = Some(limiter);
+        self
     }
 
     /// The principal of a bearer token (verified once, then remembered until it expires).
@@ -491,6 +499,13 @@ pub async fn require_token(
     };
     match auth.authenticate(token).await {
         Ok(principal) => {
+            if let Some(limiter) = &auth.limiter
+                && let Err(refused) = limiter
+                    .count_client(&principal.issuer, &principal.subject)
+                    .await
+            {
+                return refused.into_response();
+            }
             request.extensions_mut().insert(principal);
             next.run(request).await
         }

@@ -20,6 +20,7 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     pub fhir: FhirConfig,
     pub auth: AuthConfig,
+    pub rate_limit: RateLimitConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -190,6 +191,28 @@ impl Default for AuthConfig {
             embedded_issuer: "urn:sen:embedded".into(),
             issuers: Default::default(),
             clock_skew_secs: 60,
+        }
+    }
+}
+
+/// Requests a minute per client address and per authenticated client (0: no limit); see
+/// `sen_platform::ratelimit`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitConfig {
+    pub per_ip_per_minute: u64,
+    pub per_client_per_minute: u64,
+    /// Proxies in front of Sen that append to `X-Forwarded-For` (0: the TCP peer is the
+    /// client's address; 1: one ingress, so its entry is the last one; …).
+    pub forwarded_for_hops: u32,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            per_ip_per_minute: 72_000,
+            per_client_per_minute: 36_000,
+            forwarded_for_hops: 0,
         }
     }
 }

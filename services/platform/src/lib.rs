@@ -13,6 +13,7 @@ pub mod health;
 pub mod http;
 pub mod kv;
 pub mod migrate;
+pub mod ratelimit;
 pub mod shutdown;
 pub mod telemetry;
 pub mod testing;

@@ -15,6 +15,7 @@ use sen_platform::{
     http::{HttpLimits, layered, metrics_router},
     kv::{self, KeyValueStore},
     migrate::{self, Migration},
+    ratelimit::RateLimiter,
     telemetry::GaugeCollector,
 };
 
@@ -138,7 +139,12 @@ pub async fn build(
         .await
         .context("key-value store")?;
 
-    let auth = Arc::new(Auth::from_config(config).context("auth")?);
+    let limiter = Arc::new(RateLimiter::new(&config.rate_limit, kv.clone()));
+    let auth = Arc::new(
+        Auth::from_config(config)
+            .context("auth")?
+            .with_limiter(limiter.clone()),
+    );
     let mut router = auth.router();
     for service in services {
         router = match service {
@@ -166,6 +172,12 @@ pub async fn build(
         body_limit_bytes: config.server.body_limit_bytes,
         request_timeout: Duration::from_secs(config.server.request_timeout_secs),
     };
+    // Outside the services' routes (so unauthenticated floods count too), inside the
+    // platform's stack (so a refusal still gets its request id and OperationOutcome form).
+    let router = router.layer(axum::middleware::from_fn_with_state(
+        limiter,
+        sen_platform::ratelimit::limit_addresses,
+    ));
     Ok(App {
         router: layered(router, &limits),
         auth,

@@ -26,6 +26,7 @@ mod access;
 mod bundles;
 mod crud;
 mod errors;
+mod limits;
 mod patch;
 mod profiles;
 mod queries;

@@ -68,11 +68,15 @@ impl TestApp {
         config.database.max_connections = 8;
         config.server.body_limit_bytes = BODY_LIMIT;
         config.telemetry.log_filter = "warn".into();
+        // Tests share 127.0.0.1 and one Redis: limits are off unless a test turns them on.
+        config.rate_limit.per_ip_per_minute = 0;
+        config.rate_limit.per_client_per_minute = 0;
         let redis_url = std::env::var("TEST_REDIS_URL")
             .ok()
             .filter(|u| !u.is_empty());
-        config.redis.url = redis_url.clone().map(Secret::new);
+        config.redis.url = redis_url.map(Secret::new);
         configure(&mut config);
+        let redis = config.redis.url.is_some();
         let app = sen_server::build(&config, sen_server::ServiceName::ALL, true)
             .await
             .expect("app builds");
@@ -103,7 +107,7 @@ impl TestApp {
             auth: app.auth,
             _keys: keys,
             db: app.db,
-            redis: redis_url.is_some(),
+            redis,
             history_table,
             resource_table,
             stop: Some(stop),
