@@ -42,7 +42,7 @@ trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null || true' EXIT
 peak_kb() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
 # query <scenario> <users> <run time> [goose options…]: one goose run of a city query scenario.
 query() {
-  SEN_LOAD_PATIENTS=0 SEN_CITY_PATIENTS="$CITY_PATIENTS" "$LOAD" --host "http://127.0.0.1:$PORT" \
+  SEN_LOAD_TOKEN="$token" SEN_LOAD_PATIENTS=0 SEN_CITY_PATIENTS="$CITY_PATIENTS" "$LOAD" --host "http://127.0.0.1:$PORT" \
     --scenarios "${1//-/}" --users "$2" --hatch-rate "$2" --run-time "$3" --quiet "${@:4}"
 }
 
@@ -68,8 +68,8 @@ for backend in $BACKENDS; do
   esac
   # The embedded signing key lives in the data directory; the load tools send a system token.
   keys="$OUT/$backend-keys"
-  SEN_LOAD_TOKEN=$(SEN_DATA_DIR="$keys" "$SEN" token --role system --ttl 1d 2>/dev/null || true)
-  export SEN_LOAD_TOKEN
+  # (Given to the load tools only: sen refuses SEN_* variables it does not know.)
+  token=$(SEN_DATA_DIR="$keys" "$SEN" token --role system --ttl 1d 2>/dev/null || true)
   # Rate limits counted (their cost is part of every request) but far above the load; a build
   # from before rate limits (BENCH_SEN) would refuse the variables.
   limits=()
@@ -84,7 +84,7 @@ for backend in $BACKENDS; do
 
   if [ -n "$load" ]; then
     echo "== $backend: loading $CITY_PATIENTS patients and $((CITY_PATIENTS * 10)) observations"
-    "$GEN" --host "http://127.0.0.1:$PORT" --patients "$CITY_PATIENTS" --concurrency "$USERS" \
+    SEN_LOAD_TOKEN="$token" "$GEN" --host "http://127.0.0.1:$PORT" --patients "$CITY_PATIENTS" --concurrency "$USERS" \
       2> "$OUT/$backend-ingest.log" | tee "$OUT/$backend-ingest.txt" | sed 's/^/-- ingest: /'
     if [ "$backend" = postgres ]; then
       psql "$db" -qc "VACUUM ANALYZE"

@@ -48,8 +48,8 @@ for backend in $BACKENDS; do
   esac
   # The embedded signing key lives in the data directory; the load tools send a system token.
   keys="$OUT/$backend-keys"
-  SEN_LOAD_TOKEN=$(SEN_DATA_DIR="$keys" "$SEN" token --role system --ttl 1d 2>/dev/null || true)
-  export SEN_LOAD_TOKEN
+  # (Given to the load tools only: sen refuses SEN_* variables it does not know.)
+  token=$(SEN_DATA_DIR="$keys" "$SEN" token --role system --ttl 1d 2>/dev/null || true)
   # Rate limits counted (their cost is part of every request) but far above the load; a build
   # from before rate limits (BENCH_SEN) would refuse the variables.
   limits=()
@@ -63,7 +63,7 @@ for backend in $BACKENDS; do
   for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$PORT/health/ready" >/dev/null && break; sleep 0.1; done
   echo "== $backend: idle RSS $(( $(rss_kb $pid) / 1024 )) MB"
   for scenario in $SCENARIOS; do
-    "$LOAD" --host "http://127.0.0.1:$PORT" --scenarios "$scenario" --users "$USERS" --hatch-rate "$USERS" \
+    SEN_LOAD_TOKEN="$token" "$LOAD" --host "http://127.0.0.1:$PORT" --scenarios "$scenario" --users "$USERS" --hatch-rate "$USERS" \
       --run-time "$RUN_TIME" --report-file "$OUT/$backend-$scenario.md" --quiet > "$OUT/$backend-$scenario.txt" 2>&1 || true
     # The final report follows goose's "resetting metrics" line (the first is the ramp-up).
     sed -n '/resetting metrics/,$p' "$OUT/$backend-$scenario.txt" \
@@ -71,7 +71,7 @@ for backend in $BACKENDS; do
   done
   if command -v wrk >/dev/null && [[ " $SCENARIOS " == *" read "* ]]; then
     echo "-- $backend read, wrk cross-check (1 thread, $USERS connections, one resource):"
-    wrk -t1 -c"$USERS" -d10s --latency -H "Authorization: Bearer $SEN_LOAD_TOKEN" "http://127.0.0.1:$PORT/fhir/Patient/load-1" | grep -E "Requests/sec| 50%| 99%"
+    wrk -t1 -c"$USERS" -d10s --latency -H "Authorization: Bearer $token" "http://127.0.0.1:$PORT/fhir/Patient/load-1" | grep -E "Requests/sec| 50%| 99%"
   fi
   echo "== $backend: RSS after load $(( $(rss_kb $pid) / 1024 )) MB, peak $(( $(peak_kb $pid) / 1024 )) MB"
   kill -TERM "$pid"; wait "$pid" || true

@@ -373,6 +373,21 @@ const ENV_KEYS: &[(&str, &str, Kind)] = &[
         "auth.clock_skew_secs",
         Kind::Int,
     ),
+    (
+        "SEN_RATE_LIMIT_PER_IP_PER_MINUTE",
+        "rate_limit.per_ip_per_minute",
+        Kind::Int,
+    ),
+    (
+        "SEN_RATE_LIMIT_PER_CLIENT_PER_MINUTE",
+        "rate_limit.per_client_per_minute",
+        Kind::Int,
+    ),
+    (
+        "SEN_RATE_LIMIT_FORWARDED_FOR_HOPS",
+        "rate_limit.forwarded_for_hops",
+        Kind::Int,
+    ),
 ];
 
 /// `SEN_*` variables that are not configuration keys (read by tests and tools).
@@ -529,6 +544,36 @@ mod tests {
             "{message}"
         );
         assert!(message.contains("sen.toml"), "{message}");
+    }
+
+    #[test]
+    fn auth_and_rate_limits_are_set_from_the_environment() {
+        let config = Config::load(
+            None,
+            env(&[
+                ("SEN_AUTH_AUDIENCE", "https://fhir.caolanh.vn"),
+                ("SEN_AUTH_EMBEDDED", "false"),
+                (
+                    "SEN_AUTH_ISSUERS",
+                    "https://idp/realms/city=https://idp/realms/city/protocol/openid-connect/certs",
+                ),
+                ("SEN_AUTH_CLOCK_SKEW_SECS", "30"),
+                ("SEN_RATE_LIMIT_PER_IP_PER_MINUTE", "100"),
+                ("SEN_RATE_LIMIT_PER_CLIENT_PER_MINUTE", "50"),
+                ("SEN_RATE_LIMIT_FORWARDED_FOR_HOPS", "1"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.auth.audience, "https://fhir.caolanh.vn");
+        assert!(!config.auth.embedded);
+        assert_eq!(
+            config.auth.issuers["https://idp/realms/city"],
+            "https://idp/realms/city/protocol/openid-connect/certs"
+        );
+        assert_eq!(config.auth.clock_skew_secs, 30);
+        assert_eq!(config.rate_limit.per_ip_per_minute, 100);
+        assert_eq!(config.rate_limit.per_client_per_minute, 50);
+        assert_eq!(config.rate_limit.forwarded_for_hops, 1);
     }
 
     #[test]
