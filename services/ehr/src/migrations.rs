@@ -40,4 +40,10 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0006_name_walk_index.sql"),
         postgres: include_str!("../migrations/postgres/0006_name_walk_index.sql"),
     },
+    Migration {
+        version: 7,
+        description: "lookup indexes carry the resource key, token and date probes read no table row (SQLite)",
+        sqlite: include_str!("../migrations/sqlite/0007_covering_probe_indexes.sql"),
+        postgres: include_str!("../migrations/postgres/0007_covering_probe_indexes.sql"),
+    },
 ];
