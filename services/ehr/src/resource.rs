@@ -114,6 +114,19 @@ pub struct IncomingResource {
     /// The resource as a JSON tree, kept from validation (or built once when first asked):
     /// profiles and search-index extraction read it without parsing the text again.
     tree: std::sync::OnceLock<serde_json::Value>,
+    /// Search index rows extracted ahead of writing ([`IncomingResource::prepare_index`]).
+    index: PreparedIndex,
+}
+
+/// Index rows extracted ahead of writing, taken once by the write. A copy of the resource
+/// starts without them (it extracts its own if it is written).
+#[derive(Debug, Default)]
+struct PreparedIndex(std::sync::Mutex<Option<crate::search::extract::IndexRows>>);
+
+impl Clone for PreparedIndex {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
 }
 
 fn string_of(raw: &RawValue) -> Option<String> {
@@ -201,6 +214,7 @@ impl IncomingResource {
             id,
             object,
             tree: std::sync::OnceLock::new(),
+            index: Default::default(),
         })
     }
 
@@ -243,6 +257,25 @@ impl IncomingResource {
     }
 
     /// The resource as a JSON tree (its `id` and `meta` as the client sent them).
+    /// Extracts the search index rows now, so that writing the resource extracts nothing: a
+    /// Bundle prepares its entries before its transaction takes the database's writer
+    /// (SQLite has one), so that this work runs beside other requests' writes.
+    pub fn prepare_index(&self) {
+        let rows = crate::search::extract::extract(self.resource_type, self.tree());
+        *self.index.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(rows);
+    }
+
+    /// The search index rows: those prepared, or extracted now.
+    pub fn take_index(&self) -> crate::search::extract::IndexRows {
+        let prepared = self
+            .index
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        prepared.unwrap_or_else(|| crate::search::extract::extract(self.resource_type, self.tree()))
+    }
+
     pub fn tree(&self) -> &serde_json::Value {
         self.tree
             .get_or_init(|| serde_json::from_str(&self.object.to_json()).unwrap_or_default())
@@ -279,6 +312,7 @@ impl IncomingResource {
             id,
             object,
             tree: std::sync::OnceLock::new(),
+            index: Default::default(),
         })
     }
 

@@ -432,14 +432,15 @@ impl ResourceStore {
         &self,
         tx: &mut Tx,
         version: &Version,
-        tree: Option<&serde_json::Value>,
+        rows: Option<crate::search::extract::IndexRows>,
         rid: i64,
         indexed: bool,
     ) -> Result<(), EhrError> {
         self.bind_version(sqlx::query(&self.sql.insert_history), version)
             .execute(&mut **tx)
             .await?;
-        self.replace_index(tx, version, tree, rid, indexed).await
+        self.replace_index_rows(tx, version, rows, rid, indexed)
+            .await
     }
 
     /// Replaces the search index rows of a resource with those extracted from `tree`, the
@@ -455,6 +456,31 @@ impl ResourceStore {
         rid: i64,
         indexed: bool,
     ) -> Result<(), EhrError> {
+        let rows = match tree {
+            Some(tree) => {
+                let rt = self
+                    .defs
+                    .resource_type(&version.resource_type)
+                    .ok_or_else(|| EhrError::UnknownType {
+                        name: version.resource_type.clone(),
+                    })?;
+                Some(crate::search::extract::extract(rt, tree))
+            }
+            None => None,
+        };
+        self.replace_index_rows(tx, version, rows, rid, indexed)
+            .await
+    }
+
+    /// [`Self::replace_index`] with the rows already extracted (none for a deletion).
+    pub(crate) async fn replace_index_rows(
+        &self,
+        tx: &mut Tx,
+        version: &Version,
+        rows: Option<crate::search::extract::IndexRows>,
+        rid: i64,
+        indexed: bool,
+    ) -> Result<(), EhrError> {
         if indexed {
             // Rows held back for this transaction go first, so the delete sees them all.
             tx.flush().await?;
@@ -462,16 +488,9 @@ impl ResourceStore {
                 sqlx::query(sql).bind(rid).execute(&mut **tx).await?;
             }
         }
-        let Some(tree) = tree.filter(|_| !version.deleted) else {
+        let Some(rows) = rows.filter(|_| !version.deleted) else {
             return Ok(());
         };
-        let rt = self
-            .defs
-            .resource_type(&version.resource_type)
-            .ok_or_else(|| EhrError::UnknownType {
-                name: version.resource_type.clone(),
-            })?;
-        let rows = crate::search::extract::extract(rt, tree);
         tx.hold(&version.resource_type, &version.id, rid, rows)
             .await
     }

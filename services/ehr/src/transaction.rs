@@ -20,7 +20,7 @@ use crate::{
     error::EhrError,
     json,
     patch::Document,
-    resource::{RawObject, is_valid_id},
+    resource::{IncomingResource, RawObject, is_valid_id},
     search::query::SearchRequest,
     store::{Created, Deleted, Tx, Version},
 };
@@ -449,10 +449,30 @@ fn put_id(entry: &Entry, target: Option<String>) -> String {
         .unwrap_or_else(crate::store::new_id)
 }
 
+/// An entry's resource parsed, validated and its search index extracted, before any
+/// transaction: none of it needs the database, and done while holding the writer (SQLite has
+/// one) it would keep every other write waiting. Only for entries whose resource is known
+/// before the transaction starts: POST, and PUT to a URL id. `None` when the entry is another
+/// kind or its resource is refused (it is then checked again inside, where the refusal is
+/// reported against its entry).
+fn prepare(ehr: &Ehr, entry: &Entry) -> Option<IncomingResource> {
+    let text = entry.resource.as_deref()?;
+    let resource = match (entry.verb, &entry.criteria, &entry.id) {
+        (Verb::Post, _, _) => ehr.accept(text.as_bytes(), entry.resource_type, None),
+        (Verb::Put, None, Some(id)) => ehr.accept(text.as_bytes(), entry.resource_type, Some(id)),
+        _ => return None,
+    }
+    .ok()?;
+    resource.prepare_index();
+    Some(resource)
+}
+
 async fn run_transaction(
     ehr: &Ehr,
     entries: &[Entry],
 ) -> Result<Vec<Result<Outcome, ApiError>>, BundleError> {
+    let mut prepared: Vec<Option<IncomingResource>> =
+        entries.iter().map(|entry| prepare(ehr, entry)).collect();
     let mut tx = ehr.store.begin().await?;
     let mut outcomes: Vec<Option<Outcome>> = entries.iter().map(|_| None).collect();
     let at = |index: usize| move |error: EhrError| BundleError::Entry { index, error };
@@ -557,8 +577,12 @@ async fn run_transaction(
                 Verb::Put => targets[i].clone(),
                 _ => assigned[i].clone(),
             };
+            // What was prepared holds when no reference of the resource was rewritten.
+            let ready = prepared[i]
+                .take()
+                .filter(|_| Some(text.as_str()) == entry.resource.as_deref());
             outcomes[i] = Some(
-                write(ehr, &mut tx, entry, &text, None, id)
+                write(ehr, &mut tx, entry, &text, None, id, ready)
                     .await
                     .map_err(at(i))?,
             );
@@ -603,7 +627,7 @@ async fn batch_entry(ehr: &Ehr, entry: &Entry) -> Result<Outcome, EhrError> {
         Verb::Put => {
             let text = entry.resource.as_deref().unwrap_or_default();
             let id = put_id(entry, target);
-            write(ehr, &mut tx, entry, text, None, Some(id)).await?
+            write(ehr, &mut tx, entry, text, None, Some(id), None).await?
         }
         Verb::Post => {
             let text = entry.resource.as_deref().unwrap_or_default();
@@ -613,6 +637,7 @@ async fn batch_entry(ehr: &Ehr, entry: &Entry) -> Result<Outcome, EhrError> {
                 entry,
                 text,
                 entry.if_none_exist.as_ref(),
+                None,
                 None,
             )
             .await?
@@ -679,6 +704,9 @@ fn conditional_entry(
 /// Writes a POST or PUT entry inside `tx`: the resource is checked against the entry's URL and
 /// validated like any write, then created (with `id` when one was assigned) or updated (`id`
 /// is the PUT's target). A conditional update's resource may leave its id out.
+/// Writes a POST or PUT entry's resource (`text`), or `prepared` — the same resource already
+/// accepted, when it is given.
+#[allow(clippy::too_many_arguments)]
 async fn write(
     ehr: &Ehr,
     tx: &mut Tx,
@@ -686,9 +714,13 @@ async fn write(
     text: &str,
     condition: Option<&Criteria>,
     id: Option<String>,
+    prepared: Option<IncomingResource>,
 ) -> Result<Outcome, EhrError> {
     if entry.verb != Verb::Put {
-        let resource = ehr.accept(text.as_bytes(), entry.resource_type, None)?;
+        let resource = match prepared {
+            Some(resource) => resource,
+            None => ehr.accept(text.as_bytes(), entry.resource_type, None)?,
+        };
         return Ok(
             match ehr.store.create_in(tx, &resource, condition, id).await? {
                 Created::New(v) => Outcome::Created(v),
@@ -704,7 +736,10 @@ async fn write(
         }
         resource
     } else {
-        ehr.accept(text.as_bytes(), entry.resource_type, Some(&target))?
+        match prepared.filter(|_| entry.id.as_deref() == Some(target.as_str())) {
+            Some(resource) => resource,
+            None => ehr.accept(text.as_bytes(), entry.resource_type, Some(&target))?,
+        }
     };
     let updated = ehr
         .store

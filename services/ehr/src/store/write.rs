@@ -177,7 +177,7 @@ impl ResourceStore {
             return Err(EhrError::Contention);
         };
         let rid: i64 = row.try_get(0)?;
-        self.write_history_and_index(tx, &version, Some(resource.tree()), rid, false)
+        self.write_history_and_index(tx, &version, Some(resource.take_index()), rid, false)
             .await?;
         Ok(Created::New(version))
     }
@@ -252,7 +252,7 @@ impl ResourceStore {
         };
         let rid: i64 = row.try_get(0)?;
         let created = current.is_none_or(|c| c.deleted);
-        self.write_history_and_index(tx, &version, Some(resource.tree()), rid, !created)
+        self.write_history_and_index(tx, &version, Some(resource.take_index()), rid, !created)
             .await?;
         Ok(Updated { version, created })
     }
