@@ -147,6 +147,9 @@ fn classify(method: &Method, path: &str) -> Option<Target> {
     })
 }
 
+/// Largest `POST _search` form read (a search's parameters, not a document).
+const SEARCH_FORM_LIMIT: usize = 1024 * 1024;
+
 /// Whether search parameters reach other resource types than the one searched.
 fn reaches_other_types(params: &[(String, String)]) -> bool {
     params.iter().any(|(key, _)| {
@@ -221,12 +224,15 @@ async fn request_params(
         return Ok((request, params));
     }
     let (parts, body) = request.into_parts();
-    let bytes = axum::body::to_bytes(body, usize::MAX).await.map_err(|_| {
-        ApiError::bad_request(
-            sen_platform::IssueCode::TooLong,
-            "the search form is too large or could not be read",
-        )
-    })?;
+    // Read here, before any extractor applies the body limit: bounded here too.
+    let bytes = axum::body::to_bytes(body, SEARCH_FORM_LIMIT)
+        .await
+        .map_err(|_| {
+            ApiError::bad_request(
+                sen_platform::IssueCode::TooLong,
+                "the search form is too large or could not be read",
+            )
+        })?;
     params.extend(form_urlencoded::parse(&bytes).into_owned());
     Ok((Request::from_parts(parts, Body::from(bytes)), params))
 }

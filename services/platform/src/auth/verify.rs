@@ -43,8 +43,8 @@ struct TrustedKey {
 struct Issuer {
     jwks_url: Option<String>,
     keys: RwLock<HashMap<String, TrustedKey>>,
-    /// When the JWKS document was last fetched (`None`: never).
-    fetched: Mutex<Option<Instant>>,
+    /// When the JWKS document was last fetched and whether that worked (`None`: never).
+    fetched: Mutex<Option<(Instant, bool)>>,
 }
 
 /// Verifies bearer tokens against the configured issuers.
@@ -161,11 +161,19 @@ impl Verifier {
         if let Some(key) = find(&*issuer.keys.read().await, kid, algorithm) {
             return Ok(key);
         }
-        if fetched.is_some_and(|at| at.elapsed() < REFETCH_AFTER) {
-            return Err(AuthError::UnknownKey);
+        match *fetched {
+            // Fetched a moment ago: the key is not the issuer's (or the issuer is still down).
+            Some((at, worked)) if at.elapsed() < REFETCH_AFTER => {
+                return Err(if worked {
+                    AuthError::UnknownKey
+                } else {
+                    AuthError::KeysUnavailable
+                });
+            }
+            _ => {}
         }
         let document = self.fetch(url).await;
-        *fetched = Some(Instant::now());
+        *fetched = Some((Instant::now(), document.is_ok()));
         let keys = document?;
         let mut known = issuer.keys.write().await;
         *known = keys;

@@ -323,6 +323,43 @@ async fn forged_stale_and_misdirected_tokens_are_refused_with_a_challenge() {
     );
 }
 
+/// An issuer whose keys cannot be fetched: 503 with `Retry-After`, not a 401 that would make
+/// clients throw away valid tokens — also for the requests right after, which do not fetch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_issuer_whose_keys_cannot_be_fetched_answers_503() {
+    let provider = Provider::start().await;
+    let closed = {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        listener.local_addr().unwrap()
+    };
+    let down = "https://idp.test/realms/down";
+    let app = TestApp::sqlite_with(move |config| {
+        config
+            .auth
+            .issuers
+            .insert(down.into(), format!("http://{closed}/certs"));
+    })
+    .await;
+    let token = provider.sign(
+        Algorithm::EdDSA,
+        "ed-1",
+        &with(claims(), "iss", json!(down)),
+    );
+    for attempt in 0..2 {
+        let response = app
+            .request_as(&token, Method::GET, "/fhir/Patient")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "attempt {attempt}"
+        );
+        assert!(response.headers().contains_key("retry-after"));
+    }
+}
+
 /// Scopes narrower than `*`: each interaction needs its letter on its type, and requests that
 /// reach other types need the scope on every type.
 async fn scopes_allow_exactly_the_interactions_and_types_they_name(app: TestApp) {
