@@ -429,3 +429,42 @@ fn a_broken_profile_stops_start_up_naming_the_file_and_the_problem() {
         "{message}"
     );
 }
+
+/// Tokens never reach the log: a server logging at debug level is sent a valid token, a
+/// tampered one and garbage; its whole log holds none of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_never_reach_the_log() {
+    let store = Store::sqlite();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("sen.log");
+    let mut sen = Sen::start_logging_to(&store.url(), &[("SEN_LOG", "debug")], &log);
+    let valid = support::system_token();
+    let (head, signature) = valid.rsplit_once('.').unwrap();
+    let tampered = format!("{head}.{}", signature.chars().rev().collect::<String>());
+    let garbage = "not-a-token-but-a-secret-all-the-same-7f3a9c";
+    let http = reqwest::Client::new();
+    for token in [valid.as_str(), tampered.as_str(), garbage] {
+        let response = http
+            .get(format!("{}/Patient?name=nguyen", sen.fhir()))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status() == 200 || response.status() == 401);
+    }
+    sen.signal("TERM");
+    sen.wait_for_exit(Duration::from_secs(30)).expect("stops");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("serving"), "the log was captured: {text}");
+    for (name, secret) in [
+        ("valid signature", signature),
+        ("tampered signature", tampered.rsplit_once('.').unwrap().1),
+        ("payload", head.split_once('.').unwrap().1),
+        ("garbage", garbage),
+    ] {
+        assert!(
+            !text.contains(secret),
+            "the {name} of a token is in the log"
+        );
+    }
+}

@@ -129,16 +129,35 @@ impl Sen {
     }
 
     fn spawn(database_url: &str, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::spawn_logging(database_url, extra, env, Stdio::inherit())
+    }
+
+    /// Starts with `--migrate` and `env`, its log (stderr) written to `log`.
+    pub fn start_logging_to(
+        database_url: &str,
+        env: &[(&str, &str)],
+        log: &std::path::Path,
+    ) -> Self {
+        let file = std::fs::File::create(log).expect("log file");
+        Self::spawn_logging(database_url, &["--migrate"], env, Stdio::from(file))
+    }
+
+    fn spawn_logging(
+        database_url: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        stderr: Stdio,
+    ) -> Self {
         let mut child = Command::new(sen_binary())
             .args(["serve", "--listen", "127.0.0.1:0"])
             .args(extra)
-            .envs(env.iter().copied())
             .env("DATABASE_URL", database_url)
             .env("SEN_DATA_DIR", keys_dir())
             .env("SEN_LOG", "warn")
+            .envs(env.iter().copied())
             .env_remove("REDIS_URL")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("start sen");
         let stdout = child.stdout.take().expect("stdout");
