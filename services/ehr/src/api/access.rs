@@ -6,7 +6,8 @@
 //!   interaction on its resource type. Requests that reach other types than the one in the
 //!   URL — Bundles, system history, `_include`, `_revinclude`, `_has` and chained parameters —
 //!   need the scope on every type (`*`), since what they bring back is only known after the
-//!   search. `$reindex` needs `system/*` update.
+//!   search. A Bundle needs, entry by entry, the scope of each entry's interaction and type.
+//!   `$reindex` needs `system/*` update.
 //! - `patient` tokens read (and search) their own records only: the Patient resource they
 //!   name and the resources of its compartment (R4 CompartmentDefinition). A search becomes a
 //!   search inside the compartment; a read of anything else answers 404, as if it did not
@@ -182,6 +183,9 @@ async fn decide(ehr: &Ehr, principal: &Principal, request: Request) -> Result<Re
         return Ok(request);
     };
     match principal.role {
+        Role::System if target == Target::Bundle && !every_interaction_on_every_type(principal) => {
+            bundle_entries(principal, request).await
+        }
         Role::System => {
             let (request, params) = search_params(request, &target).await?;
             system(principal, &target, &params)?;
@@ -197,6 +201,67 @@ async fn decide(ehr: &Ehr, principal: &Principal, request: Request) -> Result<Re
             principal.role.as_str()
         ))),
     }
+}
+
+fn every_interaction_on_every_type(principal: &Principal) -> bool {
+    use Interaction::*;
+    [Create, Read, Update, Delete, Search]
+        .into_iter()
+        .all(|i| principal.scope_allows(i, "*"))
+}
+
+/// Largest Bundle read here to check its entries one by one (only for tokens whose scopes
+/// name types: a token with every scope on `*` is not read here at all).
+const BUNDLE_LIMIT: usize = 32 * 1024 * 1024;
+
+/// A Bundle sent with scopes that name types: each entry needs the scope of its own
+/// interaction and type. An entry this check cannot read (the handler refuses it or reads it
+/// in a way this does not foresee) needs every scope on `*`, so nothing passes unchecked.
+async fn bundle_entries(principal: &Principal, request: Request) -> Result<Request, ApiError> {
+    use Interaction::*;
+    let (parts, body) = request.into_parts();
+    let bytes = axum::body::to_bytes(body, BUNDLE_LIMIT)
+        .await
+        .map_err(|_| {
+            ApiError::bad_request(
+                sen_platform::IssueCode::TooLong,
+                "the Bundle is too large or could not be read",
+            )
+        })?;
+    let bundle: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    let entries = bundle["entry"].as_array().cloned().unwrap_or_default();
+    for entry in &entries {
+        let method = entry["request"]["method"].as_str().unwrap_or_default();
+        let url = entry["request"]["url"].as_str().unwrap_or_default();
+        let (path, query) = url.split_once('?').unwrap_or((url, ""));
+        let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        let params: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
+            .into_owned()
+            .collect();
+        let conditional = !query.is_empty();
+        let needs: Option<(&str, Vec<Interaction>)> = match (method, segments.as_slice()) {
+            ("GET", [rt, _id]) => Some((rt, vec![Read])),
+            ("GET", [rt]) if !reaches_other_types(&params) => Some((rt, vec![Search])),
+            ("POST", [rt]) if !conditional => Some((rt, vec![Create])),
+            ("PUT", [rt, _id]) if !conditional => Some((rt, vec![Update, Create])),
+            ("PUT", [rt]) if conditional => Some((rt, vec![Update, Create, Search])),
+            ("PATCH", [rt, _id]) if !conditional => Some((rt, vec![Update])),
+            ("PATCH", [rt]) if conditional => Some((rt, vec![Update, Search])),
+            ("DELETE", [rt, _id]) if !conditional => Some((rt, vec![Delete])),
+            ("DELETE", [rt]) if conditional => Some((rt, vec![Delete, Search])),
+            _ => None,
+        };
+        let (rt, interactions) = match needs {
+            Some((rt, interactions)) if rt.chars().all(|c| c.is_ascii_alphanumeric()) => {
+                (rt.to_string(), interactions)
+            }
+            _ => ("*".to_string(), vec![Create, Read, Update, Delete, Search]),
+        };
+        interactions
+            .into_iter()
+            .try_for_each(|i| need(principal, i, &rt))?;
+    }
+    Ok(Request::from_parts(parts, Body::from(bytes)))
 }
 
 /// The search parameters of a search request: the query, and for `POST _search` the form
@@ -255,6 +320,7 @@ fn system(
 ) -> Result<(), ApiError> {
     use Interaction::*;
     match target {
+        // With every scope on `*` (narrower tokens have their entries checked one by one).
         Target::Bundle => [Create, Read, Update, Delete, Search]
             .into_iter()
             .try_for_each(|i| need(principal, i, "*")),

@@ -425,10 +425,50 @@ async fn scopes_allow_exactly_the_interactions_and_types_they_name(app: TestApp)
             None,
             StatusCode::FORBIDDEN,
         ),
+        // Bundles: each entry needs its own interaction on its own type.
         (
             Method::POST,
             "/fhir".into(),
-            Some(json!({"resourceType": "Bundle", "type": "batch", "entry": []})),
+            Some(json!({"resourceType": "Bundle", "type": "batch", "entry": [
+                {"request": {"method": "GET", "url": format!("Observation/{observation_id}")}},
+                {"request": {"method": "GET", "url": format!("Patient/{patient_id}")}},
+                {"request": {"method": "GET", "url": format!("Observation?subject=Patient/{patient_id}")}}
+            ]})),
+            StatusCode::OK,
+        ),
+        (
+            Method::POST,
+            "/fhir".into(),
+            Some(
+                json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+                    {"request": {"method": "GET", "url": format!("Patient/{patient_id}")}},
+                    {"request": {"method": "POST", "url": "Observation"}, "resource": observation(&patient_id)}
+                ]}),
+            ),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            Method::POST,
+            "/fhir".into(),
+            Some(json!({"resourceType": "Bundle", "type": "batch", "entry": [
+                {"request": {"method": "DELETE", "url": format!("Observation/{observation_id}")}}
+            ]})),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            Method::POST,
+            "/fhir".into(),
+            Some(json!({"resourceType": "Bundle", "type": "batch", "entry": [
+                {"request": {"method": "GET", "url": "Observation?_include=Observation:subject"}}
+            ]})),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            Method::POST,
+            "/fhir".into(),
+            Some(json!({"resourceType": "Bundle", "type": "batch", "entry": [
+                {"request": {"method": "GET", "url": format!("https://elsewhere.test/fhir/Observation/{observation_id}")}}
+            ]})),
             StatusCode::FORBIDDEN,
         ),
         (
