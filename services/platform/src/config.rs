@@ -37,6 +37,9 @@ pub struct ServerConfig {
     pub request_timeout_secs: u64,
     /// Time in-flight requests get to finish after SIGTERM or Ctrl-C.
     pub shutdown_timeout_secs: u64,
+    /// Serve `/metrics` on this address only (e.g. an internal interface for the scraper),
+    /// not on `listen`. Unset: `/metrics` is served on `listen`, without a token.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for ServerConfig {
@@ -47,6 +50,7 @@ impl Default for ServerConfig {
             body_limit_bytes: 8 * 1024 * 1024,
             request_timeout_secs: 30,
             shutdown_timeout_secs: 30,
+            metrics_listen: None,
         }
     }
 }
@@ -319,6 +323,7 @@ const ENV_KEYS: &[(&str, &str, Kind)] = &[
         "server.shutdown_timeout_secs",
         Kind::Int,
     ),
+    ("SEN_METRICS_LISTEN", "server.metrics_listen", Kind::Str),
     ("DATABASE_URL", "database.url", Kind::Str),
     ("SEN_DATABASE_URL", "database.url", Kind::Str),
     ("SEN_DATA_DIR", "database.data_dir", Kind::Str),

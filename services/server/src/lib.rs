@@ -93,6 +93,8 @@ pub async fn migrate_all(
 /// The composed application, ready to serve.
 pub struct App {
     pub router: Router,
+    /// `/metrics` alone, to serve on `server.metrics_listen` (`None`: it is in `router`).
+    pub metrics: Option<Router>,
     pub auth: Arc<Auth>,
     pub db: Database,
     pub kv: Arc<dyn KeyValueStore>,
@@ -103,6 +105,13 @@ impl std::fmt::Debug for App {
         f.debug_struct("App")
             .field("backend", &self.db.backend())
             .finish_non_exhaustive()
+    }
+}
+
+fn limits_of(config: &Config) -> HttpLimits {
+    HttpLimits {
+        body_limit_bytes: config.server.body_limit_bytes,
+        request_timeout: Duration::from_secs(config.server.request_timeout_secs),
     }
 }
 
@@ -167,11 +176,16 @@ pub async fn build(
         metrics::gauge!("db_pool_connections", "state" => "open").set(f64::from(open));
         metrics::gauge!("db_pool_connections", "state" => "idle").set(idle as f64);
     });
-    router = router.merge(metrics_router(vec![collect_pool]));
-    let limits = HttpLimits {
-        body_limit_bytes: config.server.body_limit_bytes,
-        request_timeout: Duration::from_secs(config.server.request_timeout_secs),
+    let metrics = metrics_router(vec![collect_pool]);
+    // On its own address when configured (an internal interface), else beside the API.
+    let metrics = match config.server.metrics_listen {
+        Some(_) => Some(layered(metrics, &limits_of(config))),
+        None => {
+            router = router.merge(metrics);
+            None
+        }
     };
+    let limits = limits_of(config);
     // Outside the services' routes (so unauthenticated floods count too), inside the
     // platform's stack (so a refusal still gets its request id and OperationOutcome form).
     let router = router.layer(axum::middleware::from_fn_with_state(
@@ -180,6 +194,7 @@ pub async fn build(
     ));
     Ok(App {
         router: layered(router, &limits),
+        metrics,
         auth,
         db,
         kv,

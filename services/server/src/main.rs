@@ -202,12 +202,28 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot listen on {}", config.server.listen))?;
             let address = listener.local_addr()?;
             let names: Vec<&str> = services.iter().map(|s| s.as_str()).collect();
-            tracing::info!(%address, backend = app.db.backend().as_str(), kv = app.kv.kind(), services = ?names, "serving");
+            let grace = Duration::from_secs(config.server.shutdown_timeout_secs);
+            let metrics_at = match (config.server.metrics_listen, app.metrics) {
+                (Some(at), Some(metrics)) => {
+                    let listener = tokio::net::TcpListener::bind(at)
+                        .await
+                        .with_context(|| format!("cannot listen on {at} for metrics"))?;
+                    let at = listener.local_addr()?;
+                    tokio::spawn(sen_platform::http::serve(
+                        listener,
+                        metrics,
+                        shutdown::signal(),
+                        grace,
+                    ));
+                    at
+                }
+                _ => address,
+            };
+            tracing::info!(%address, %metrics_at, backend = app.db.backend().as_str(), kv = app.kv.kind(), services = ?names, "serving");
             println!(
-                "Sen listening on http://{address} (FHIR API: http://{address}/fhir, services: {})",
+                "Sen listening on http://{address} (FHIR API: http://{address}/fhir, metrics: http://{metrics_at}/metrics, services: {})",
                 names.join(",")
             );
-            let grace = Duration::from_secs(config.server.shutdown_timeout_secs);
             sen_platform::http::serve(listener, app.router, shutdown::signal(), grace).await?;
             app.db.close().await;
             telemetry.shutdown();

@@ -468,3 +468,30 @@ async fn tokens_never_reach_the_log() {
         );
     }
 }
+
+/// `server.metrics_listen`: `/metrics` answers on its own address (an internal interface)
+/// and no longer beside the API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_can_be_served_on_an_address_of_their_own() {
+    let store = Store::sqlite();
+    let sen = Sen::start_env(&store.url(), &[("SEN_METRICS_LISTEN", "127.0.0.1:0")]);
+    let metrics_url = sen
+        .banner
+        .split_whitespace()
+        .find(|w| w.ends_with("/metrics,"))
+        .expect("the banner names the metrics address")
+        .trim_end_matches(',')
+        .to_string();
+    assert!(!metrics_url.starts_with(&sen.base), "{}", sen.banner);
+    let scraped = reqwest::get(&metrics_url).await.unwrap();
+    assert_eq!(scraped.status(), 200);
+    assert!(
+        scraped
+            .text()
+            .await
+            .unwrap()
+            .contains("db_pool_connections")
+    );
+    let beside_api = reqwest::get(format!("{}/metrics", sen.base)).await.unwrap();
+    assert_eq!(beside_api.status(), 404);
+}

@@ -110,6 +110,8 @@ impl Store {
 pub struct Sen {
     pub child: Child,
     pub base: String,
+    /// The line `sen serve` printed when it started listening.
+    pub banner: String,
 }
 
 impl Sen {
@@ -178,7 +180,11 @@ impl Sen {
             .find(|w| w.starts_with("http://"))
             .expect("an http:// address in the first line")
             .to_string();
-        Sen { child, base }
+        Sen {
+            child,
+            base,
+            banner: line,
+        }
     }
 
     pub fn fhir(&self) -> String {
