@@ -43,17 +43,24 @@ pub fn capability_statement(defs: &Definitions, software_version: &str, date: &s
                 .map(|p| format!("{rt}:{}", p.code))
                 .collect();
             includes.push("*".into());
+            // AuditEvents are permanent (the store refuses to change or delete one).
+            let permanent = rt.as_str() == "AuditEvent";
+            let interactions: Vec<Value> = TYPE_INTERACTIONS
+                .iter()
+                .filter(|code| !(permanent && matches!(**code, "update" | "patch" | "delete")))
+                .map(|code| json!({"code": code}))
+                .collect();
             json!({
                 "type": rt.as_str(),
                 "profile": defs.type_def(rt).url,
-                "interaction": TYPE_INTERACTIONS.iter().map(|code| json!({"code": code})).collect::<Vec<_>>(),
+                "interaction": interactions,
                 "versioning": "versioned-update",
                 "readHistory": true,
-                "updateCreate": true,
+                "updateCreate": !permanent,
                 "conditionalCreate": true,
                 "conditionalRead": "not-supported",
-                "conditionalUpdate": true,
-                "conditionalDelete": "single",
+                "conditionalUpdate": !permanent,
+                "conditionalDelete": if permanent { "not-supported" } else { "single" },
                 "searchParam": params,
                 "searchInclude": includes,
                 "searchRevInclude": ["*"],

@@ -73,6 +73,8 @@ pub enum EhrError {
     PatchFailed { message: String },
     #[error("patch changes resourceType or id")]
     PatchChangesIdentity,
+    #[error("audit records are permanent")]
+    AuditPermanent,
     #[error("unsupported patch format")]
     PatchFormat,
     #[error("too many Bundle entries")]
@@ -234,6 +236,16 @@ impl From<EhrError> for ApiError {
             E::PatchFailed { message } => {
                 ApiError::new(S::UNPROCESSABLE_ENTITY, IssueCode::Processing, message)
             }
+            E::AuditPermanent => ApiError::new(
+                S::METHOD_NOT_ALLOWED,
+                IssueCode::NotSupported,
+                "an AuditEvent is a permanent record of access: it can be created and read, \
+                 never updated or deleted",
+            )
+            .header(
+                http::header::ALLOW,
+                http::HeaderValue::from_static("GET, HEAD"),
+            ),
             E::PatchChangesIdentity => ApiError::new(
                 S::UNPROCESSABLE_ENTITY,
                 IssueCode::Processing,

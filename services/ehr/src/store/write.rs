@@ -222,6 +222,9 @@ impl ResourceStore {
             .await?
             .map(|r| version_from_row(&r, 0))
             .transpose()?;
+        if current.is_some() {
+            refuse_changing_audit(rt)?;
+        }
         check_if_match(if_match, current.as_ref())?;
         let now = now_micros();
         let number = current.as_ref().map_or(1, |c| c.version + 1);
@@ -278,6 +281,7 @@ impl ResourceStore {
         id: &str,
         if_match: Option<i64>,
     ) -> Result<Deleted, EhrError> {
+        refuse_changing_audit(rt)?;
         let current = sqlx::query(&self.sql.read_for_update)
             .bind(rt.as_str())
             .bind(id)
@@ -317,4 +321,14 @@ impl ResourceStore {
             .await?;
         Ok(Deleted::Now(version))
     }
+}
+
+/// AuditEvents are the permanent record of who accessed what (Circular 13/2025/TT-BYT): the
+/// store creates them and never changes or removes one, whatever path a request takes (REST,
+/// conditional, PATCH, Bundle entries). A PUT to an id no AuditEvent ever had creates one.
+fn refuse_changing_audit(rt: ResourceType) -> Result<(), EhrError> {
+    if rt.as_str() == "AuditEvent" {
+        return Err(EhrError::AuditPermanent);
+    }
+    Ok(())
 }

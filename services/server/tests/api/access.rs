@@ -748,3 +748,85 @@ on_both_backends!(
     the_authorization_matrix_follows_the_rules,
     a_patient_token_finds_only_its_own_records,
 );
+
+/// AuditEvents are permanent: created and read, never updated, patched or deleted, by any
+/// path — REST, conditional, JSON Patch, Bundle entries — even with every scope.
+async fn audit_events_can_be_created_but_never_changed(app: TestApp) {
+    let event = json!({"resourceType": "AuditEvent",
+        "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest"},
+        "action": "R", "recorded": "2026-11-27T09:00:00+07:00", "outcome": "0",
+        "agent": [{"requestor": true, "who": {"reference": "Practitioner/p1"}}],
+        "source": {"observer": {"display": "Sen"}},
+        "entity": [{"what": {"reference": "Patient/p1"}}]});
+    let (id, stored) = app.create(&event).await;
+    // A PUT to an id no AuditEvent had creates one (a client recording its own event).
+    let mut own = event.clone();
+    own["id"] = json!("recorded-by-a-client");
+    let created = app.put("/fhir/AuditEvent/recorded-by-a-client", &own).await;
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let again = app.put("/fhir/AuditEvent/recorded-by-a-client", &own).await;
+    assert_eq!(again.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let mut changed = stored.clone();
+    changed["outcome"] = json!("8");
+    /// A request body and its media type.
+    type Sent = Option<(String, &'static str)>;
+    let attempts: Vec<(Method, String, Sent)> = vec![
+        (
+            Method::PUT,
+            format!("/fhir/AuditEvent/{id}"),
+            Some((changed.to_string(), "application/fhir+json")),
+        ),
+        (
+            Method::PATCH,
+            format!("/fhir/AuditEvent/{id}"),
+            Some((
+                r#"[{"op": "replace", "path": "/outcome", "value": "8"}]"#.into(),
+                "application/json-patch+json",
+            )),
+        ),
+        (Method::DELETE, format!("/fhir/AuditEvent/{id}"), None),
+        (Method::DELETE, format!("/fhir/AuditEvent?_id={id}"), None),
+    ];
+    for (method, path, body) in attempts {
+        let mut request = app.request(method.clone(), &path);
+        if let Some((body, media)) = body {
+            request = request.header("content-type", media).body(body);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{method} {path}"
+        );
+        assert_eq!(response.headers()["allow"], "GET, HEAD");
+        let outcome: Value = response.json().await.unwrap();
+        assert_eq!(outcome["issue"][0]["code"], "not-supported");
+    }
+    for entry in [
+        json!({"request": {"method": "DELETE", "url": format!("AuditEvent/{id}")}}),
+        json!({"request": {"method": "PUT", "url": format!("AuditEvent/{id}")}, "resource": changed}),
+    ] {
+        let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [entry]});
+        let response = app.post_raw("/fhir", &bundle.to_string()).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{bundle}"
+        );
+    }
+    let read: Value = app
+        .get(&format!("/fhir/AuditEvent/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(read["meta"]["versionId"], "1");
+    assert_eq!(read["outcome"], "0");
+    assert_eq!(
+        app.history_rows().await,
+        2,
+        "nothing but the two creations was written"
+    );
+}
+
+on_both_backends!(audit_events_can_be_created_but_never_changed);
