@@ -32,6 +32,7 @@ mod profiles;
 mod queries;
 mod search;
 mod support;
+mod tokens;
 
 /// Identifier system of the personal ID (CCCD).
 pub const CCCD: &str = "http://fhir.ehealth.gov.vn/core/sid/national_id";
