@@ -444,35 +444,30 @@ impl ResourceStore {
     }
 
     /// Replaces the search index rows of a resource with those extracted from `tree`, the
-    /// resource as a JSON tree (none for a deletion). Only a resource that was live before
-    /// (`indexed`) has rows to delete; a new one (POST, or PUT of a new or deleted id) skips
-    /// the deletes, and its rows stay held back in `tx` to be written with those of the other
-    /// resources of the transaction.
+    /// resource as a JSON tree (`$reindex`).
     pub(crate) async fn replace_index(
         &self,
         tx: &mut Tx,
         version: &Version,
-        tree: Option<&serde_json::Value>,
+        tree: &serde_json::Value,
         rid: i64,
         indexed: bool,
     ) -> Result<(), EhrError> {
-        let rows = match tree {
-            Some(tree) => {
-                let rt = self
-                    .defs
-                    .resource_type(&version.resource_type)
-                    .ok_or_else(|| EhrError::UnknownType {
-                        name: version.resource_type.clone(),
-                    })?;
-                Some(crate::search::extract::extract(rt, tree))
-            }
-            None => None,
-        };
-        self.replace_index_rows(tx, version, rows, rid, indexed)
+        let rt = self
+            .defs
+            .resource_type(&version.resource_type)
+            .ok_or_else(|| EhrError::UnknownType {
+                name: version.resource_type.clone(),
+            })?;
+        let rows = crate::search::extract::extract(rt, tree);
+        self.replace_index_rows(tx, version, Some(rows), rid, indexed)
             .await
     }
 
-    /// [`Self::replace_index`] with the rows already extracted (none for a deletion).
+    /// Replaces the search index rows of a resource with `rows` (none for a deletion). Only a
+    /// resource that was live before (`indexed`) has rows to delete; a new one (POST, or PUT
+    /// of a new or deleted id) skips the deletes, and its rows stay held back in `tx` to be
+    /// written with those of the other resources of the transaction.
     pub(crate) async fn replace_index_rows(
         &self,
         tx: &mut Tx,

@@ -13,7 +13,7 @@ pub mod keys;
 pub mod scopes;
 pub mod verify;
 
-use std::{sync::Arc, time::SystemTime};
+use std::sync::Arc;
 
 use axum::{
     Json, Router,
@@ -293,23 +293,17 @@ struct VerifiedTokens {
 impl VerifiedTokens {
     const CAPACITY: usize = 8192;
 
-    fn now() -> u64 {
-        SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
-    }
-
     /// The principal of `token` if it was verified and has not expired since.
     fn get(&self, token: &str) -> Option<Principal> {
         let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
         let (principal, exp) = entries.get(token)?;
-        (Self::now() <= exp.saturating_add(self.leeway)).then(|| principal.clone())
+        (crate::unix_seconds() <= exp.saturating_add(self.leeway)).then(|| principal.clone())
     }
 
     fn insert(&self, token: &str, principal: Principal, exp: u64) {
         let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
         if entries.len() >= Self::CAPACITY {
-            let now = Self::now();
+            let now = crate::unix_seconds();
             entries.retain(|_, (_, exp)| now <= exp.saturating_add(self.leeway));
             if entries.len() >= Self::CAPACITY {
                 entries.clear();
@@ -379,9 +373,7 @@ impl Auth {
             .embedded
             .as_ref()
             .ok_or_else(|| anyhow::anyhow!("the embedded key is turned off (auth.embedded)"))?;
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)?
-            .as_secs();
+        let now = crate::unix_seconds();
         let reference = |kind: &str, id: &Option<String>| {
             id.as_ref().map(|id| {
                 let id = id.strip_prefix(&format!("{kind}/")).unwrap_or(id);
@@ -557,7 +549,7 @@ mod tests {
 
         // A remembered entry past its expiry is not used.
         auth.verified
-            .insert("an expired token", principal, VerifiedTokens::now() - 1);
+            .insert("an expired token", principal, crate::unix_seconds() - 1);
         assert!(auth.verified.get("an expired token").is_none());
     }
 
@@ -574,7 +566,7 @@ mod tests {
             ..Claims::default()
         })
         .unwrap();
-        let later = VerifiedTokens::now() + 600;
+        let later = crate::unix_seconds() + 600;
         for i in 0..VerifiedTokens::CAPACITY + 10 {
             tokens.insert(&format!("token {i}"), principal.clone(), later);
         }

@@ -21,3 +21,11 @@ pub mod testing;
 pub use config::Config;
 pub use db::{Backend, Database};
 pub use error::{ApiError, IssueCode, IssueSeverity, OperationOutcome, OutcomeIssue};
+
+/// Whole seconds since the Unix epoch (token times, rate-limit windows); 0 if the clock is
+/// set before 1970.
+pub fn unix_seconds() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

@@ -13,7 +13,7 @@
 use std::{
     net::{IpAddr, SocketAddr},
     sync::Arc,
-    time::{Duration, SystemTime},
+    time::Duration,
 };
 
 use axum::{
@@ -54,9 +54,7 @@ impl RateLimiter {
         if limit == 0 {
             return Ok(());
         }
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let now = crate::unix_seconds();
         let window = now / WINDOW_SECS;
         let key = format!("rl:{kind}:{who}:{window}");
         match self

@@ -204,10 +204,15 @@ async fn decide(ehr: &Ehr, principal: &Principal, request: Request) -> Result<Re
 }
 
 fn every_interaction_on_every_type(principal: &Principal) -> bool {
-    use Interaction::*;
-    [Create, Read, Update, Delete, Search]
+    Interaction::ALL
         .into_iter()
         .all(|i| principal.scope_allows(i, "*"))
+}
+
+/// What reaching beyond the searched type needs: searching and reading every type.
+fn need_every_type_read(principal: &Principal) -> Result<(), ApiError> {
+    need(principal, Interaction::Search, "*")?;
+    need(principal, Interaction::Read, "*")
 }
 
 /// Largest Bundle read here to check its entries one by one (only for tokens whose scopes
@@ -255,7 +260,7 @@ async fn bundle_entries(principal: &Principal, request: Request) -> Result<Reque
             Some((rt, interactions)) if rt.chars().all(|c| c.is_ascii_alphanumeric()) => {
                 (rt.to_string(), interactions)
             }
-            _ => ("*".to_string(), vec![Create, Read, Update, Delete, Search]),
+            _ => ("*".to_string(), Interaction::ALL.to_vec()),
         };
         interactions
             .into_iter()
@@ -321,7 +326,7 @@ fn system(
     use Interaction::*;
     match target {
         // With every scope on `*` (narrower tokens have their entries checked one by one).
-        Target::Bundle => [Create, Read, Update, Delete, Search]
+        Target::Bundle => Interaction::ALL
             .into_iter()
             .try_for_each(|i| need(principal, i, "*")),
         Target::SystemHistory => need(principal, Search, "*"),
@@ -331,8 +336,7 @@ fn system(
         } => {
             needs.iter().try_for_each(|i| need(principal, *i, rt))?;
             if *search && reaches_other_types(params) {
-                need(principal, Search, "*")?;
-                need(principal, Read, "*")?;
+                need_every_type_read(principal)?;
             }
             Ok(())
         }
@@ -343,8 +347,7 @@ fn system(
             need(principal, Read, rt)?;
             need(principal, Search, member)?;
             if reaches_other_types(params) {
-                need(principal, Search, "*")?;
-                need(principal, Read, "*")?;
+                need_every_type_read(principal)?;
             }
             Ok(())
         }

@@ -444,7 +444,7 @@ impl ResourceStore {
                     message: "stored JSON is unreadable".into(),
                     expression: None,
                 })?;
-            self.replace_index(&mut tx, &version, Some(&tree), rid, true)
+            self.replace_index(&mut tx, &version, &tree, rid, true)
                 .await?;
             last = Some((version.resource_type, version.id));
         }

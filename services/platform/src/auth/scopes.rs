@@ -47,7 +47,8 @@ pub enum Interaction {
 }
 
 impl Interaction {
-    const ALL: [Interaction; 5] = [
+    /// Every interaction, in SMART's letter order `c r u d s`.
+    pub const ALL: [Interaction; 5] = [
         Self::Create,
         Self::Read,
         Self::Update,

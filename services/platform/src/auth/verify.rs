@@ -19,7 +19,7 @@ use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use jsonwebtoken::{
     Algorithm, DecodingKey, Validation,
     errors::ErrorKind,
-    jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet},
+    jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm},
 };
 use serde::Deserialize;
 use tokio::sync::{Mutex, RwLock};
@@ -243,12 +243,15 @@ fn trusted_key(jwk: &Jwk) -> Option<TrustedKey> {
         }
         _ => return None,
     };
-    if let Some(stated) = jwk.common.key_algorithm {
-        let stated = format!("{stated:?}");
-        let fixed = format!("{algorithm:?}");
-        if stated != fixed {
-            return None;
-        }
+    let agrees = match jwk.common.key_algorithm {
+        None => true,
+        Some(KeyAlgorithm::RS256) => algorithm == Algorithm::RS256,
+        Some(KeyAlgorithm::ES256) => algorithm == Algorithm::ES256,
+        Some(KeyAlgorithm::EdDSA) => algorithm == Algorithm::EdDSA,
+        Some(_) => false,
+    };
+    if !agrees {
+        return None;
     }
     let key = DecodingKey::from_jwk(jwk).ok()?;
     Some(TrustedKey { algorithm, key })
