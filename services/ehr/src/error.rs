@@ -283,7 +283,7 @@ impl From<EhrError> for ApiError {
                 if matches!(e, sqlx::Error::Io(_))
                     || matches!(&e, sqlx::Error::Database(d) if d.code().is_some_and(|c| c.starts_with("57P"))) =>
             {
-                tracing::warn!(error = %describe(&e), "database connection lost; answering 503");
+                tracing::warn!(error = %db_error_kind(&e), "database connection lost; answering 503");
                 retry_later("the database connection was lost; retry the request", "1")
             }
             // A read stopped at the statement timeout: PostgreSQL's query_canceled, SQLite's
@@ -298,7 +298,7 @@ impl From<EhrError> for ApiError {
                      alternatives, a more selective parameter, a smaller _count)",
                 )
             }
-            E::Database(e) => ApiError::internal(&describe(&e)),
+            E::Database(e) => ApiError::internal(&db_error_kind(&e)),
         }
     }
 }
@@ -327,7 +327,7 @@ fn article(word: &str) -> &'static str {
 
 /// What a database error may say in a log: its kind, code and constraint, never its message,
 /// which PostgreSQL fills with the offending values (`Key (id)=(…) already exists`).
-fn describe(error: &sqlx::Error) -> String {
+pub(crate) fn db_error_kind(error: &sqlx::Error) -> String {
     match error {
         sqlx::Error::Database(e) => format!(
             "database error (code {}, constraint {})",
@@ -360,10 +360,10 @@ mod tests {
 
     #[test]
     fn database_errors_are_described_without_their_message() {
-        let described = describe(&sqlx::Error::Protocol("value 087090001234 rejected".into()));
+        let described = db_error_kind(&sqlx::Error::Protocol("value 087090001234 rejected".into()));
         assert!(!described.contains("087090001234"), "{described}");
         assert_eq!(
-            describe(&sqlx::Error::PoolTimedOut),
+            db_error_kind(&sqlx::Error::PoolTimedOut),
             "database pool timed out"
         );
     }

@@ -4,6 +4,7 @@
 //! [`Ehr::new`] builds the service from a database; [`Ehr::router`] returns its routes.
 
 pub mod api;
+pub mod audit;
 pub mod bundle;
 pub mod capability;
 pub mod criteria;
@@ -55,6 +56,8 @@ pub struct Ehr {
     pub reindex: reindex::Reindex,
     /// `/fhir/metadata`, rendered once.
     capability: String,
+    /// The access record: group committer and relay (see [`audit`]).
+    pub audit: audit::Audit,
 }
 
 impl Ehr {
@@ -95,7 +98,8 @@ impl Ehr {
             .unwrap_or_default();
         let capability =
             capability::capability_statement(defs, env!("CARGO_PKG_VERSION"), &started).to_string();
-        Ok(Arc::new(Self {
+        let audit = audit::Audit::start(db.clone(), fhir.audit_relay_per_second);
+        let ehr = Arc::new(Self {
             store: ResourceStore::new(db, defs),
             defs,
             fhir,
@@ -104,7 +108,13 @@ impl Ehr {
             required,
             reindex: reindex::Reindex::default(),
             capability,
-        }))
+            audit,
+        });
+        tokio::spawn(audit::relay::run(
+            Arc::downgrade(&ehr),
+            ehr.audit.wake_handle(),
+        ));
+        Ok(ehr)
     }
 
     /// Parses a resource sent for `rt` (and `id`), validates it against the R4 definitions,

@@ -46,4 +46,10 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0007_covering_probe_indexes.sql"),
         postgres: include_str!("../migrations/postgres/0007_covering_probe_indexes.sql"),
     },
+    Migration {
+        version: 8,
+        description: "audit outbox: access records waiting to become AuditEvents",
+        sqlite: include_str!("../migrations/sqlite/0008_audit_outbox.sql"),
+        postgres: include_str!("../migrations/postgres/0008_audit_outbox.sql"),
+    },
 ];

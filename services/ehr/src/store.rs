@@ -13,6 +13,7 @@ use sen_platform::{Backend, Database};
 
 use sqlx::{Any, Row, any::AnyRow};
 pub use write::Tx;
+pub(crate) use write::versioned;
 
 use crate::{
     criteria::Criteria,
@@ -215,8 +216,12 @@ impl Sql {
                     Backend::Sqlite => deletes,
                 }
             },
+            // The access log is not part of the records' history: every read leaves an
+            // AuditEvent, which would bury the changes to records (what a replica follows)
+            // under them. It is read as AuditEvents (search, or their type's history).
             history_system: format!(
-                "SELECT seq, {cols} FROM {hist} WHERE last_updated >= $1 AND seq < $2 ORDER BY seq DESC LIMIT $3"
+                "SELECT seq, {cols} FROM {hist} WHERE resource_type <> 'AuditEvent' \
+                 AND last_updated >= $1 AND seq < $2 ORDER BY seq DESC LIMIT $3"
             ),
             history_type: format!(
                 "SELECT seq, {cols} FROM {hist} WHERE resource_type = $4 AND last_updated >= $1 AND seq < $2 \
@@ -439,6 +444,20 @@ impl ResourceStore {
         self.bind_version(sqlx::query(&self.sql.insert_history), version)
             .execute(&mut **tx)
             .await?;
+        if let Some(rows) = &rows {
+            tx.wrote(crate::audit::Written {
+                reference: write::versioned(version),
+                action: match (version.method, version.version) {
+                    (Method::Post, _) | (_, 1) => "C",
+                    _ => "U",
+                },
+                patients: crate::search::extract::compartment_patients(
+                    &version.resource_type,
+                    &version.id,
+                    rows,
+                ),
+            });
+        }
         self.replace_index_rows(tx, version, rows, rid, indexed)
             .await
     }

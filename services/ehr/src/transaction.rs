@@ -298,7 +298,10 @@ fn parse(
     }
     let transaction = match field("type").as_deref() {
         Some("transaction") => true,
-        Some("batch") => false,
+        Some("batch") => {
+            crate::audit::note_interaction("batch");
+            false
+        }
         _ => {
             return Err(EhrError::Invalid {
                 message: "Bundle.type must be batch or transaction".into(),
@@ -819,6 +822,7 @@ async fn read(ehr: &Ehr, tx: &mut Tx, entry: &Entry) -> Result<Outcome, EhrError
             version: version.version,
         });
     }
+    crate::audit::note_resource(crate::store::versioned(&version));
     Ok(Outcome::Read(version))
 }
 
@@ -827,6 +831,7 @@ async fn read(ehr: &Ehr, tx: &mut Tx, entry: &Entry) -> Result<Outcome, EhrError
 async fn search(ehr: &Ehr, tx: &mut Tx, request: &SearchRequest) -> Result<Outcome, EhrError> {
     let count = ehr.fhir.default_count as usize;
     let found = ehr.store.search_page_in(tx, request, count).await?;
+    crate::audit::note_results(found.iter().map(|(t, id, _)| (t.as_str(), id.as_str())));
     let rt = request.resource_type;
     let entries: Vec<String> = found
         .iter()

@@ -153,6 +153,10 @@ pub struct FhirConfig {
     pub profile_dir: Option<std::path::PathBuf>,
     /// Profiles every resource of a type must conform to: `Patient = "<profile URL>"`.
     pub required_profiles: std::collections::BTreeMap<String, String>,
+    /// Access records turned into AuditEvent resources per second, at most: every access is
+    /// recorded at once (an outbox row); this paces only the indexing of those rows, so a
+    /// burst of reads costs the burst little. A search of AuditEvents catches up first.
+    pub audit_relay_per_second: u32,
 }
 
 impl Default for FhirConfig {
@@ -163,6 +167,7 @@ impl Default for FhirConfig {
             max_bundle_entries: 1000,
             profile_dir: None,
             required_profiles: Default::default(),
+            audit_relay_per_second: 2_000,
         }
     }
 }
@@ -365,6 +370,11 @@ const ENV_KEYS: &[(&str, &str, Kind)] = &[
         Kind::Int,
     ),
     ("SEN_FHIR_PROFILE_DIR", "fhir.profile_dir", Kind::Str),
+    (
+        "SEN_FHIR_AUDIT_RELAY_PER_SECOND",
+        "fhir.audit_relay_per_second",
+        Kind::Int,
+    ),
     (
         "SEN_FHIR_REQUIRED_PROFILES",
         "fhir.required_profiles",

@@ -116,10 +116,15 @@ impl RateLimiter {
     }
 }
 
+/// The client address of a request as the rate limits count it (the peer, or the configured
+/// `X-Forwarded-For` hop), for what records accesses.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddress(pub IpAddr);
+
 /// Middleware: counts every request but health and metrics against its address's limit.
 pub async fn limit_addresses(
     State(limiter): State<Arc<RateLimiter>>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
     let path = request.uri().path();
@@ -127,6 +132,7 @@ pub async fn limit_addresses(
         return next.run(request).await;
     }
     if let Some(address) = limiter.address(&request) {
+        request.extensions_mut().insert(ClientAddress(address));
         let who = address.to_string();
         if let Err(refused) = limiter
             .count("address", &who, limiter.config.per_ip_per_minute)

@@ -6,7 +6,7 @@ mod fhirpath_js;
 mod fhirpy;
 mod support;
 
-use std::{process::Command, time::Duration};
+use std::{collections::BTreeSet, process::Command, time::Duration};
 
 use fhir_sdk::{
     client::{Client, SearchParameters, TokenSearch},
@@ -217,6 +217,14 @@ async fn every_acknowledged_create_survives_a_sigkill(store: Store) {
                 .expect("writers alive"),
         );
     }
+    // A read answered just before the kill: its access record was durable before the answer.
+    let read = http
+        .get(format!("{fhir}/Observation/{}", acknowledged[0].0))
+        .header("x-request-id", "read-before-kill")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), 200);
     sen.kill();
     for writer in writers {
         writer.await.unwrap();
@@ -243,6 +251,76 @@ async fn every_acknowledged_create_survives_a_sigkill(store: Store) {
         "{} acknowledged creates all readable after SIGKILL and restart",
         acknowledged.len()
     );
+
+    // Each create committed with its AuditEvent or not at all: the Observations stored (those
+    // acknowledged, and any the kill caught between commit and answer) and the creations the
+    // AuditEvents name are the same set, each named once.
+    let stored: BTreeSet<String> = every_page(&http, &restarted, "Observation?_count=1000")
+        .await
+        .iter()
+        .map(|o| format!("Observation/{}/_history/1", o["id"].as_str().unwrap()))
+        .collect();
+    let events = every_page(&http, &restarted, "AuditEvent?subtype=create&_count=1000").await;
+    let mut named: Vec<String> = events
+        .iter()
+        .flat_map(|e| e["entity"].as_array().cloned().unwrap_or_default())
+        .filter_map(|e| e["what"]["reference"].as_str().map(str::to_string))
+        .filter(|r| r.starts_with("Observation/"))
+        .collect();
+    named.sort();
+    let before = named.len();
+    named.dedup();
+    assert_eq!(named.len(), before, "a creation named by two AuditEvents");
+    let named: BTreeSet<String> = named.into_iter().collect();
+    assert_eq!(
+        stored.difference(&named).count() + named.difference(&stored).count(),
+        0,
+        "stored without an AuditEvent: {:?}; AuditEvent without the write: {:?}",
+        stored.difference(&named).collect::<Vec<_>>(),
+        named.difference(&stored).collect::<Vec<_>>()
+    );
+    let read_events = every_page(
+        &http,
+        &restarted,
+        "AuditEvent?entity:identifier=urn:sen:request-id|read-before-kill",
+    )
+    .await;
+    assert_eq!(
+        read_events.len(),
+        1,
+        "the read before the kill is on record"
+    );
+    eprintln!(
+        "{} creations and their {} AuditEvents agree after SIGKILL",
+        stored.len(),
+        named.len()
+    );
+}
+
+/// Every resource of a search, following `next` links.
+async fn every_page(http: &reqwest::Client, sen: &Sen, search: &str) -> Vec<Value> {
+    let mut found = Vec::new();
+    let mut url = Some(format!("{}/{search}", sen.fhir()));
+    while let Some(u) = url.take() {
+        let response = http.get(&u).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{u}");
+        let page: Value = response.json().await.unwrap();
+        found.extend(
+            page["entry"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|e| e["resource"].clone()),
+        );
+        url = page["link"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|l| l["relation"] == "next")
+            .and_then(|l| l["url"].as_str())
+            .map(str::to_string);
+    }
+    found
 }
 
 async fn sigterm_lets_the_server_stop_cleanly(store: Store) {

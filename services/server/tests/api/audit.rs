@@ -1,0 +1,348 @@
+//! Audit (issue 5): every access under `/fhir` with a valid token leaves exactly one
+//! AuditEvent saying who, from where, what, which patient, when and how it ended; writes and
+//! their record commit together; a read whose access cannot be recorded shows nothing; a
+//! patient lists who accessed its records.
+
+use base64::Engine;
+use reqwest::{Method, StatusCode};
+use sen_platform::auth::Role;
+use serde_json::{Value, json};
+
+use crate::{patient, support::TestApp};
+
+/// Every AuditEvent a search finds, following its `next` links (system token).
+pub async fn audit_events(app: &TestApp, first: &str) -> Vec<Value> {
+    let mut events = Vec::new();
+    let mut path = Some(first.to_string());
+    while let Some(p) = path.take() {
+        let response = app.get(&p).await;
+        assert_eq!(response.status(), StatusCode::OK, "{p}");
+        let page: Value = response.json().await.unwrap();
+        events.extend(
+            page["entry"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|e| e["resource"].clone()),
+        );
+        path = page["link"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|l| l["relation"] == "next")
+            .and_then(|l| l["url"].as_str())
+            .and_then(|u| u.find("/fhir").map(|i| u[i..].to_string()));
+    }
+    events
+}
+
+/// The `X-Request-Id` an AuditEvent records.
+pub fn request_id(event: &Value) -> Option<String> {
+    event["entity"]
+        .as_array()?
+        .iter()
+        .find(|e| e["what"]["identifier"]["system"] == "urn:sen:request-id")
+        .and_then(|e| e["what"]["identifier"]["value"].as_str())
+        .map(str::to_string)
+}
+
+/// The references an AuditEvent's entities name.
+fn entities(event: &Value) -> Vec<String> {
+    event["entity"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["what"]["reference"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// The one AuditEvent of `request_id` among `events`.
+fn of_request<'a>(events: &'a [Value], request_id: &str) -> &'a Value {
+    let found: Vec<&Value> = events
+        .iter()
+        .filter(|e| self::request_id(e).as_deref() == Some(request_id))
+        .collect();
+    assert_eq!(found.len(), 1, "one AuditEvent for {request_id}");
+    found[0]
+}
+
+fn observation(patient: &str) -> Value {
+    json!({"resourceType": "Observation", "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+        "subject": {"reference": format!("Patient/{patient}")},
+        "valueQuantity": {"value": 72, "unit": "/min", "system": "http://unitsofmeasure.org", "code": "/min"}})
+}
+
+async fn send(
+    app: &TestApp,
+    token: &str,
+    method: Method,
+    path: &str,
+    request_id: &str,
+    body: Option<&Value>,
+) -> StatusCode {
+    let mut request = app
+        .request_as(token, method, path)
+        .header("x-request-id", request_id);
+    if let Some(body) = body {
+        request = request
+            .header("content-type", "application/fhir+json")
+            .body(body.to_string());
+    }
+    request.send().await.unwrap().status()
+}
+
+/// Reads, searches, writes and refusals: one AuditEvent each, with the agent, its address,
+/// the interaction and outcome, the resource version, the query and the patients concerned.
+async fn every_access_is_recorded_with_who_what_which_patient_and_outcome(app: TestApp) {
+    let (p, _) = app.create(&patient("087090000301")).await;
+    let (q, _) = app.create(&patient("087090000302")).await;
+    let system = app.token(Role::System, None, None);
+    let created = app
+        .request(Method::POST, "/fhir/Observation")
+        .header("x-request-id", "audit-create")
+        .header("content-type", "application/fhir+json")
+        .body(observation(&p).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let o = created.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let own = app.token(Role::Patient, Some(&p), None);
+    let other = app.token(Role::Patient, Some(&q), None);
+    let ops = app.token(Role::OpsViewer, None, None);
+    let get = Method::GET;
+    let cases = [
+        (&own, format!("/fhir/Observation/{o}"), "audit-read", 200),
+        (
+            &system,
+            format!("/fhir/Observation?subject=Patient/{p}"),
+            "audit-search",
+            200,
+        ),
+        (
+            &system,
+            "/fhir/Observation/missing".into(),
+            "audit-missing",
+            404,
+        ),
+        (
+            &other,
+            format!("/fhir/Observation/{o}"),
+            "audit-refused",
+            404,
+        ),
+        (&ops, format!("/fhir/Patient/{p}"), "audit-ops", 403),
+    ];
+    for (token, path, id, status) in &cases {
+        let answered = send(&app, token, get.clone(), path, id, None).await;
+        assert_eq!(answered.as_u16(), *status, "{path}");
+    }
+    let events = audit_events(&app, "/fhir/AuditEvent?_count=1000").await;
+
+    let create = of_request(&events, "audit-create");
+    assert_eq!(create["action"], "C");
+    assert_eq!(create["subtype"][0]["code"], "create");
+    assert_eq!(create["outcome"], "0");
+    let named = entities(create);
+    assert!(
+        named.contains(&format!("Observation/{o}/_history/1")),
+        "{named:?}"
+    );
+    assert!(named.contains(&format!("Patient/{p}")), "{named:?}");
+
+    let read = of_request(&events, "audit-read");
+    assert_eq!(read["type"]["code"], "rest");
+    assert_eq!(read["subtype"][0]["code"], "read");
+    assert_eq!(read["action"], "R");
+    assert_eq!(read["outcome"], "0");
+    assert_eq!(read["purposeOfEvent"][0]["coding"][0]["code"], "PATRQT");
+    let agent = &read["agent"][0];
+    assert_eq!(agent["who"]["reference"], format!("Patient/{p}"));
+    assert_eq!(agent["role"][0]["text"], "patient");
+    assert_eq!(agent["network"]["address"], "127.0.0.1");
+    assert_eq!(agent["requestor"], true);
+    let named = entities(read);
+    assert!(
+        named.contains(&format!("Observation/{o}/_history/1")),
+        "{named:?}"
+    );
+    assert!(named.contains(&format!("Patient/{p}")), "{named:?}");
+
+    let search = of_request(&events, "audit-search");
+    assert_eq!(search["subtype"][0]["code"], "search-type");
+    let query = search["entity"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|e| e["query"].as_str())
+        .expect("the query is recorded");
+    let query = base64::engine::general_purpose::STANDARD
+        .decode(query)
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(query).unwrap(),
+        format!("Observation?subject=Patient%2F{p}")
+    );
+    assert!(entities(search).contains(&format!("Patient/{p}")));
+    assert!(!entities(search).contains(&format!("Patient/{q}")));
+
+    let missing = of_request(&events, "audit-missing");
+    assert_eq!(missing["outcome"], "4");
+    assert_eq!(missing["outcomeDesc"], "HTTP 404");
+    assert_eq!(entities(missing), vec!["Observation/missing".to_string()]);
+
+    // Another patient's attempt is on record for the patient whose data it was after.
+    let refused = of_request(&events, "audit-refused");
+    assert_eq!(refused["outcome"], "4");
+    assert_eq!(
+        refused["agent"][0]["who"]["reference"],
+        format!("Patient/{q}")
+    );
+    assert!(entities(refused).contains(&format!("Patient/{p}")));
+
+    let ops = of_request(&events, "audit-ops");
+    assert_eq!(ops["outcome"], "4");
+    assert_eq!(ops["outcomeDesc"], "HTTP 403");
+    assert_eq!(ops["agent"][0]["role"][0]["text"], "ops-viewer");
+}
+
+/// A patient searches AuditEvents and finds the accesses to its own records only.
+async fn a_patient_lists_who_accessed_its_records(app: TestApp) {
+    let (p, _) = app.create(&patient("087090000311")).await;
+    let (q, _) = app.create(&patient("087090000312")).await;
+    let (o, _) = app.create(&observation(&p)).await;
+    let system = app.token(Role::System, None, None);
+    let get = Method::GET;
+    let read = format!("/fhir/Observation/{o}");
+    assert_eq!(
+        send(&app, &system, get.clone(), &read, "read-of-p", None).await,
+        200
+    );
+    let read = format!("/fhir/Patient/{q}");
+    assert_eq!(
+        send(&app, &system, get.clone(), &read, "read-of-q", None).await,
+        200
+    );
+
+    let own = app.token(Role::Patient, Some(&p), None);
+    let response = app
+        .request_as(&own, get.clone(), "/fhir/AuditEvent?_count=1000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let page: Value = response.json().await.unwrap();
+    let events: Vec<Value> = page["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"].clone())
+        .collect();
+    let requests: Vec<String> = events.iter().filter_map(request_id).collect();
+    assert!(requests.contains(&"read-of-p".to_string()), "{requests:?}");
+    assert!(!requests.contains(&"read-of-q".to_string()), "{requests:?}");
+    for event in &events {
+        assert!(entities(event).contains(&format!("Patient/{p}")), "{event}");
+    }
+    let system_events = audit_events(&app, "/fhir/AuditEvent?_count=1000").await;
+    let of_q = of_request(&system_events, "read-of-q")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let path = format!("/fhir/AuditEvent/{of_q}");
+    assert_eq!(
+        send(&app, &own, get.clone(), &path, "peek", None).await,
+        StatusCode::NOT_FOUND
+    );
+}
+
+/// A transaction's writes and its reads share one AuditEvent, committed with them; a
+/// transaction that fails writes nothing and is recorded as failed.
+async fn a_transaction_and_its_audit_event_commit_together(app: TestApp) {
+    let (p, _) = app.create(&patient("087090000321")).await;
+    let system = app.token(Role::System, None, None);
+    let entry =
+        |o: Value| json!({"resource": o, "request": {"method": "POST", "url": "Observation"}});
+    let good = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        entry(observation(&p)), entry(observation(&p)),
+        {"request": {"method": "GET", "url": format!("Patient/{p}")}}]});
+    let status = send(&app, &system, Method::POST, "/fhir", "tx-good", Some(&good)).await;
+    assert_eq!(status, StatusCode::OK);
+    let mut broken = observation(&p);
+    broken["status"] = json!("not-a-status");
+    let bad = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        entry(observation(&p)), entry(broken)]});
+    let rows = app.resource_rows().await;
+    let status = send(&app, &system, Method::POST, "/fhir", "tx-bad", Some(&bad)).await;
+    assert!(status.is_client_error(), "{status}");
+    assert_eq!(
+        app.resource_rows().await,
+        rows,
+        "the failed transaction wrote nothing"
+    );
+
+    let events = audit_events(&app, "/fhir/AuditEvent?_count=1000").await;
+    let good = of_request(&events, "tx-good");
+    assert_eq!(good["subtype"][0]["code"], "transaction");
+    assert_eq!(good["action"], "C");
+    assert_eq!(good["outcome"], "0");
+    let named = entities(good);
+    let versions = named
+        .iter()
+        .filter(|r| r.starts_with("Observation/") && r.ends_with("/_history/1"))
+        .count();
+    assert_eq!(versions, 2, "{named:?}");
+    assert!(
+        named.contains(&format!("Patient/{p}/_history/1")),
+        "{named:?}"
+    );
+    let bad = of_request(&events, "tx-bad");
+    assert_eq!(bad["outcome"], "4");
+    assert!(
+        !entities(bad).iter().any(|r| r.contains("/_history/")),
+        "nothing written is named"
+    );
+}
+
+/// When the access cannot be recorded, the record is not shown: 503, and none of its data.
+async fn a_read_whose_access_cannot_be_recorded_shows_nothing(app: TestApp) {
+    let (p, _) = app.create(&patient("087090000331")).await;
+    let table = match app.db.backend() {
+        sen_platform::Backend::Postgres => "ehr.audit_outbox",
+        sen_platform::Backend::Sqlite => "ehr_audit_outbox",
+    };
+    let rename = |from: &str, to: &str| format!("ALTER TABLE {from} RENAME TO {to}");
+    sqlx::query(&rename(table, "audit_outbox_away"))
+        .execute(app.db.writer())
+        .await
+        .unwrap();
+    let response = app.get(&format!("/fhir/Patient/{p}")).await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(response.headers().contains_key("retry-after"));
+    let body = response.text().await.unwrap();
+    assert!(!body.contains("087090000331"), "{body}");
+    assert!(!body.contains("Nguy"), "{body}");
+    let away = match app.db.backend() {
+        sen_platform::Backend::Postgres => "ehr.audit_outbox_away",
+        sen_platform::Backend::Sqlite => "audit_outbox_away",
+    };
+    sqlx::query(&rename(away, table.trim_start_matches("ehr.")))
+        .execute(app.db.writer())
+        .await
+        .unwrap();
+    assert_eq!(
+        app.get(&format!("/fhir/Patient/{p}")).await.status(),
+        StatusCode::OK
+    );
+}
+
+on_both_backends!(
+    every_access_is_recorded_with_who_what_which_patient_and_outcome,
+    a_patient_lists_who_accessed_its_records,
+    a_transaction_and_its_audit_event_commit_together,
+    a_read_whose_access_cannot_be_recorded_shows_nothing,
+);
