@@ -31,8 +31,9 @@ use crate::{
 mod access;
 mod access_log;
 mod operations;
+mod organizations;
 
-use access::OwnRecords;
+use access::Narrowed;
 
 /// Media type of every FHIR response.
 pub const FHIR_JSON_R4: &str = "application/fhir+json; charset=utf-8; fhirVersion=4.0";
@@ -842,7 +843,7 @@ async fn search(
     State(ehr): State<Arc<Ehr>>,
     Path(type_name): Path<String>,
     RawQuery(query): RawQuery,
-    own: Option<Extension<OwnRecords>>,
+    own: Option<Extension<Narrowed>>,
     headers: HeaderMap,
 ) -> Result<Response> {
     let rt = resource_type(&ehr, &type_name)?;
@@ -910,7 +911,7 @@ async fn search_post(
     State(ehr): State<Arc<Ehr>>,
     Path(type_name): Path<String>,
     RawQuery(query): RawQuery,
-    own: Option<Extension<OwnRecords>>,
+    own: Option<Extension<Narrowed>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response> {
@@ -948,14 +949,20 @@ async fn search_answer(
     rt: ResourceType,
     mut params: Vec<(String, String)>,
     headers: &HeaderMap,
-    own: Option<Extension<OwnRecords>>,
+    own: Option<Extension<Narrowed>>,
 ) -> Result<Response> {
     let compartment = match own {
-        Some(Extension(OwnRecords(patient))) if rt.as_str() == "Patient" => {
+        Some(Extension(Narrowed::Patient(patient))) if rt.as_str() == "Patient" => {
             params.push(("_id".into(), patient));
             None
         }
-        Some(Extension(OwnRecords(patient))) => Some((resource_type(ehr, "Patient")?, patient)),
+        Some(Extension(Narrowed::Patient(patient))) => {
+            Some((resource_type(ehr, "Patient")?, patient))
+        }
+        Some(Extension(Narrowed::Also(extra))) => {
+            params.extend(extra);
+            None
+        }
         None => None,
     };
     search_within(ehr, rt, params, headers, compartment).await

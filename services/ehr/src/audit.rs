@@ -55,9 +55,9 @@ pub struct Record {
     pub address: Option<String>,
     /// Purpose of use (`v3-ActReason` code).
     pub purpose: String,
-    /// Access outside the caller's usual rules, with a stated reason.
-    #[serde(default)]
-    pub break_glass: bool,
+    /// Access outside the caller's usual rules (break-the-glass), with its stated reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub break_glass: Option<String>,
     /// A search's query (`Observation?code=…`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub query: Option<String>,
@@ -98,6 +98,7 @@ pub struct Current {
 #[derive(Debug, Default)]
 struct Noted {
     interaction: Option<&'static str>,
+    break_glass: Option<String>,
     query: Option<String>,
     resources: Vec<String>,
     results: Vec<String>,
@@ -143,6 +144,10 @@ impl Current {
         if let Some(interaction) = noted.interaction {
             interaction.clone_into(&mut record.interaction);
         }
+        if let Some(reason) = noted.break_glass {
+            record.break_glass = Some(reason);
+            "BTG".clone_into(&mut record.purpose);
+        }
         record.status = status;
         record.query = noted.query.or(record.query);
         record.resources = noted.resources;
@@ -183,6 +188,11 @@ pub fn note_query(rt: &str, params: &[(String, String)]) {
     with_current(|c| c.noted().query = Some(query));
 }
 
+/// Notes that the request passed by break-the-glass, with its stated reason.
+pub fn note_break_glass(reason: String) {
+    with_current(|c| c.noted().break_glass = Some(reason));
+}
+
 /// Notes an interaction only the handler can tell (`batch` or `transaction`).
 pub fn note_interaction(interaction: &'static str) {
     with_current(|c| c.noted().interaction = Some(interaction));
@@ -207,6 +217,10 @@ pub(crate) async fn record_in(tx: &mut Tx, written: &[Written]) -> Result<bool, 
         let mut record = c.base.clone();
         if let Some(interaction) = noted.interaction {
             interaction.clone_into(&mut record.interaction);
+        }
+        if let Some(reason) = &noted.break_glass {
+            record.break_glass = Some(reason.clone());
+            "BTG".clone_into(&mut record.purpose);
         }
         record.query = noted.query.take();
         record.results = std::mem::take(&mut noted.results);

@@ -79,7 +79,8 @@ impl Role {
     /// The scopes `sen token` grants when none are asked for.
     pub fn default_scopes(self) -> &'static str {
         match self {
-            Role::Patient => "openid fhirUser launch/patient patient/*.rs",
+            // Patients read their records and change their own Consent.
+            Role::Patient => "openid fhirUser launch/patient patient/*.rs patient/Consent.cru",
             Role::Practitioner => "openid fhirUser user/*.cruds",
             Role::ClinicAdmin => "openid fhirUser user/*.cruds",
             Role::OpsViewer => "openid",
@@ -448,7 +449,7 @@ async fn smart_configuration(State(auth): State<Arc<Auth>>, headers: http::Heade
         "token_endpoint_auth_methods_supported": ["private_key_jwt", "client_secret_basic"],
         "scopes_supported": [
             "openid", "fhirUser", "launch/patient", "offline_access",
-            "patient/*.rs", "user/*.cruds", "system/*.cruds", "system/*.rs"
+            "patient/*.rs", "patient/Consent.cru", "user/*.cruds", "system/*.cruds", "system/*.rs"
         ],
         "response_types_supported": ["code"],
         "code_challenge_methods_supported": ["S256"],

@@ -72,7 +72,7 @@ enum Command {
         #[arg(long, value_name = "Practitioner/ID")]
         practitioner: Option<String>,
         /// SMART scopes, space-separated (default: the role's usual scopes, e.g.
-        /// `system/*.cruds` for system, `patient/*.rs` for patient).
+        /// `system/*.cruds` for system, `patient/*.rs patient/Consent.cru` for patient).
         #[arg(long)]
         scope: Option<String>,
         /// How long the token is valid: 90s, 30m, 1h, 7d.

@@ -42,7 +42,7 @@ use crate::{
 
 /// What a request under `/fhir` does, as far as access goes.
 #[derive(Debug, PartialEq, Eq)]
-enum Target {
+pub(super) enum Target {
     /// `POST /fhir`: a batch or transaction.
     Bundle,
     /// `GET /fhir/_history`.
@@ -152,7 +152,7 @@ fn classify(method: &Method, path: &str) -> Option<Target> {
 const SEARCH_FORM_LIMIT: usize = 1024 * 1024;
 
 /// Whether search parameters reach other resource types than the one searched.
-fn reaches_other_types(params: &[(String, String)]) -> bool {
+pub(super) fn reaches_other_types(params: &[(String, String)]) -> bool {
     params.iter().any(|(key, _)| {
         key.starts_with("_include")
             || key.starts_with("_revinclude")
@@ -195,11 +195,9 @@ async fn decide(ehr: &Ehr, principal: &Principal, request: Request) -> Result<Re
         Role::OpsViewer => Err(forbidden(
             "an ops-viewer token reads aggregated indicators only, never a health record",
         )),
-        Role::Practitioner | Role::ClinicAdmin => Err(forbidden(format!(
-            "{} tokens cannot read records yet: the organization rules they need are not \
-             enforced in this version; use a system or patient token",
-            principal.role.as_str()
-        ))),
+        Role::Practitioner | Role::ClinicAdmin => {
+            super::organizations::decide(ehr, principal, target, request).await
+        }
     }
 }
 
@@ -281,7 +279,7 @@ async fn search_params(
 }
 
 /// The query's parameters, and when `posted` those of the form body too.
-async fn request_params(
+pub(super) async fn request_params(
     request: Request,
     posted: bool,
 ) -> Result<(Request, Vec<(String, String)>), ApiError> {
@@ -307,7 +305,11 @@ async fn request_params(
     Ok((Request::from_parts(parts, Body::from(bytes)), params))
 }
 
-fn need(principal: &Principal, interaction: Interaction, rt: &str) -> Result<(), ApiError> {
+pub(super) fn need(
+    principal: &Principal,
+    interaction: Interaction,
+    rt: &str,
+) -> Result<(), ApiError> {
     if principal.scope_allows(interaction, rt) {
         return Ok(());
     }
@@ -413,6 +415,24 @@ async fn patient(
             }
             Ok(request)
         }
+        // Its own Consent: the one record a patient writes (whom its records are shared with).
+        Target::Type {
+            rt,
+            search: false,
+            history: false,
+            ..
+        } if rt == "Consent" && request.method() == Method::POST => {
+            need(principal, Interaction::Create, &rt)?;
+            own_consent(ehr, &own, None, request).await
+        }
+        Target::Instance {
+            rt,
+            id,
+            interaction: Interaction::Update,
+        } if rt == "Consent" && request.method() == Method::PUT => {
+            need(principal, Interaction::Update, &rt)?;
+            own_consent(ehr, &own, Some(&id), request).await
+        }
         Target::Instance { .. } | Target::Bundle => Err(read_only()),
         Target::Type {
             search: false,
@@ -425,6 +445,47 @@ async fn patient(
             ))
         }
     }
+}
+
+/// A Consent a patient writes: about itself (`patient`), replacing (PUT) only one of its own.
+async fn own_consent(
+    ehr: &Ehr,
+    own: &str,
+    id: Option<&str>,
+    request: Request,
+) -> Result<Request, ApiError> {
+    let mine = |consent: &serde_json::Value| {
+        consent["patient"]["reference"].as_str() == Some(&format!("Patient/{own}"))
+    };
+    if let Some(id) = id
+        && let Some(rt) = ehr.defs.resource_type("Consent")
+        && crate::resource::is_valid_id(id)
+        && let Some(current) = ehr.store.read(rt, id).await?
+        && !current.deleted
+        && !serde_json::from_str(&current.content).is_ok_and(|c| mine(&c))
+    {
+        return Err(EhrError::NotFound {
+            resource_type: "Consent",
+            id: id.to_string(),
+        }
+        .into());
+    }
+    let (parts, body) = request.into_parts();
+    let bytes = axum::body::to_bytes(body, SEARCH_FORM_LIMIT)
+        .await
+        .map_err(|_| {
+            ApiError::bad_request(
+                sen_platform::IssueCode::TooLong,
+                "the Consent is too large or could not be read",
+            )
+        })?;
+    let sent: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    if !mine(&sent) {
+        return Err(forbidden(format!(
+            "a patient token writes its own Consent only: patient must be Patient/{own}"
+        )));
+    }
+    Ok(Request::from_parts(parts, Body::from(bytes)))
 }
 
 /// Whether `rt/id` is the patient's own Patient resource or a current member of its
@@ -450,11 +511,15 @@ async fn visible_to(
     Ok(!page.found.is_empty())
 }
 
-/// Marks a patient's search: the search handlers limit it to the patient's own records (its
-/// Patient resource, or its compartment's members), whatever the query asks. Routing has
-/// happened before this middleware runs, so the request itself cannot be redirected.
+/// Marks a search the handlers narrow, whatever the query asks. Routing has happened before
+/// this middleware runs, so the request itself cannot be redirected.
 #[derive(Debug, Clone)]
-pub(super) struct OwnRecords(pub String);
+pub(super) enum Narrowed {
+    /// A patient's own records: its Patient resource, or its compartment's members.
+    Patient(String),
+    /// Parameters AND-ed to the query (a practitioner's patients: `organization=…`).
+    Also(Vec<(String, String)>),
+}
 
 /// A patient's search of `rt`, marked for the handler to narrow; types outside the Patient
 /// compartment are refused.
@@ -464,7 +529,9 @@ fn narrowed(mut request: Request, rt: &str, own: &str) -> Result<Request, ApiErr
             "a patient token searches the records of its own compartment; {rt} is not in it"
         )));
     }
-    request.extensions_mut().insert(OwnRecords(own.to_string()));
+    request
+        .extensions_mut()
+        .insert(Narrowed::Patient(own.to_string()));
     Ok(request)
 }
 

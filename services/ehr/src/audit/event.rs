@@ -26,7 +26,10 @@ pub fn audit_event(id: &str, recorded: i64, record: &Record, patients: &[String]
         400..=499 => "4",
         _ => "8",
     };
-    let purpose = json!([{"coding": [{"system": ACT_REASON, "code": record.purpose}]}]);
+    let mut purpose = json!([{"coding": [{"system": ACT_REASON, "code": record.purpose}]}]);
+    if let Some(reason) = &record.break_glass {
+        purpose[0]["text"] = json!(reason);
+    }
     let who = match &record.agent.who {
         Some(reference) => json!({"reference": reference}),
         None => {
@@ -97,7 +100,7 @@ pub fn audit_event(id: &str, recorded: i64, record: &Record, patients: &[String]
     if !entities.is_empty() {
         event["entity"] = Value::Array(entities);
     }
-    if record.break_glass {
+    if record.break_glass.is_some() {
         event["meta"] = json!({"security": [{"system": ACT_REASON, "code": "BTG", "display": "break the glass"}]});
     }
     event
@@ -123,7 +126,7 @@ mod tests {
             },
             address: Some("10.0.0.7".into()),
             purpose: "HOPERAT".into(),
-            break_glass: true,
+            break_glass: Some("unconscious patient in the emergency room".into()),
             query: Some("Observation?code=8867-4".into()),
             resources: vec!["Observation/o1/_history/2".into()],
             results: vec![],
@@ -146,6 +149,10 @@ mod tests {
         resource.validate().unwrap();
         assert_eq!(event["outcome"], "0");
         assert_eq!(event["meta"]["security"][0]["code"], "BTG");
+        assert_eq!(
+            event["purposeOfEvent"][0]["text"],
+            "unconscious patient in the emergency room"
+        );
         let entities = event["entity"].as_array().unwrap();
         assert_eq!(entities[1]["what"]["reference"], "Patient/p1");
         assert_eq!(entities[2]["query"], "T2JzZXJ2YXRpb24/Y29kZT04ODY3LTQ=");

@@ -155,11 +155,11 @@ fn observation(patient_id: &str) -> Value {
            "valueQuantity": {"value": 72, "unit": "/min", "system": "http://unitsofmeasure.org", "code": "/min"}})
 }
 
-/// A record of `rt` about the patient `patient_id`.
-fn record(rt: &str, patient_id: &str) -> Value {
+/// A record of `rt` about the patient `patient_id` (a new Patient managed by `org`).
+fn record(rt: &str, patient_id: &str, org: &str) -> Value {
     let subject = json!({"reference": format!("Patient/{patient_id}")});
     match rt {
-        "Patient" => patient("087090000009"),
+        "Patient" => managed(patient("087090000009"), org),
         "Observation" => observation(patient_id),
         "Encounter" => json!({"resourceType": "Encounter", "status": "finished",
             "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
@@ -191,10 +191,18 @@ impl Act {
     }
 }
 
+/// `patient` managed by `Organization/{org}`.
+fn managed(mut patient: Value, org: &str) -> Value {
+    patient["managingOrganization"] = json!({"reference": format!("Organization/{org}")});
+    patient
+}
+
 /// The rules of issue 5 as far as this version enforces them, one line per role: what each
-/// interaction answers on the caller's own records and on another patient's.
-fn expected(role: Role, act: Act, own: bool) -> StatusCode {
+/// interaction answers on the caller's own records (for practitioners and clinic admins:
+/// records of their organization's patients) and on another patient's.
+fn expected(role: Role, act: Act, rt: &str, own: bool) -> StatusCode {
     use StatusCode as S;
+    let patient_type = rt == "Patient";
     match (role, act) {
         // system: by its scopes (the default `system/*.cruds` allows everything).
         (Role::System, Act::Create) => S::CREATED,
@@ -205,21 +213,50 @@ fn expected(role: Role, act: Act, own: bool) -> StatusCode {
         (Role::Patient, Act::Read) if own => S::OK,
         (Role::Patient, Act::Read) => S::NOT_FOUND,
         (Role::Patient, _) => S::FORBIDDEN,
-        // ops-viewer: never a record. practitioner, clinic-admin: not until organization rules.
-        (Role::OpsViewer | Role::Practitioner | Role::ClinicAdmin, _) => S::FORBIDDEN,
+        // ops-viewer: never a record.
+        (Role::OpsViewer, _) => S::FORBIDDEN,
+        // practitioner: its organization's patients' records; another patient does not exist
+        // for it (a Patient search finds nothing, naming the patient in a search, a read, an
+        // update answer 404, creating a Patient another organization manages is refused); it
+        // deletes nothing.
+        (Role::Practitioner, Act::Delete) => S::FORBIDDEN,
+        (Role::Practitioner, Act::Create) if own => S::CREATED,
+        (Role::Practitioner, Act::Create) if patient_type => S::FORBIDDEN,
+        (Role::Practitioner, Act::Create) => S::NOT_FOUND,
+        (Role::Practitioner, _) if own || (patient_type && act == Act::Search) => S::OK,
+        (Role::Practitioner, _) => S::NOT_FOUND,
+        // clinic-admin: its organization's Patient registrations, no clinical record.
+        (Role::ClinicAdmin, _) if !patient_type => S::FORBIDDEN,
+        (Role::ClinicAdmin, Act::Delete) => S::FORBIDDEN,
+        (Role::ClinicAdmin, Act::Search) => S::OK,
+        (Role::ClinicAdmin, Act::Create) if own => S::CREATED,
+        (Role::ClinicAdmin, Act::Create) => S::FORBIDDEN,
+        (Role::ClinicAdmin, _) if own => S::OK,
+        (Role::ClinicAdmin, _) => S::NOT_FOUND,
     }
 }
 
 /// Roles × interactions × resource types × own or another patient's record: 200 cases, each
 /// on records made for it, checked against [`expected`].
 async fn the_authorization_matrix_follows_the_rules(app: TestApp) {
-    let (own, _) = app.create(&patient("087090000101")).await;
-    let (other, _) = app.create(&patient("087090000102")).await;
+    // Two clinics; the practitioner (and clinic admin) works at the first, which manages the
+    // "own" patient; the other clinic manages the other.
+    let (clinic, _) = app.create(&organization("Trạm Y tế phường Mỹ Trà")).await;
+    let (elsewhere, _) = app.create(&organization("Bệnh viện khác")).await;
+    let (doctor, _) = app.create(&json!({"resourceType": "Practitioner"})).await;
+    app.create(&practitioner_role(&doctor, &clinic)).await;
+    let (own, _) = app.create(&managed(patient("087090000101"), &clinic)).await;
+    let (other, _) = app
+        .create(&managed(patient("087090000102"), &elsewhere))
+        .await;
     let mut cases = 0;
     // (request id, AuditEvent outcome, action) of every request of the matrix.
     let mut recorded: Vec<(String, &str, &str)> = Vec::new();
     for role in Role::ALL {
-        let token = app.token(role, (role == Role::Patient).then_some(own.as_str()), None);
+        let token = match role {
+            Role::Practitioner | Role::ClinicAdmin => app.practitioner_token(role, &doctor),
+            _ => app.token(role, (role == Role::Patient).then_some(own.as_str()), None),
+        };
         for rt in ["Patient", "Observation", "Encounter", "Condition"] {
             for act in [
                 Act::Read,
@@ -229,11 +266,15 @@ async fn the_authorization_matrix_follows_the_rules(app: TestApp) {
                 Act::Delete,
             ] {
                 for mine in [true, false] {
-                    let owner = if mine { &own } else { &other };
+                    let (owner, org) = if mine {
+                        (&own, &clinic)
+                    } else {
+                        (&other, &elsewhere)
+                    };
                     // The record the request is about: the patient itself (a fresh one where a
                     // system token may change or delete it), or a new record of the patient.
                     let (id, body) = if rt != "Patient" {
-                        let (id, body) = app.create(&record(rt, owner)).await;
+                        let (id, body) = app.create(&record(rt, owner, org)).await;
                         (id, Some(body))
                     } else if role == Role::System && matches!(act, Act::Update | Act::Delete) {
                         let (id, body) = app.create(&patient("087090000103")).await;
@@ -253,7 +294,8 @@ async fn the_authorization_matrix_follows_the_rules(app: TestApp) {
                             None,
                         ),
                         Act::Create => {
-                            (Method::POST, format!("/fhir/{rt}"), Some(record(rt, owner)))
+                            let body = record(rt, owner, org);
+                            (Method::POST, format!("/fhir/{rt}"), Some(body))
                         }
                         Act::Update => {
                             let current = match &body {
@@ -280,7 +322,7 @@ async fn the_authorization_matrix_follows_the_rules(app: TestApp) {
                     }
                     let response = request.send().await.unwrap();
                     let status = response.status();
-                    let want = expected(role, act, mine);
+                    let want = expected(role, act, rt, mine);
                     assert_eq!(
                         status,
                         want,
@@ -512,3 +554,13 @@ async fn audit_events_can_be_created_but_never_changed(app: TestApp) {
 }
 
 on_both_backends!(audit_events_can_be_created_but_never_changed);
+
+fn organization(name: &str) -> Value {
+    json!({"resourceType": "Organization", "active": true, "name": name})
+}
+
+fn practitioner_role(practitioner: &str, organization: &str) -> Value {
+    json!({"resourceType": "PractitionerRole", "active": true,
+        "practitioner": {"reference": format!("Practitioner/{practitioner}")},
+        "organization": {"reference": format!("Organization/{organization}")}})
+}

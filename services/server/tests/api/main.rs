@@ -28,6 +28,7 @@ mod bundles;
 mod crud;
 mod errors;
 mod limits;
+mod organizations;
 mod patch;
 mod profiles;
 mod queries;

@@ -124,6 +124,13 @@ impl TestApp {
         self.auth.mint(&request).expect("token")
     }
 
+    /// A token of a practitioner or clinic admin who is `Practitioner/{practitioner}`.
+    pub fn practitioner_token(&self, role: Role, practitioner: &str) -> String {
+        let mut request = token_request(role, None);
+        request.practitioner = Some(practitioner.to_string());
+        self.auth.mint(&request).expect("token")
+    }
+
     /// A request with no token at all.
     pub fn anonymous(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         reqwest::Client::new().request(method, format!("{}{path}", self.base))
