@@ -243,12 +243,9 @@ pub(crate) async fn record_in(tx: &mut Tx, written: &[Written]) -> Result<bool, 
         .collect();
     record.patients.sort_unstable();
     record.patients.dedup();
-    let row = OutboxRow::new(&record);
-    let sql = insert_sql(tx.backend(), 1);
-    sqlx::query(&sql)
-        .bind(row.id)
-        .bind(row.recorded)
-        .bind(row.body)
+    let records = serde_json::to_string(&[Entry::new(record)]).unwrap_or_default();
+    sqlx::query(&insert_sql(tx.backend()))
+        .bind(records)
         .execute(&mut **tx)
         .await?;
     Ok(true)
@@ -259,20 +256,21 @@ pub(crate) fn committed() {
     with_current(|c| c.noted().committed += 1);
 }
 
-/// One outbox row.
-#[derive(Debug)]
-struct OutboxRow {
-    id: String,
-    recorded: i64,
-    body: String,
+/// One record in the outbox: the AuditEvent's id and time, chosen when the access happened.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Entry {
+    pub id: String,
+    /// Microseconds since the Unix epoch.
+    pub recorded: i64,
+    pub record: Record,
 }
 
-impl OutboxRow {
-    fn new(record: &Record) -> Self {
+impl Entry {
+    fn new(record: Record) -> Self {
         Self {
             id: crate::store::new_id(),
             recorded: sen_platform::unix_micros(),
-            body: serde_json::to_string(record).unwrap_or_default(),
+            record,
         }
     }
 }
@@ -284,34 +282,26 @@ pub(crate) fn outbox_table(backend: Backend) -> &'static str {
     }
 }
 
-/// `INSERT` of `rows` outbox rows.
-fn insert_sql(backend: Backend, rows: usize) -> String {
-    let mut sql = format!(
-        "INSERT INTO {} (id, recorded, body) VALUES ",
+/// `INSERT` of one outbox row (a JSON array of entries).
+fn insert_sql(backend: Backend) -> String {
+    format!(
+        "INSERT INTO {} (records) VALUES ($1)",
         outbox_table(backend)
-    );
-    for i in 0..rows {
-        if i > 0 {
-            sql.push_str(", ");
-        }
-        match backend {
-            Backend::Postgres => {
-                sql.push_str(&format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3))
-            }
-            Backend::Sqlite => sql.push_str("(?, ?, ?)"),
-        }
-    }
-    sql
+    )
 }
 
 /// A record waiting for the group committer, and who waits for it.
 struct Pending {
-    row: OutboxRow,
+    entry: Entry,
     done: oneshot::Sender<bool>,
 }
 
-/// Records per group commit: what one statement carries.
-const GROUP: usize = 256;
+/// Records per group commit, at most.
+const GROUP: usize = 512;
+
+/// Group commits in flight at once: while one waits for the database, the next gathers the
+/// records that arrive meanwhile, so a record waits for about one commit, not one and a half.
+const COMMITTERS: usize = 2;
 
 /// Records waiting for the committer before new ones wait for room.
 const QUEUE: usize = 8_192;
@@ -337,7 +327,10 @@ impl Audit {
     pub fn start(db: sen_platform::Database, per_second: u32) -> Self {
         let (queue, receiver) = mpsc::channel(QUEUE);
         let wake = Arc::new(Notify::new());
-        tokio::spawn(group_committer(db, receiver, wake.clone()));
+        let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
+        for _ in 0..COMMITTERS {
+            tokio::spawn(group_committer(db.clone(), receiver.clone(), wake.clone()));
+        }
         Self {
             queue,
             wake,
@@ -347,10 +340,10 @@ impl Audit {
     }
 
     /// Records an access durably (inserted and committed) and returns once it is.
-    pub async fn record(&self, record: &Record) -> Result<(), AuditUnavailable> {
+    pub async fn record(&self, record: Record) -> Result<(), AuditUnavailable> {
         let (done, committed) = oneshot::channel();
         let pending = Pending {
-            row: OutboxRow::new(record),
+            entry: Entry::new(record),
             done,
         };
         self.queue
@@ -378,25 +371,31 @@ impl Audit {
 #[error("the access could not be recorded")]
 pub struct AuditUnavailable;
 
-/// Inserts the queued records, as many as are waiting (up to [`GROUP`]) in one statement,
-/// and tells each waiter once they are committed.
+/// Inserts the queued records, as many as are waiting (up to [`GROUP`]), as one outbox row,
+/// and tells each waiter once it is committed.
 async fn group_committer(
     db: sen_platform::Database,
-    mut receiver: mpsc::Receiver<Pending>,
+    receiver: Arc<tokio::sync::Mutex<mpsc::Receiver<Pending>>>,
     wake: Arc<Notify>,
 ) {
+    let sql = insert_sql(db.backend());
     let mut batch: Vec<Pending> = Vec::with_capacity(GROUP);
-    while receiver.recv_many(&mut batch, GROUP).await > 0 {
-        let sql = insert_sql(db.backend(), batch.len());
-        let mut query = sqlx::query(&sql);
-        for p in &batch {
-            query = query
-                .bind(p.row.id.as_str())
-                .bind(p.row.recorded)
-                .bind(p.row.body.as_str());
+    loop {
+        let received = receiver.lock().await.recv_many(&mut batch, GROUP).await;
+        if received == 0 {
+            return;
         }
-        let ok = match query.execute(db.writer()).await {
-            Ok(_) => true,
+        let mut records = String::with_capacity(batch.len() * 640);
+        records.push('[');
+        for (i, p) in batch.iter().enumerate() {
+            if i > 0 {
+                records.push(',');
+            }
+            records.push_str(&serde_json::to_string(&p.entry).unwrap_or_default());
+        }
+        records.push(']');
+        let ok = match insert(&db, &sql, records).await {
+            Ok(()) => true,
             Err(e) => {
                 metrics::counter!("audit_record_failures_total").increment(batch.len() as u64);
                 tracing::error!(error = %crate::error::db_error_kind(&e), records = batch.len(), "access records could not be written");
@@ -409,6 +408,26 @@ async fn group_committer(
         }
         wake.notify_one();
     }
+}
+
+/// One outbox row, committed: on PostgreSQL through a search connection (sqlx's pool would
+/// add a round trip per use, see `sen_platform::db::Reader`), on SQLite through the writer.
+async fn insert(
+    db: &sen_platform::Database,
+    sql: &str,
+    records: String,
+) -> Result<(), sqlx::Error> {
+    let query = sqlx::query(sql).bind(records);
+    match db.pg_read().await? {
+        Some(mut conn) => {
+            query.execute(conn.conn()).await?;
+            conn.done();
+        }
+        None => {
+            query.execute(db.writer()).await?;
+        }
+    }
+    Ok(())
 }
 
 /// How long a search or read of AuditEvents waits for the relay to catch up with the records

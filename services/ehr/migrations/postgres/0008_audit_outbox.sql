@@ -1,11 +1,13 @@
 -- Access records not yet turned into AuditEvent resources (see src/audit.rs).
--- A write's record is inserted in the write's own transaction; a read's or search's record
--- is inserted, with those of the requests answered at the same moment, before the answer
--- leaves. A relay turns rows into AuditEvents and deletes them in one transaction, oldest
--- first (seq), so every record becomes exactly one AuditEvent.
+-- A write's record is inserted in the write's own transaction; the records of reads and
+-- searches answered at the same moment are inserted together, as one row, before the answers
+-- leave (one row and one index entry per group, not per record: recording a read costs the
+-- database a few hundred bytes of WAL). A relay turns rows into AuditEvents and deletes them
+-- in one transaction, oldest first (seq), so every record becomes exactly one AuditEvent.
 CREATE TABLE ehr.audit_outbox (
     seq BIGSERIAL PRIMARY KEY,
-    id TEXT NOT NULL,            -- the AuditEvent's id, chosen when the access happened
-    recorded BIGINT NOT NULL,    -- microseconds since the Unix epoch
-    body TEXT NOT NULL           -- the record (JSON of sen_ehr::audit::Record)
+    records TEXT NOT NULL        -- JSON array of sen_ehr::audit::Entry
 );
+-- Stored out of line and uncompressed: rows live for seconds, compressing them (pglz) would
+-- cost the request path CPU for nothing.
+ALTER TABLE ehr.audit_outbox ALTER COLUMN records SET STORAGE EXTERNAL;

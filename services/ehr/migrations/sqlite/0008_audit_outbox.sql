@@ -3,7 +3,5 @@
 -- the relay has emptied the table.
 CREATE TABLE ehr_audit_outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL,
-    recorded INTEGER NOT NULL,
-    body TEXT NOT NULL
+    records TEXT NOT NULL
 );

@@ -61,7 +61,7 @@ pub(super) async fn record(State(ehr): State<Arc<Ehr>>, request: Request, next: 
         return response;
     }
     let record = current.finish(response.status().as_u16(), fallback);
-    match ehr.audit.record(&record).await {
+    match ehr.audit.record(record).await {
         Ok(()) => response,
         // A refusal or a failure showed nothing: it stays what it was.
         Err(_) if !response.status().is_success() => response,

@@ -16,11 +16,14 @@ use sen_platform::Backend;
 use sqlx::Row;
 use tokio::sync::Notify;
 
-use super::{Record, audit_event, outbox_table};
+use super::{Entry, Record, audit_event, outbox_table};
 use crate::{Ehr, error::EhrError, resource::IncomingResource, store::Tx};
 
-/// Records per relay transaction.
+/// Records per relay transaction (at least one outbox row's, whatever its size).
 const BATCH: usize = 200;
+
+/// Outbox rows read per relay transaction, at most.
+const ROWS: i64 = 64;
 
 /// How often the relay looks for rows other processes recorded, when nothing woke it.
 const POLL: Duration = Duration::from_secs(1);
@@ -73,8 +76,8 @@ impl Ehr {
         Ok(false)
     }
 
-    /// One relay transaction: up to [`BATCH`] oldest rows (only those up to `upto`), as
-    /// AuditEvents. Returns how many rows it relayed.
+    /// One relay transaction: the oldest outbox rows (only those up to `upto`) holding up to
+    /// [`BATCH`] records, as AuditEvents. Returns how many records it relayed.
     async fn audit_relay_once(&self, upto: Option<i64>) -> Result<usize, EhrError> {
         let _turn = self.audit.relay_turn.lock().await;
         let backend = self.store.database().backend();
@@ -85,31 +88,39 @@ impl Ehr {
         };
         let mut tx = self.store.begin_unaudited().await?;
         let rows = sqlx::query(&format!(
-            "SELECT seq, id, recorded, body FROM {table} WHERE seq <= $1 ORDER BY seq LIMIT $2{lock}"
+            "SELECT seq, records FROM {table} WHERE seq <= $1 ORDER BY seq LIMIT $2{lock}"
         ))
         .bind(upto.unwrap_or(i64::MAX))
-        .bind(BATCH as i64)
+        .bind(ROWS)
         .fetch_all(&mut *tx)
         .await?;
         if rows.is_empty() {
             return Ok(0);
         }
-        let mut records = Vec::with_capacity(rows.len());
-        let mut seqs = Vec::with_capacity(rows.len());
+        let mut records = Vec::new();
+        let mut seqs = Vec::new();
         for row in &rows {
+            if !records.is_empty() && records.len() >= BATCH {
+                break;
+            }
             seqs.push(row.try_get::<i64, _>(0)?);
-            let id: String = row.try_get(1)?;
-            let recorded: i64 = row.try_get(2)?;
-            let body: String = row.try_get(3)?;
-            // A row this version cannot read still becomes an AuditEvent: that something was
-            // accessed, when, is kept even if the rest was lost.
-            let record: Record = serde_json::from_str(&body).unwrap_or_else(|_| Record {
-                interaction: "operation".into(),
-                action: "E".into(),
-                purpose: "HOPERAT".into(),
-                ..Record::default()
-            });
-            records.push((id, recorded, record));
+            let body: String = row.try_get(1)?;
+            // A row this version cannot read is kept (and reported) rather than lost.
+            let entries: Vec<Entry> = match serde_json::from_str(&body) {
+                Ok(entries) => entries,
+                Err(_) => {
+                    tracing::error!(
+                        seq = seqs.last(),
+                        "an outbox row could not be read; it is kept"
+                    );
+                    seqs.pop();
+                    continue;
+                }
+            };
+            records.extend(entries.into_iter().map(|e| (e.id, e.recorded, e.record)));
+        }
+        if seqs.is_empty() {
+            return Ok(0);
         }
         let found = patients_of(&mut tx, backend, &records).await?;
         let audit_type = self
