@@ -37,39 +37,46 @@ use crate::{error::EhrError, store::Tx};
 
 pub use event::audit_event;
 
-/// What one access was: what the relay makes an AuditEvent of.
+/// What one access was: what the relay makes an AuditEvent of. Stored in the outbox under
+/// one-letter keys: a group of a few records then stays under PostgreSQL's 2 kB threshold,
+/// in the row itself rather than out of line.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Record {
     /// The request's `X-Request-Id`: ties the AuditEvent to the request and its log lines.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "q", default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
     /// The interaction (`http://hl7.org/fhir/restful-interaction` code: read, search-type, …).
+    #[serde(rename = "i")]
     pub interaction: String,
     /// C, R, U, D or E.
+    #[serde(rename = "a")]
     pub action: String,
     /// The HTTP status answered (writes recorded in their transaction: 200).
+    #[serde(rename = "s")]
     pub status: u16,
+    #[serde(rename = "w")]
     pub agent: Agent,
     /// The client's address (the peer, or the trusted `X-Forwarded-For` hop).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "n", default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
     /// Purpose of use (`v3-ActReason` code).
+    #[serde(rename = "u")]
     pub purpose: String,
     /// Access outside the caller's usual rules (break-the-glass), with its stated reason.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "g", default, skip_serializing_if = "Option::is_none")]
     pub break_glass: Option<String>,
     /// A search's query (`Observation?code=…`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "y", default, skip_serializing_if = "Option::is_none")]
     pub query: Option<String>,
     /// Resources read or written (`Observation/1/_history/2`, or `Observation/1`).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(rename = "r", default, skip_serializing_if = "Vec::is_empty")]
     pub resources: Vec<String>,
     /// Resources a search or history returned (`Observation/1`): named by their patients only.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(rename = "f", default, skip_serializing_if = "Vec::is_empty")]
     pub results: Vec<String>,
     /// Patients known when the record was made (ids); the relay adds those of `resources` and
     /// `results`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(rename = "p", default, skip_serializing_if = "Vec::is_empty")]
     pub patients: Vec<String>,
 }
 
@@ -77,13 +84,16 @@ pub struct Record {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Agent {
     /// patient, practitioner, clinic-admin, ops-viewer or system.
+    #[serde(rename = "r")]
     pub role: String,
+    #[serde(rename = "i")]
     pub issuer: String,
+    #[serde(rename = "s")]
     pub subject: String,
     /// `Patient/…` or `Practitioner/…` when the token says who the user is.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "w", default, skip_serializing_if = "Option::is_none")]
     pub who: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "c", default, skip_serializing_if = "Option::is_none")]
     pub client_id: Option<String>,
 }
 
@@ -261,7 +271,9 @@ pub(crate) fn committed() {
 pub struct Entry {
     pub id: String,
     /// Microseconds since the Unix epoch.
+    #[serde(rename = "t")]
     pub recorded: i64,
+    #[serde(rename = "r")]
     pub record: Record,
 }
 
@@ -314,6 +326,8 @@ pub struct Audit {
     /// One relay batch at a time in this process (the background relay and catch-ups).
     relay_turn: tokio::sync::Mutex<()>,
     per_second: u32,
+    /// Records handed to the group committer so far (how busy the server is).
+    arrivals: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Pending {
@@ -336,11 +350,14 @@ impl Audit {
             wake,
             relay_turn: tokio::sync::Mutex::new(()),
             per_second: per_second.max(1),
+            arrivals: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
     /// Records an access durably (inserted and committed) and returns once it is.
     pub async fn record(&self, record: Record) -> Result<(), AuditUnavailable> {
+        self.arrivals
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (done, committed) = oneshot::channel();
         let pending = Pending {
             entry: Entry::new(record),

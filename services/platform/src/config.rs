@@ -167,7 +167,7 @@ impl Default for FhirConfig {
             max_bundle_entries: 1000,
             profile_dir: None,
             required_profiles: Default::default(),
-            audit_relay_per_second: 500,
+            audit_relay_per_second: 2_000,
         }
     }
 }

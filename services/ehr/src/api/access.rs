@@ -1,6 +1,7 @@
 //! Who may do what under `/fhir`: every request but the CapabilityStatement carries a valid
-//! token (`sen_platform::auth::require_token` runs first), and this middleware decides from
-//! the token's role and SMART scopes before any handler runs.
+//! token (`sen_platform::auth::require_token` runs first), and [`decide`] (run by the
+//! access-record middleware) decides from the token's role and SMART scopes before any
+//! handler runs.
 //!
 //! - `system` clients act by their `system/` scopes: each request needs the scope of its
 //!   interaction on its resource type. Requests that reach other types than the one in the
@@ -11,21 +12,13 @@
 //! - `patient` tokens read (and search) their own records only: the Patient resource they
 //!   name and the resources of its compartment (R4 CompartmentDefinition). A search becomes a
 //!   search inside the compartment; a read of anything else answers 404, as if it did not
-//!   exist. They write nothing yet, and cannot `_include` (what an include brings may lie
+//!   exist. They write only their own Consent, and cannot `_include` (what an include brings may lie
 //!   outside the compartment).
 //! - `ops-viewer` reads no record, ever: it sees aggregated indicators elsewhere.
-//! - `practitioner` and `clinic-admin` are refused until the organization rules (records of
-//!   the organizations where the practitioner holds a PractitionerRole) are enforced: a wider
-//!   grant than the rules say would show records to whoever should not see them.
+//! - `practitioner` and `clinic-admin` act for the organizations where they hold a
+//!   PractitionerRole (see [`super::organizations`]).
 
-use std::sync::Arc;
-
-use axum::{
-    body::Body,
-    extract::{Request, State},
-    middleware::Next,
-    response::{IntoResponse, Response},
-};
+use axum::{body::Body, extract::Request};
 use http::Method;
 use sen_platform::{
     ApiError,
@@ -161,23 +154,14 @@ pub(super) fn reaches_other_types(params: &[(String, String)]) -> bool {
     })
 }
 
-/// The middleware: the request goes on (for patients, perhaps narrowed to their
-/// compartment) or is answered here.
-pub(super) async fn authorize(
-    State(ehr): State<Arc<Ehr>>,
+/// The decision: the request goes on (for patients, perhaps narrowed to their compartment)
+/// or is answered with the refusal. Run by the access-record middleware
+/// (`super::access_log`), which records either.
+pub(super) async fn decide(
+    ehr: &Ehr,
+    principal: &Principal,
     request: Request,
-    next: Next,
-) -> Response {
-    let Some(principal) = request.extensions().get::<Principal>().cloned() else {
-        return forbidden("no principal").into_response();
-    };
-    match decide(&ehr, &principal, request).await {
-        Ok(request) => next.run(request).await,
-        Err(error) => error.into_response(),
-    }
-}
-
-async fn decide(ehr: &Ehr, principal: &Principal, request: Request) -> Result<Request, ApiError> {
+) -> Result<Request, ApiError> {
     let Some(target) = classify(request.method(), request.uri().path()) else {
         // Not a FHIR interaction the router serves: it answers 404/405 itself.
         return Ok(request);

@@ -1,6 +1,6 @@
 //! Middleware: the access record of every request under `/fhir` made with a valid token,
-//! refusals included (see [`crate::audit`]). It runs after the token check and before the
-//! access rules, so a request the rules refuse is recorded too; the answer leaves only once
+//! refusals included (see [`crate::audit`]), around the access rules ([`super::access`]):
+//! one layer, so a request the rules refuse is recorded too, and the answer leaves only once
 //! its record is durable.
 
 use std::{net::SocketAddr, sync::Arc};
@@ -27,7 +27,8 @@ use crate::{
 
 pub(super) async fn record(State(ehr): State<Arc<Ehr>>, request: Request, next: Next) -> Response {
     let Some(principal) = request.extensions().get::<Principal>().cloned() else {
-        return next.run(request).await;
+        // The token check runs first and always leaves one: nothing passes without it.
+        return sen_platform::auth::forbidden("no principal").into_response();
     };
     let (interaction, action, fallback) =
         describe(request.method(), request.uri().path(), ehr.defs);
@@ -55,7 +56,14 @@ pub(super) async fn record(State(ehr): State<Arc<Ehr>>, request: Request, next: 
         purpose: purpose(principal.role).to_string(),
         ..Record::default()
     });
-    let response = current.scope(next.run(request)).await;
+    let response = current
+        .scope(async {
+            match super::access::decide(&ehr, &principal, request).await {
+                Ok(request) => next.run(request).await,
+                Err(refused) => refused.into_response(),
+            }
+        })
+        .await;
     if current.recorded_with_a_write() {
         ehr.audit.wake();
         return response;

@@ -28,13 +28,57 @@ const ROWS: i64 = 64;
 /// How often the relay looks for rows other processes recorded, when nothing woke it.
 const POLL: Duration = Duration::from_secs(1);
 
+/// Accesses recorded per second above which the server counts as busy.
+const BUSY: f64 = 1_000.0;
+
+/// While busy, the relay runs at this fraction of its pace.
+const BUSY_SHARE: f64 = 0.05;
+
+/// How busy the server is: accesses recorded per second, sampled between relay batches.
+struct Load {
+    at: Instant,
+    arrivals: u64,
+    busy: bool,
+}
+
+impl Load {
+    fn sample(&mut self, arrivals: u64) -> bool {
+        let elapsed = self.at.elapsed().as_secs_f64();
+        if elapsed >= 0.25 {
+            let rate = arrivals.saturating_sub(self.arrivals) as f64 / elapsed;
+            self.busy = rate > BUSY;
+            self.at = Instant::now();
+            self.arrivals = arrivals;
+        }
+        self.busy
+    }
+}
+
 /// Relays until the service is dropped: woken by new records, at most `per_second` records a
-/// second (a burst of reads is recorded at once, and turned into resources as time allows).
+/// second, and a twentieth of that while the server records more than [`BUSY`] accesses a
+/// second: every access is durable in the outbox already, and turning records into indexed
+/// resources then waits for the load it would slow down (a search of AuditEvents catches up
+/// first, whatever the pace).
 pub(crate) async fn run(ehr: Weak<Ehr>, wake: Arc<Notify>) {
+    let mut load = Load {
+        at: Instant::now(),
+        arrivals: 0,
+        busy: false,
+    };
     loop {
         let _ = tokio::time::timeout(POLL, wake.notified()).await;
         let Some(service) = ehr.upgrade() else { return };
         loop {
+            let arrivals = service
+                .audit
+                .arrivals
+                .load(std::sync::atomic::Ordering::Relaxed);
+            let pace = f64::from(service.audit.per_second)
+                * if load.sample(arrivals) {
+                    BUSY_SHARE
+                } else {
+                    1.0
+                };
             let started = Instant::now();
             let relayed = match service.audit_relay_once(None).await {
                 Ok(n) => n,
@@ -46,9 +90,8 @@ pub(crate) async fn run(ehr: Weak<Ehr>, wake: Arc<Notify>) {
             if relayed == 0 {
                 break;
             }
-            // Pace: `relayed` records may take relayed / per_second seconds.
-            let share =
-                Duration::from_secs_f64(relayed as f64 / f64::from(service.audit.per_second));
+            // Pace: `relayed` records may take relayed / pace seconds.
+            let share = Duration::from_secs_f64(relayed as f64 / pace);
             if let Some(rest) = share.checked_sub(started.elapsed()) {
                 tokio::time::sleep(rest).await;
             }
@@ -249,4 +292,23 @@ async fn patients_of(
         }
     }
     Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_relay_counts_the_server_busy_above_a_thousand_records_a_second() {
+        let mut load = Load {
+            at: Instant::now() - Duration::from_secs(1),
+            arrivals: 0,
+            busy: false,
+        };
+        assert!(load.sample(5_000), "5,000 records in a second");
+        // Within the same quarter second the answer stands.
+        assert!(load.sample(5_001));
+        load.at = Instant::now() - Duration::from_secs(1);
+        assert!(!load.sample(5_100), "100 records in a second");
+    }
 }
