@@ -150,14 +150,7 @@ impl Current {
     /// resource of the URL when no handler noted one (a refused or failed read).
     pub fn finish(&self, status: u16, fallback: Option<String>) -> Record {
         let noted = std::mem::take(&mut *self.noted());
-        let mut record = self.base.clone();
-        if let Some(interaction) = noted.interaction {
-            interaction.clone_into(&mut record.interaction);
-        }
-        if let Some(reason) = noted.break_glass {
-            record.break_glass = Some(reason);
-            "BTG".clone_into(&mut record.purpose);
-        }
+        let mut record = self.record(&noted);
         record.status = status;
         record.query = noted.query.or(record.query);
         record.resources = noted.resources;
@@ -165,6 +158,22 @@ impl Current {
             record.resources.extend(fallback);
         }
         record.results = noted.results;
+        record
+    }
+}
+
+impl Current {
+    /// The request's record as the middleware made it, with what handlers noted of its
+    /// interaction and break-the-glass.
+    fn record(&self, noted: &Noted) -> Record {
+        let mut record = self.base.clone();
+        if let Some(interaction) = noted.interaction {
+            interaction.clone_into(&mut record.interaction);
+        }
+        if let Some(reason) = &noted.break_glass {
+            record.break_glass = Some(reason.clone());
+            "BTG".clone_into(&mut record.purpose);
+        }
         record
     }
 }
@@ -224,14 +233,7 @@ pub(crate) async fn record_in(tx: &mut Tx, written: &[Written]) -> Result<bool, 
     // What the request read so far (a transaction's GET entries) goes in the same record.
     let Ok((mut record, read)) = CURRENT.try_with(|c| {
         let mut noted = c.noted();
-        let mut record = c.base.clone();
-        if let Some(interaction) = noted.interaction {
-            interaction.clone_into(&mut record.interaction);
-        }
-        if let Some(reason) = &noted.break_glass {
-            record.break_glass = Some(reason.clone());
-            "BTG".clone_into(&mut record.purpose);
-        }
+        let mut record = c.record(&noted);
         record.query = noted.query.take();
         record.results = std::mem::take(&mut noted.results);
         (record, std::mem::take(&mut noted.resources))

@@ -65,6 +65,17 @@ pub(super) enum Target {
     },
 }
 
+impl Target {
+    /// The resource type named in the URL (a compartment search: the member type).
+    pub(super) fn resource_type(&self) -> Option<&str> {
+        match self {
+            Target::Type { rt, .. } | Target::Instance { rt, .. } => Some(rt),
+            Target::Compartment { member, .. } => Some(member),
+            Target::Bundle | Target::SystemHistory | Target::Reindex => None,
+        }
+    }
+}
+
 fn classify(method: &Method, path: &str) -> Option<Target> {
     use Interaction::*;
     let segments: Vec<&str> = path
@@ -206,15 +217,7 @@ const BUNDLE_LIMIT: usize = 32 * 1024 * 1024;
 /// in a way this does not foresee) needs every scope on `*`, so nothing passes unchecked.
 async fn bundle_entries(principal: &Principal, request: Request) -> Result<Request, ApiError> {
     use Interaction::*;
-    let (parts, body) = request.into_parts();
-    let bytes = axum::body::to_bytes(body, BUNDLE_LIMIT)
-        .await
-        .map_err(|_| {
-            ApiError::bad_request(
-                sen_platform::IssueCode::TooLong,
-                "the Bundle is too large or could not be read",
-            )
-        })?;
+    let (parts, bytes) = read_body(request, BUNDLE_LIMIT, "the Bundle").await?;
     let bundle: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
     let entries = bundle["entry"].as_array().cloned().unwrap_or_default();
     for entry in &entries {
@@ -275,18 +278,26 @@ pub(super) async fn request_params(
     if !posted {
         return Ok((request, params));
     }
-    let (parts, body) = request.into_parts();
     // Read here, before any extractor applies the body limit: bounded here too.
-    let bytes = axum::body::to_bytes(body, SEARCH_FORM_LIMIT)
-        .await
-        .map_err(|_| {
-            ApiError::bad_request(
-                sen_platform::IssueCode::TooLong,
-                "the search form is too large or could not be read",
-            )
-        })?;
+    let (parts, bytes) = read_body(request, SEARCH_FORM_LIMIT, "the search form").await?;
     params.extend(form_urlencoded::parse(&bytes).into_owned());
     Ok((Request::from_parts(parts, Body::from(bytes)), params))
+}
+
+/// The request's body, read here (at most `limit` bytes) to decide on it and handed on.
+pub(super) async fn read_body(
+    request: Request,
+    limit: usize,
+    what: &str,
+) -> Result<(http::request::Parts, axum::body::Bytes), ApiError> {
+    let (parts, body) = request.into_parts();
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::bad_request(
+            sen_platform::IssueCode::TooLong,
+            format!("{what} is too large or could not be read"),
+        )
+    })?;
+    Ok((parts, bytes))
 }
 
 pub(super) fn need(
@@ -454,15 +465,7 @@ async fn own_consent(
         }
         .into());
     }
-    let (parts, body) = request.into_parts();
-    let bytes = axum::body::to_bytes(body, SEARCH_FORM_LIMIT)
-        .await
-        .map_err(|_| {
-            ApiError::bad_request(
-                sen_platform::IssueCode::TooLong,
-                "the Consent is too large or could not be read",
-            )
-        })?;
+    let (parts, bytes) = read_body(request, SEARCH_FORM_LIMIT, "the Consent").await?;
     let sent: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
     if !mine(&sent) {
         return Err(forbidden(format!(

@@ -27,7 +27,7 @@ use sen_platform::{
 };
 use serde_json::Value;
 
-use super::access::{Narrowed, Target, need, reaches_other_types, request_params};
+use super::access::{Narrowed, Target, need, reaches_other_types, read_body, request_params};
 use crate::{
     Ehr,
     definitions::ResourceType,
@@ -136,6 +136,11 @@ impl Rules<'_> {
     async fn decide(&self, target: Target, request: Request) -> Result<Request, ApiError> {
         use Interaction::*;
         let principal = self.principal;
+        if target.resource_type() == Some("AuditEvent") {
+            return Err(forbidden(
+                "AuditEvents are read by the patient they concern and by system (admin) clients",
+            ));
+        }
         match target {
             Target::Instance {
                 rt,
@@ -304,13 +309,7 @@ impl Rules<'_> {
         id: Option<&str>,
         request: Request,
     ) -> Result<Request, ApiError> {
-        let (parts, body) = request.into_parts();
-        let bytes = axum::body::to_bytes(body, BODY_LIMIT).await.map_err(|_| {
-            ApiError::bad_request(
-                sen_platform::IssueCode::TooLong,
-                "the resource is too large or could not be read",
-            )
-        })?;
+        let (parts, bytes) = read_body(request, BODY_LIMIT, "the resource").await?;
         let sent: Value = serde_json::from_slice(&bytes).unwrap_or_default();
         match kind(rt) {
             Kind::Record if self.admin() => self.records_of(rt)?,

@@ -260,6 +260,13 @@ async fn a_clinic_admin_manages_its_organizations_directory_only(app: TestApp) {
         status(&app, admin, Method::GET, &observation, &[], None).await,
         StatusCode::FORBIDDEN
     );
+    // Neither browses the access log (the patient and admin clients do).
+    for token in [admin, &c.doctor] {
+        assert_eq!(
+            status(&app, token, Method::GET, "/fhir/AuditEvent", &[], None).await,
+            StatusCode::FORBIDDEN
+        );
+    }
     // A doctor does not edit the directory.
     assert_eq!(
         status(
