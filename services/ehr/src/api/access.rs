@@ -453,11 +453,8 @@ async fn own_consent(
         consent["patient"]["reference"].as_str() == Some(&format!("Patient/{own}"))
     };
     if let Some(id) = id
-        && let Some(rt) = ehr.defs.resource_type("Consent")
-        && crate::resource::is_valid_id(id)
-        && let Some(current) = ehr.store.read(rt, id).await?
-        && !current.deleted
-        && !serde_json::from_str(&current.content).is_ok_and(|c| mine(&c))
+        && let Some(current) = super::organizations::current(ehr, "Consent", id).await?
+        && !mine(&current)
     {
         return Err(EhrError::NotFound {
             resource_type: "Consent",

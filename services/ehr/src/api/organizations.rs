@@ -33,7 +33,7 @@ use crate::{
     definitions::ResourceType,
     error::EhrError,
     search::{
-        extract::{compartment_patients, extract},
+        extract::{extract, patients_of},
         query::{SearchRequest, compartment_params},
     },
     store::PageStart,
@@ -394,25 +394,15 @@ impl Rules<'_> {
         }
     }
 
-    /// The current content of `rt/id`, if it exists (deleted: none).
     async fn current(&self, rt: &str, id: &str) -> Result<Option<Value>, ApiError> {
-        let Some(t) = self.ehr.defs.resource_type(rt) else {
-            return Ok(None);
-        };
-        if !crate::resource::is_valid_id(id) {
-            return Ok(None);
-        }
-        let version = self.ehr.store.read(t, id).await?;
-        Ok(version
-            .filter(|v| !v.deleted)
-            .and_then(|v| serde_json::from_str(&v.content).ok()))
+        current(self.ehr, rt, id).await
     }
 
     fn patients_in(&self, rt: &str, id: &str, resource: &Value) -> Vec<String> {
         let Some(t) = self.ehr.defs.resource_type(rt) else {
             return Vec::new();
         };
-        compartment_patients(rt, id, &extract(t, resource))
+        patients_of(t, id, resource)
     }
 
     /// `patient` may be seen: of the organizations, or with break-the-glass when `glass_ok`
@@ -503,6 +493,20 @@ impl Rules<'_> {
             Err(not_found())
         }
     }
+}
+
+/// The current content of `rt/id`, if it exists (deleted: none).
+pub(super) async fn current(ehr: &Ehr, rt: &str, id: &str) -> Result<Option<Value>, ApiError> {
+    let Some(t) = ehr.defs.resource_type(rt) else {
+        return Ok(None);
+    };
+    if !crate::resource::is_valid_id(id) {
+        return Ok(None);
+    }
+    let version = ehr.store.read(t, id).await?;
+    Ok(version
+        .filter(|v| !v.deleted)
+        .and_then(|v| serde_json::from_str(&v.content).ok()))
 }
 
 /// Whether an active Consent denies sharing with `org` (not the patient's home organization,

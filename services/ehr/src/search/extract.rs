@@ -61,6 +61,11 @@ impl IndexRows {
 
 /// Every index row of `resource` (its stored JSON, with `id` and `meta`).
 pub fn extract(rt: ResourceType, resource: &Value) -> IndexRows {
+    extract_params(rt, resource, |_| true)
+}
+
+/// The index rows of `resource` for the parameters whose code `wanted` accepts.
+fn extract_params(rt: ResourceType, resource: &Value, wanted: impl Fn(&str) -> bool) -> IndexRows {
     let mut rows = IndexRows::default();
     let root = fhirpath::resource_node(resource);
     let env = Env {
@@ -73,7 +78,7 @@ pub fn extract(rt: ResourceType, resource: &Value) -> IndexRows {
     params.sort_by(|a, b| a.code.cmp(&b.code));
     for param in params {
         // Served from the resource row itself (its id and last_updated columns).
-        if param.code == "_id" || param.code == "_lastUpdated" {
+        if param.code == "_id" || param.code == "_lastUpdated" || !wanted(&param.code) {
             continue;
         }
         let Ok(items) = param.expression.evaluate(std::slice::from_ref(&root), &env) else {
@@ -473,6 +478,19 @@ pub fn compartment_patients(rt: &str, id: &str, rows: &IndexRows) -> Vec<String>
     patients.sort_unstable();
     patients.dedup();
     patients
+}
+
+/// [`compartment_patients`] of a resource given as JSON, evaluating only its compartment
+/// parameters (what a write's access record or a practitioner's access check needs, not the
+/// whole index).
+pub fn patients_of(rt: ResourceType, id: &str, resource: &Value) -> Vec<String> {
+    let codes =
+        crate::search::query::compartment_params("Patient", rt.as_str()).unwrap_or_default();
+    if rt.as_str() != "Patient" && codes.is_empty() {
+        return Vec::new();
+    }
+    let rows = extract_params(rt, resource, |code| codes.iter().any(|c| c == code));
+    compartment_patients(rt.as_str(), id, &rows)
 }
 
 #[cfg(test)]

@@ -356,11 +356,10 @@ impl ResourceStore {
             // The deleted resource's patients, for the access record (its index goes now).
             let tree: serde_json::Value =
                 serde_json::from_str(&current.content).unwrap_or_default();
-            let rows = crate::search::extract::extract(rt, &tree);
             tx.wrote(crate::audit::Written {
                 reference: versioned(&version),
                 action: "D",
-                patients: crate::search::extract::compartment_patients(rt.as_str(), id, &rows),
+                patients: crate::search::extract::patients_of(rt, id, &tree),
             });
         }
         self.write_history_and_index(tx, &version, None, rid, true)

@@ -8,7 +8,10 @@ use reqwest::{Method, StatusCode};
 use sen_platform::auth::Role;
 use serde_json::{Value, json};
 
-use crate::{patient, support::TestApp};
+use crate::{
+    patient,
+    support::{TestApp, status_as},
+};
 
 /// Every AuditEvent a search finds, following its `next` links (system token).
 pub async fn audit_events(app: &TestApp, first: &str) -> Vec<Value> {
@@ -81,15 +84,15 @@ async fn send(
     request_id: &str,
     body: Option<&Value>,
 ) -> StatusCode {
-    let mut request = app
-        .request_as(token, method, path)
-        .header("x-request-id", request_id);
-    if let Some(body) = body {
-        request = request
-            .header("content-type", "application/fhir+json")
-            .body(body.to_string());
-    }
-    request.send().await.unwrap().status()
+    status_as(
+        app,
+        token,
+        method,
+        path,
+        &[("x-request-id", request_id)],
+        body,
+    )
+    .await
 }
 
 /// Reads, searches, writes and refusals: one AuditEvent each, with the agent, its address,

@@ -7,7 +7,11 @@ use reqwest::{Method, StatusCode};
 use sen_platform::auth::Role;
 use serde_json::{Value, json};
 
-use crate::{audit::audit_events, patient, support::TestApp};
+use crate::{
+    audit::audit_events,
+    patient,
+    support::{TestApp, status_as as status},
+};
 
 struct City {
     /// Organization ids: the clinic where the doctor works, and a hospital.
@@ -50,26 +54,6 @@ async fn city(app: &TestApp) -> City {
         patient,
         observation,
     }
-}
-
-async fn status(
-    app: &TestApp,
-    token: &str,
-    method: Method,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: Option<&Value>,
-) -> StatusCode {
-    let mut request = app.request_as(token, method, path);
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    if let Some(body) = body {
-        request = request
-            .header("content-type", "application/fhir+json")
-            .body(body.to_string());
-    }
-    request.send().await.unwrap().status()
 }
 
 /// Outside its organizations a practitioner reads only with a stated reason; the access is

@@ -241,6 +241,27 @@ impl Drop for TestApp {
     }
 }
 
+/// The status of a request with `token`, `headers` and a FHIR JSON `body`.
+pub async fn status_as(
+    app: &TestApp,
+    token: &str,
+    method: reqwest::Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&Value>,
+) -> reqwest::StatusCode {
+    let mut request = app.request_as(token, method, path);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    if let Some(body) = body {
+        request = request
+            .header("content-type", "application/fhir+json")
+            .body(body.to_string());
+    }
+    request.send().await.unwrap().status()
+}
+
 fn token_request(role: Role, patient: Option<&str>) -> TokenRequest {
     TokenRequest {
         role,
