@@ -31,14 +31,20 @@ const POLL: Duration = Duration::from_secs(1);
 /// Accesses recorded per second above which the server counts as busy.
 const BUSY: f64 = 1_000.0;
 
-/// While busy, the relay runs at this fraction of its pace.
-const BUSY_SHARE: f64 = 0.05;
+/// How long the relay waits for a busy server at most: past it, the records waiting that long
+/// are relayed at full pace whatever the load.
+const MAX_DEFERRAL: Duration = Duration::from_secs(60);
+
+/// How often a deferring relay looks at the load again.
+const RECHECK: Duration = Duration::from_millis(250);
 
 /// How busy the server is: accesses recorded per second, sampled between relay batches.
 struct Load {
     at: Instant,
     arrivals: u64,
     busy: bool,
+    /// Since when the relay has left records waiting for a busy server.
+    deferring_since: Option<Instant>,
 }
 
 impl Load {
@@ -52,18 +58,31 @@ impl Load {
         }
         self.busy
     }
+
+    /// Whether the relay should leave its records waiting now: the server is busy and has not
+    /// kept them waiting for [`MAX_DEFERRAL`] yet.
+    fn defer(&mut self, arrivals: u64) -> bool {
+        if !self.sample(arrivals) {
+            return false;
+        }
+        let since = *self.deferring_since.get_or_insert_with(Instant::now);
+        since.elapsed() < MAX_DEFERRAL
+    }
 }
 
 /// Relays until the service is dropped: woken by new records, at most `per_second` records a
-/// second, and a twentieth of that while the server records more than [`BUSY`] accesses a
-/// second: every access is durable in the outbox already, and turning records into indexed
-/// resources then waits for the load it would slow down (a search of AuditEvents catches up
-/// first, whatever the pace).
+/// second. While the server records more than [`BUSY`] accesses a second the relay waits, up
+/// to [`MAX_DEFERRAL`]: every access is durable in the outbox already, turning records into
+/// indexed resources costs several times what the access did (measured, RESULTS.md), and a
+/// burst of reads should not pay for it while it lasts. Past that, or once the load falls, it
+/// relays at full pace until the outbox is empty. A search or read of AuditEvents catches up
+/// first, whatever the load.
 pub(crate) async fn run(ehr: Weak<Ehr>, wake: Arc<Notify>) {
     let mut load = Load {
         at: Instant::now(),
         arrivals: 0,
         busy: false,
+        deferring_since: None,
     };
     loop {
         let _ = tokio::time::timeout(POLL, wake.notified()).await;
@@ -73,12 +92,12 @@ pub(crate) async fn run(ehr: Weak<Ehr>, wake: Arc<Notify>) {
                 .audit
                 .arrivals
                 .load(std::sync::atomic::Ordering::Relaxed);
-            let pace = f64::from(service.audit.per_second)
-                * if load.sample(arrivals) {
-                    BUSY_SHARE
-                } else {
-                    1.0
-                };
+            if load.defer(arrivals) {
+                drop(service);
+                tokio::time::sleep(RECHECK).await;
+                break;
+            }
+            let pace = f64::from(service.audit.per_second);
             let started = Instant::now();
             let relayed = match service.audit_relay_once(None).await {
                 Ok(n) => n,
@@ -88,6 +107,7 @@ pub(crate) async fn run(ehr: Weak<Ehr>, wake: Arc<Notify>) {
                 }
             };
             if relayed == 0 {
+                load.deferring_since = None;
                 break;
             }
             // Pace: `relayed` records may take relayed / pace seconds.
@@ -304,11 +324,31 @@ mod tests {
             at: Instant::now() - Duration::from_secs(1),
             arrivals: 0,
             busy: false,
+            deferring_since: None,
         };
         assert!(load.sample(5_000), "5,000 records in a second");
         // Within the same quarter second the answer stands.
         assert!(load.sample(5_001));
         load.at = Instant::now() - Duration::from_secs(1);
         assert!(!load.sample(5_100), "100 records in a second");
+    }
+
+    #[test]
+    fn the_relay_defers_to_a_busy_server_for_a_bounded_time() {
+        let mut load = Load {
+            at: Instant::now() - Duration::from_secs(1),
+            arrivals: 0,
+            busy: false,
+            deferring_since: None,
+        };
+        assert!(load.defer(5_000), "busy: the records wait");
+        assert!(load.deferring_since.is_some());
+        // Records kept waiting that long are relayed, busy or not.
+        load.deferring_since = Some(Instant::now() - MAX_DEFERRAL);
+        assert!(!load.defer(5_001));
+        // A quiet server relays at once.
+        load.deferring_since = None;
+        load.at = Instant::now() - Duration::from_secs(1);
+        assert!(!load.defer(5_100), "100 records in a second");
     }
 }
