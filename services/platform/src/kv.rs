@@ -40,6 +40,19 @@ pub trait KeyValueStore: Send + Sync + std::fmt::Debug + 'static {
     /// Adds one to a counter created at zero with `ttl` when absent; answers the new value
     /// (fixed-window rate limits).
     async fn increment(&self, key: &str, ttl: Duration) -> Result<i64, KvError>;
+    /// Sets `field` of the map at `key` (created when absent) and gives the whole map `ttl`
+    /// from now: the map lives as long as it is written to (rooms, waiting rooms).
+    async fn map_set(
+        &self,
+        key: &str,
+        field: &str,
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<(), KvError>;
+    /// Removes `field` of the map at `key`; answers whether it was there.
+    async fn map_remove(&self, key: &str, field: &str) -> Result<bool, KvError>;
+    /// Every field of the map at `key` with its value, in no particular order.
+    async fn map_all(&self, key: &str) -> Result<Vec<(String, Vec<u8>)>, KvError>;
     /// A round trip, for readiness.
     async fn ping(&self) -> Result<(), KvError>;
     /// Which implementation this is, for logs and the readiness report.
@@ -49,11 +62,15 @@ pub trait KeyValueStore: Send + Sync + std::fmt::Debug + 'static {
 /// Values with their expiry instant.
 type Entries = HashMap<String, (Vec<u8>, Option<Instant>)>;
 
+/// Maps with their expiry instant.
+type Maps = HashMap<String, (HashMap<String, Vec<u8>>, Instant)>;
+
 /// In-process store for the embedded default and single-node deployments.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     namespace: String,
     entries: Mutex<Entries>,
+    maps: Mutex<Maps>,
 }
 
 impl MemoryStore {
@@ -61,7 +78,26 @@ impl MemoryStore {
         Self {
             namespace: namespace.into(),
             entries: Mutex::default(),
+            maps: Mutex::default(),
         }
+    }
+
+    /// Runs `f` on the live map at `key`, if any (an expired one is dropped first).
+    fn with_map<T>(
+        &self,
+        key: &str,
+        f: impl FnOnce(Option<&mut (HashMap<String, Vec<u8>>, Instant)>, Instant) -> T,
+    ) -> T {
+        let now = Instant::now();
+        let key = self.key(key);
+        let mut maps = self.maps.lock().expect("kv lock");
+        if maps.get(&key).is_some_and(|(_, expiry)| *expiry <= now) {
+            maps.remove(&key);
+        }
+        if maps.len() > 1024 && maps.len().is_power_of_two() {
+            maps.retain(|_, (_, expiry)| *expiry > now);
+        }
+        f(maps.get_mut(&key), now)
     }
 
     fn key(&self, key: &str) -> String {
@@ -130,6 +166,39 @@ impl KeyValueStore for MemoryStore {
         map.insert(key, (next.to_string().into_bytes(), expiry));
         Self::purge(&mut map, now);
         Ok(next)
+    }
+
+    async fn map_set(
+        &self,
+        key: &str,
+        field: &str,
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<(), KvError> {
+        let now = Instant::now();
+        let mut maps = self.maps.lock().expect("kv lock");
+        let (map, expiry) = maps
+            .entry(self.key(key))
+            .or_insert_with(|| (HashMap::new(), now));
+        if *expiry <= now {
+            map.clear();
+        }
+        map.insert(field.to_string(), value.to_vec());
+        *expiry = now + ttl;
+        Ok(())
+    }
+
+    async fn map_remove(&self, key: &str, field: &str) -> Result<bool, KvError> {
+        Ok(self.with_map(key, |map, _| {
+            map.is_some_and(|(map, _)| map.remove(field).is_some())
+        }))
+    }
+
+    async fn map_all(&self, key: &str) -> Result<Vec<(String, Vec<u8>)>, KvError> {
+        Ok(self.with_map(key, |map, _| {
+            map.map(|(map, _)| map.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                .unwrap_or_default()
+        }))
     }
 
     async fn ping(&self) -> Result<(), KvError> {
@@ -233,6 +302,35 @@ impl KeyValueStore for RedisStore {
             .query_async(&mut self.conn.clone())
             .await?;
         Ok(value)
+    }
+
+    async fn map_set(
+        &self,
+        key: &str,
+        field: &str,
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<(), KvError> {
+        let key = self.key(key);
+        redis::pipe()
+            .atomic()
+            .hset(&key, field, value)
+            .ignore()
+            .pexpire(&key, i64::try_from(millis(ttl)).unwrap_or(i64::MAX))
+            .ignore()
+            .query_async::<()>(&mut self.conn.clone())
+            .await?;
+        Ok(())
+    }
+
+    async fn map_remove(&self, key: &str, field: &str) -> Result<bool, KvError> {
+        let removed: i64 = self.conn.clone().hdel(self.key(key), field).await?;
+        Ok(removed > 0)
+    }
+
+    async fn map_all(&self, key: &str) -> Result<Vec<(String, Vec<u8>)>, KvError> {
+        let all: HashMap<String, Vec<u8>> = self.conn.clone().hgetall(self.key(key)).await?;
+        Ok(all.into_iter().collect())
     }
 
     async fn ping(&self) -> Result<(), KvError> {
@@ -348,6 +446,69 @@ mod tests {
                 .unwrap()
         );
         store.ping().await.unwrap();
+        map_suite(store).await;
+    }
+
+    /// Maps: fields set, replaced, removed, listed, and the whole map expiring.
+    async fn map_suite(store: &dyn KeyValueStore) {
+        let sorted = |mut v: Vec<(String, Vec<u8>)>| {
+            v.sort();
+            v
+        };
+        assert!(store.map_all("room").await.unwrap().is_empty());
+        assert!(!store.map_remove("room", "p1").await.unwrap());
+        let minute = Duration::from_secs(60);
+        store
+            .map_set("room", "p1", b"waiting", minute)
+            .await
+            .unwrap();
+        store
+            .map_set("room", "p2", b"admitted", minute)
+            .await
+            .unwrap();
+        store
+            .map_set("room", "p1", b"admitted", minute)
+            .await
+            .unwrap();
+        assert_eq!(
+            sorted(store.map_all("room").await.unwrap()),
+            vec![
+                ("p1".to_string(), b"admitted".to_vec()),
+                ("p2".to_string(), b"admitted".to_vec())
+            ]
+        );
+        assert!(store.map_remove("room", "p1").await.unwrap());
+        assert!(!store.map_remove("room", "p1").await.unwrap());
+        assert_eq!(
+            store.map_all("room").await.unwrap(),
+            vec![("p2".to_string(), b"admitted".to_vec())]
+        );
+        // Another map is another map; a plain key of the same name is not the map.
+        assert!(store.map_all("other-room").await.unwrap().is_empty());
+
+        // A map written with a short TTL expires whole; writing again starts it anew.
+        let short = Duration::from_millis(20);
+        store.map_set("brief", "a", b"1", short).await.unwrap();
+        store.map_set("brief", "b", b"2", short).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !store.map_all("brief").await.unwrap().is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "a map with a 20 ms TTL still present after 5 s"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        store.map_set("brief", "c", b"3", minute).await.unwrap();
+        assert_eq!(
+            store.map_all("brief").await.unwrap(),
+            vec![("c".to_string(), b"3".to_vec())]
+        );
+        // Each write pushes the expiry: a map refreshed before its TTL stays.
+        store.map_set("kept", "a", b"1", short).await.unwrap();
+        store.map_set("kept", "b", b"2", minute).await.unwrap();
+        // (Time passing past the first TTL, not synchronisation.)
+        tokio::time::sleep(short * 3).await;
+        assert_eq!(store.map_all("kept").await.unwrap().len(), 2);
     }
 
     fn namespace() -> String {
