@@ -165,6 +165,35 @@ pub(super) fn reaches_other_types(params: &[(String, String)]) -> bool {
     })
 }
 
+/// For a caller whose records are narrowed (a patient, a practitioner): a conditional
+/// create's `If-None-Exist` finds only records of `patients` (ids) — a `patient` or `subject`
+/// parameter names one of them and nothing reaches other types — or the create is refused,
+/// since an existing match is answered with its content (and its existence told).
+pub(super) fn if_none_exist_within(
+    headers: &http::HeaderMap,
+    patients: &[String],
+) -> Result<(), ApiError> {
+    let Some(criteria) = headers.get("if-none-exist") else {
+        return Ok(());
+    };
+    let params: Vec<(String, String)> = form_urlencoded::parse(criteria.as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    let names_one = params.iter().any(|(key, value)| {
+        (key == "patient" || key == "subject")
+            && patients
+                .iter()
+                .any(|p| value == p || value.strip_prefix("Patient/") == Some(p.as_str()))
+    });
+    if names_one && !reaches_other_types(&params) {
+        return Ok(());
+    }
+    Err(forbidden(
+        "If-None-Exist with this token must name the record's own patient (patient= or \
+         subject=) and reach no other type",
+    ))
+}
+
 /// The decision: the request goes on (for patients, perhaps narrowed to their compartment)
 /// or is answered with the refusal. Run by the access-record middleware
 /// (`super::access_log`), which records either.
@@ -462,6 +491,7 @@ async fn own_consent(
         }
         .into());
     }
+    if_none_exist_within(request.headers(), &[own.to_string()])?;
     let (parts, bytes) = read_body(request, SEARCH_FORM_LIMIT, "the Consent").await?;
     let sent: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
     if !mine(&sent) {

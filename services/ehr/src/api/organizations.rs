@@ -312,7 +312,10 @@ impl Rules<'_> {
         let (parts, bytes) = read_body(request, BODY_LIMIT, "the resource").await?;
         let sent: Value = serde_json::from_slice(&bytes).unwrap_or_default();
         match kind(rt) {
-            Kind::Record if self.admin() => self.records_of(rt)?,
+            Kind::Record if self.admin() => {
+                self.records_of(rt)?;
+                super::access::if_none_exist_within(&parts.headers, &[])?;
+            }
             Kind::Record => {
                 let mut patients = self.patients_in(rt, id.unwrap_or_default(), &sent);
                 if let Some(id) = id
@@ -332,8 +335,11 @@ impl Rules<'_> {
                 for patient in &patients {
                     self.patient_of_mine(patient).await?;
                 }
+                super::access::if_none_exist_within(&parts.headers, &patients)?;
             }
             Kind::Patient => {
+                // Its identifier would find patients of other organizations.
+                super::access::if_none_exist_within(&parts.headers, &[])?;
                 if let Some(id) = id
                     && self.current("Patient", id).await?.is_some()
                 {
@@ -354,7 +360,10 @@ impl Rules<'_> {
                     "{rt} is directory data: the organization's clinic admin manages it"
                 )));
             }
-            Kind::Directory => self.directory_of_mine(rt, id, Some(&sent)).await?,
+            Kind::Directory => {
+                super::access::if_none_exist_within(&parts.headers, &[])?;
+                self.directory_of_mine(rt, id, Some(&sent)).await?
+            }
         }
         Ok(Request::from_parts(parts, Body::from(bytes)))
     }

@@ -266,7 +266,106 @@ async fn a_clinic_admin_manages_its_organizations_directory_only(app: TestApp) {
     );
 }
 
+/// A conditional create answers an existing match with its content: with a narrowed token its
+/// criteria must name the record's own patient, so it tells nothing of anyone else's records.
+async fn conditional_creates_tell_nothing_outside_the_callers_patients(app: TestApp) {
+    let c = city(&app).await;
+    let mut own = patient("087090000402");
+    own["managingOrganization"] = json!({"reference": format!("Organization/{}", c.clinic)});
+    let (own, _) = app.create(&own).await;
+    let post = Method::POST;
+    let note = |p: &str| {
+        json!({"resourceType": "Observation", "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+            "subject": {"reference": format!("Patient/{p}")}})
+    };
+    let mine = format!("subject=Patient/{own}&code=8867-4");
+    let criteria = [("if-none-exist", mine.as_str())];
+    let path = "/fhir/Observation";
+    let created = status(
+        &app,
+        &c.doctor,
+        post.clone(),
+        path,
+        &criteria,
+        Some(&note(&own)),
+    )
+    .await;
+    assert_eq!(created, StatusCode::CREATED);
+    let again = status(
+        &app,
+        &c.doctor,
+        post.clone(),
+        path,
+        &criteria,
+        Some(&note(&own)),
+    )
+    .await;
+    assert_eq!(again, StatusCode::OK, "the match is its own patient's");
+    // Criteria that do not name the patient would match the hospital's patient's Observation.
+    for criteria in [
+        "code=8867-4",
+        &format!("subject=Patient/{}", c.patient),
+        &format!("subject=Patient/{own}&_has:Observation:subject:code=x"),
+    ] {
+        let refused = status(
+            &app,
+            &c.doctor,
+            post.clone(),
+            path,
+            &[("if-none-exist", criteria)],
+            Some(&note(&own)),
+        )
+        .await;
+        assert_eq!(refused, StatusCode::FORBIDDEN, "{criteria}");
+    }
+    // A Patient found by its identifier would be the hospital's.
+    let mut twin = patient("087090000401");
+    twin["managingOrganization"] = json!({"reference": format!("Organization/{}", c.clinic)});
+    let by_id = format!("identifier={}|087090000401", crate::CCCD);
+    let refused = status(
+        &app,
+        &c.doctor,
+        post.clone(),
+        "/fhir/Patient",
+        &[("if-none-exist", by_id.as_str())],
+        Some(&twin),
+    )
+    .await;
+    assert_eq!(refused, StatusCode::FORBIDDEN);
+    // A patient's own Consent, found by another patient's criteria: refused.
+    let token = app.token(Role::Patient, Some(&own), None);
+    let consent = json!({"resourceType": "Consent", "status": "active",
+        "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+        "patient": {"reference": format!("Patient/{own}")},
+        "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN"}]}});
+    let theirs = format!("patient=Patient/{}", c.patient);
+    let refused = status(
+        &app,
+        &token,
+        post.clone(),
+        "/fhir/Consent",
+        &[("if-none-exist", theirs.as_str())],
+        Some(&consent),
+    )
+    .await;
+    assert_eq!(refused, StatusCode::FORBIDDEN);
+    let ours = format!("patient=Patient/{own}");
+    let created = status(
+        &app,
+        &token,
+        post,
+        "/fhir/Consent",
+        &[("if-none-exist", ours.as_str())],
+        Some(&consent),
+    )
+    .await;
+    assert_eq!(created, StatusCode::CREATED);
+}
+
 on_both_backends!(
+    conditional_creates_tell_nothing_outside_the_callers_patients,
     break_the_glass_is_allowed_flagged_and_audited,
     a_visit_opens_records_until_the_patients_consent_denies_it,
     a_clinic_admin_manages_its_organizations_directory_only,
