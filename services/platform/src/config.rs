@@ -21,6 +21,7 @@ pub struct Config {
     pub fhir: FhirConfig,
     pub auth: AuthConfig,
     pub rate_limit: RateLimitConfig,
+    pub telehealth: TelehealthConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -226,6 +227,44 @@ impl Default for RateLimitConfig {
     }
 }
 
+/// Remote consultations (`sen-telehealth`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelehealthConfig {
+    /// Signs and checks join grants; every telehealth node of a deployment needs the same one
+    /// (at least 32 bytes). None: a secret created in the data directory on first start
+    /// (one node).
+    pub secret: Option<Secret>,
+    /// How long after its appointment's end a consultation may go on (and its grants stay
+    /// valid).
+    pub grace_minutes: u64,
+    /// Longest lifetime of a join grant (shorter when the appointment ends sooner).
+    pub grant_ttl_minutes: u64,
+    /// The FHIR API for appointments and encounters when the EHR runs in another process
+    /// (`https://ehr.internal/fhir`); none: the EHR of this process.
+    pub fhir_url: Option<String>,
+    /// TURN servers announced to participants (`turn:turn.example.vn:3478?transport=udp`).
+    pub turn_urls: Vec<String>,
+    /// The secret shared with coturn (`static-auth-secret`); required with `turn_urls`.
+    pub turn_secret: Option<Secret>,
+    /// How long a TURN credential lasts.
+    pub turn_ttl_minutes: u64,
+}
+
+impl Default for TelehealthConfig {
+    fn default() -> Self {
+        Self {
+            secret: None,
+            grace_minutes: 30,
+            grant_ttl_minutes: 120,
+            fhir_url: None,
+            turn_urls: Vec::new(),
+            turn_secret: None,
+            turn_ttl_minutes: 120,
+        }
+    }
+}
+
 /// A secret value (a URL with a password). Printed and serialised with the password redacted.
 #[derive(Clone, Deserialize, PartialEq, Eq)]
 #[serde(transparent)]
@@ -311,6 +350,8 @@ enum Kind {
     Bool,
     /// `key=value,key=value`
     Map,
+    /// `a,b,c`
+    List,
 }
 
 /// Environment variables Sen reads, and the key each one sets.
@@ -379,6 +420,33 @@ const ENV_KEYS: &[(&str, &str, Kind)] = &[
         "SEN_FHIR_REQUIRED_PROFILES",
         "fhir.required_profiles",
         Kind::Map,
+    ),
+    ("SEN_TELEHEALTH_SECRET", "telehealth.secret", Kind::Str),
+    (
+        "SEN_TELEHEALTH_GRACE_MINUTES",
+        "telehealth.grace_minutes",
+        Kind::Int,
+    ),
+    (
+        "SEN_TELEHEALTH_GRANT_TTL_MINUTES",
+        "telehealth.grant_ttl_minutes",
+        Kind::Int,
+    ),
+    ("SEN_TELEHEALTH_FHIR_URL", "telehealth.fhir_url", Kind::Str),
+    (
+        "SEN_TELEHEALTH_TURN_URLS",
+        "telehealth.turn_urls",
+        Kind::List,
+    ),
+    (
+        "SEN_TELEHEALTH_TURN_SECRET",
+        "telehealth.turn_secret",
+        Kind::Str,
+    ),
+    (
+        "SEN_TELEHEALTH_TURN_TTL_MINUTES",
+        "telehealth.turn_ttl_minutes",
+        Kind::Int,
     ),
     ("SEN_AUTH_AUDIENCE", "auth.audience", Kind::Str),
     ("SEN_AUTH_EMBEDDED", "auth.embedded", Kind::Bool),
@@ -486,6 +554,14 @@ impl Config {
                     }
                     toml::Value::Table(map)
                 }
+                Kind::List => toml::Value::Array(
+                    value
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|v| !v.is_empty())
+                        .map(|v| toml::Value::String(v.into()))
+                        .collect(),
+                ),
             };
             let (section, field) = key.split_once('.').expect("keys are section.field");
             let section = table
@@ -630,5 +706,43 @@ mod tests {
             "{printed}"
         );
         assert_eq!(config.database_url(), "postgres://sen:hunter2@db:5432/sen");
+    }
+
+    #[test]
+    fn telehealth_secrets_are_read_and_never_printed() {
+        let config = Config::load(
+            None,
+            env(&[
+                (
+                    "SEN_TELEHEALTH_SECRET",
+                    "grant-secret-of-the-city-0123456789",
+                ),
+                ("SEN_TELEHEALTH_TURN_SECRET", "coturn-static-auth-secret"),
+                (
+                    "SEN_TELEHEALTH_TURN_URLS",
+                    "turn:turn.caolanh.vn:3478?transport=udp, turns:turn.caolanh.vn:5349",
+                ),
+                ("SEN_TELEHEALTH_GRACE_MINUTES", "15"),
+            ]),
+        )
+        .unwrap();
+        let t = &config.telehealth;
+        assert_eq!(
+            t.turn_urls,
+            vec![
+                "turn:turn.caolanh.vn:3478?transport=udp",
+                "turns:turn.caolanh.vn:5349"
+            ]
+        );
+        assert_eq!(t.grace_minutes, 15);
+        assert_eq!(
+            t.secret.as_ref().map(Secret::expose),
+            Some("grant-secret-of-the-city-0123456789")
+        );
+        let printed = format!("{} {:?}", config.to_redacted_toml(), config);
+        assert!(
+            !printed.contains("grant-secret") && !printed.contains("coturn-static"),
+            "{printed}"
+        );
     }
 }

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod fhir_client;
 pub mod health;
 pub mod http;
 pub mod kv;

@@ -12,6 +12,7 @@ use axum::Router;
 use sen_platform::{
     Backend, Config, Database,
     auth::Auth,
+    fhir_client::FhirClient,
     http::{HttpLimits, layered, metrics_router},
     kv::{self, KeyValueStore},
     migrate::{self, Migration},
@@ -23,20 +24,24 @@ use sen_platform::{
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ServiceName {
     Ehr,
+    Telehealth,
 }
 
 impl ServiceName {
-    pub const ALL: &'static [ServiceName] = &[ServiceName::Ehr];
+    pub const ALL: &'static [ServiceName] = &[ServiceName::Ehr, ServiceName::Telehealth];
 
     pub fn as_str(self) -> &'static str {
         match self {
             ServiceName::Ehr => sen_ehr::SERVICE,
+            ServiceName::Telehealth => sen_telehealth::SERVICE,
         }
     }
 
     fn migrations(self) -> &'static [Migration] {
         match self {
             ServiceName::Ehr => sen_ehr::migrations::MIGRATIONS,
+            // Its state is volatile (key-value store); its records are the EHR's.
+            ServiceName::Telehealth => &[],
         }
     }
 }
@@ -155,6 +160,8 @@ pub async fn build(
             .with_limiter(limiter.clone()),
     );
     let mut router = auth.router();
+    // The EHR's routes, for services of this process that read and write records.
+    let mut ehr_routes = None;
     for service in services {
         router = match service {
             ServiceName::Ehr => {
@@ -164,9 +171,26 @@ pub async fn build(
                     config.server.public_url.clone(),
                 )
                 .context("FHIR profiles")?;
-                router.merge(ehr.router(auth.clone()))
+                let routes = ehr.router(auth.clone());
+                ehr_routes = Some(routes.clone());
+                router.merge(routes)
             }
+            ServiceName::Telehealth => router,
         };
+    }
+    if services.contains(&ServiceName::Telehealth) {
+        let fhir = match (&config.telehealth.fhir_url, ehr_routes) {
+            (Some(url), _) => FhirClient::remote(url).context("telehealth.fhir_url")?,
+            (None, Some(routes)) => FhirClient::in_process(routes),
+            (None, None) => anyhow::bail!(
+                "the telehealth service reads appointments from the EHR: run it with the ehr \
+                 service (--services ehr,telehealth) or set telehealth.fhir_url \
+                 (SEN_TELEHEALTH_FHIR_URL)"
+            ),
+        };
+        let telehealth =
+            sen_telehealth::Telehealth::new(config, kv.clone(), fhir).context("telehealth")?;
+        router = router.merge(telehealth.router(auth.clone()));
     }
     let readiness_kv = config.redis.url.as_ref().map(|_| kv.clone());
     router = router.merge(sen_platform::health::router(db.clone(), readiness_kv));

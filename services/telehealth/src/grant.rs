@@ -36,6 +36,16 @@ pub enum ParticipantRole {
 }
 
 impl ParticipantRole {
+    /// The role's name on the wire (`patient`, `practitioner`, `interpreter`, `family`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ParticipantRole::Patient => "patient",
+            ParticipantRole::Practitioner => "practitioner",
+            ParticipantRole::Interpreter => "interpreter",
+            ParticipantRole::Family => "family",
+        }
+    }
+
     /// What the role may do: practitioners everything; everyone else talks, listens and chats.
     pub fn permissions(self) -> Permissions {
         let runs = self == ParticipantRole::Practitioner;
@@ -231,13 +241,7 @@ mod tests {
     const SECRET: &[u8] = b"a telehealth secret of 32+ bytes, for tests";
 
     fn now() -> i64 {
-        i64::try_from(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_secs(),
-        )
-        .unwrap()
+        i64::try_from(sen_platform::unix_seconds()).unwrap()
     }
 
     fn request(role: ParticipantRole, ttl: u64, room_closes: i64) -> GrantRequest {
@@ -269,6 +273,14 @@ mod tests {
         let doctor = ParticipantRole::Practitioner.permissions();
         assert!(doctor.admit && doctor.end);
         assert!(!ParticipantRole::Practitioner.waits());
+        for role in [
+            ParticipantRole::Patient,
+            ParticipantRole::Practitioner,
+            ParticipantRole::Interpreter,
+            ParticipantRole::Family,
+        ] {
+            assert_eq!(serde_json::to_value(role).unwrap(), role.as_str());
+        }
         // Every grant is its own participant with its own id.
         let (other, _) = keys
             .issue(&request(ParticipantRole::Patient, 600, t + 3_600), t)

@@ -3,18 +3,105 @@
 //! the room's waiting room until a practitioner admits them, then both (and invited
 //! interpreters or family) talk through the server's forwarding unit.
 //!
-//! What this crate holds so far, the parts every other piece stands on:
+//! What this crate holds so far:
+//! - [`rooms`] and its HTTP surface: rooms opened on an appointment (an Encounter of class
+//!   `VR` each) and join grants for the appointment's patient, its practitioners and their
+//!   invitees, with TURN credentials;
 //! - [`grant`]: join grants, the short-lived room tokens saying who may publish, subscribe,
 //!   send data, admit and end, expiring no later than the appointment's end plus a grace
 //!   period, with the WebSocket close codes a refused grant gets;
 //! - [`session`]: the consultation's volatile state (room, participants, waiting room,
 //!   presence, revoked grants) on the platform's key-value store — Redis shared by every
 //!   node, or memory in the embedded default;
-//! - [`turn`]: TURN credentials in coturn's `use-auth-secret` scheme for the join response.
+//! - [`turn`]: TURN credentials in coturn's `use-auth-secret` scheme.
 //!
-//! Still to come (issue 6): the HTTP API under `/telehealth/v1`, WebSocket signaling, the
-//! selective forwarding unit, room placement across nodes, and the browser client.
+//! - [`signaling`]: the WebSocket protocol (join with a grant, waiting room, admit, deny,
+//!   remove, end, chat, mute, ping), one node for now.
+//!
+//! Still to come (issue 6): the selective forwarding unit and media negotiation, room
+//! placement across nodes, the Encounter's progress, and the browser client.
 
+mod api;
+pub mod error;
 pub mod grant;
+pub mod rooms;
 pub mod session;
+pub mod signaling;
 pub mod turn;
+
+use std::{sync::Arc, time::Duration};
+
+use sen_platform::{
+    auth::{Auth, keys::read_or_create_private},
+    config::{Config, TelehealthConfig},
+    fhir_client::FhirClient,
+    kv::KeyValueStore,
+};
+
+/// The service's name for `sen serve --services`.
+pub const SERVICE: &str = "telehealth";
+
+/// The grant secret's file under the data directory (when none is configured).
+const SECRET_FILE: &str = "telehealth/grant-secret";
+
+/// The telehealth service.
+#[derive(Debug)]
+pub struct Telehealth {
+    config: TelehealthConfig,
+    keys: grant::GrantKeys,
+    pub sessions: session::Sessions,
+    hub: signaling::Hub,
+    fhir: FhirClient,
+    turn: Option<turn::Turn>,
+}
+
+impl Telehealth {
+    /// The service on `kv` (shared with the other nodes), reaching records through `fhir`.
+    pub fn new(
+        config: &Config,
+        kv: Arc<dyn KeyValueStore>,
+        fhir: FhirClient,
+    ) -> anyhow::Result<Arc<Self>> {
+        let telehealth = config.telehealth.clone();
+        let secret = match &telehealth.secret {
+            Some(secret) => secret.expose().as_bytes().to_vec(),
+            None => read_or_create_private(&config.database.data_dir.join(SECRET_FILE), || {
+                let mut secret = [0u8; 32];
+                ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
+                    .map_err(|_| anyhow::anyhow!("no randomness for the telehealth secret"))?;
+                Ok(secret.to_vec())
+            })?,
+        };
+        let keys = grant::GrantKeys::new(&secret)
+            .map_err(|e| anyhow::anyhow!("telehealth.secret (SEN_TELEHEALTH_SECRET): {e}"))?;
+        let turn = match (&telehealth.turn_urls[..], &telehealth.turn_secret) {
+            ([], _) => None,
+            (urls, Some(secret)) => Some(turn::Turn::new(
+                urls.to_vec(),
+                secret.expose().as_bytes(),
+                Duration::from_secs(telehealth.turn_ttl_minutes.saturating_mul(60)),
+            )),
+            (_, None) => anyhow::bail!(
+                "telehealth.turn_urls needs telehealth.turn_secret (SEN_TELEHEALTH_TURN_SECRET), the secret shared with coturn"
+            ),
+        };
+        Ok(Arc::new(Self {
+            config: telehealth,
+            keys,
+            sessions: session::Sessions::new(kv),
+            hub: signaling::Hub::default(),
+            fhir,
+            turn,
+        }))
+    }
+
+    /// The routes under `/telehealth/v1`, behind the token check.
+    pub fn router(self: &Arc<Self>, auth: Arc<Auth>) -> axum::Router {
+        api::router(self.clone(), auth)
+    }
+
+    /// Checks a join grant's signature, expiry and room (signaling's first step).
+    pub fn grant_verify(&self, token: &str, room: &str) -> Result<grant::Grant, grant::Refused> {
+        self.keys.verify(token, room)
+    }
+}

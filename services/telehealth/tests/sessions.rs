@@ -12,13 +12,7 @@ use sen_telehealth::{
 const SECRET: &[u8] = b"a telehealth secret of 32+ bytes, for tests";
 
 fn now_s() -> i64 {
-    i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs(),
-    )
-    .unwrap()
+    i64::try_from(sen_platform::unix_seconds()).unwrap()
 }
 
 async fn stores() -> Vec<Arc<dyn KeyValueStore>> {

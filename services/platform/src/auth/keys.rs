@@ -38,16 +38,12 @@ impl EmbeddedKey {
     /// The key under `data_dir`, created (owner-only) when there is none yet.
     pub fn load_or_create(data_dir: &Path) -> anyhow::Result<Self> {
         let path = data_dir.join(KEY_FILE);
-        let pkcs8 = match std::fs::read(&path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => create(&path)?,
-            Err(e) => {
-                return Err(anyhow::anyhow!(
-                    "cannot read the embedded signing key {}: {e}",
-                    path.display()
-                ));
-            }
-        };
+        let pkcs8 = read_or_create_private(&path, || {
+            let rng = ring::rand::SystemRandom::new();
+            Ed25519KeyPair::generate_pkcs8(&rng)
+                .map(|document| document.as_ref().to_vec())
+                .map_err(|_| anyhow::anyhow!("cannot generate an Ed25519 key"))
+        })?;
         Self::from_pkcs8(&pkcs8).map_err(|e| {
             anyhow::anyhow!(
                 "{} is not an Ed25519 PKCS#8 key ({e}); move it away to create a new one",
@@ -96,17 +92,26 @@ impl EmbeddedKey {
     }
 }
 
-/// A new key written to `path` (its directory created), readable by its owner only. Written
-/// to a temporary name first and linked into place, so two processes starting at once on
-/// one data directory end up with the same key.
-fn create(path: &Path) -> anyhow::Result<Vec<u8>> {
+/// The secret in the file at `path`; when there is none, `generate`'s, written there (its
+/// directory created) readable by its owner only. Written to a temporary name first and
+/// linked into place, so two processes starting at once on one data directory end up with
+/// the same secret. (The embedded signing key; telehealth's grant secret.)
+pub fn read_or_create_private(
+    path: &Path,
+    generate: impl FnOnce() -> anyhow::Result<Vec<u8>>,
+) -> anyhow::Result<Vec<u8>> {
+    match std::fs::read(path) {
+        Ok(bytes) => return Ok(bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(anyhow::anyhow!("cannot read {}: {e}", path.display()));
+        }
+    }
     let dir = path.parent().map(PathBuf::from).unwrap_or_default();
     std::fs::create_dir_all(&dir)
         .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
-    let rng = ring::rand::SystemRandom::new();
-    let document = Ed25519KeyPair::generate_pkcs8(&rng)
-        .map_err(|_| anyhow::anyhow!("cannot generate an Ed25519 key"))?;
-    let temporary = dir.join(format!(".key-{}", uuid::Uuid::new_v4().simple()));
+    let secret = generate()?;
+    let temporary = dir.join(format!(".secret-{}", uuid::Uuid::new_v4().simple()));
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -114,13 +119,13 @@ fn create(path: &Path) -> anyhow::Result<Vec<u8>> {
     let mut file = options
         .open(&temporary)
         .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", temporary.display()))?;
-    file.write_all(document.as_ref())?;
+    file.write_all(&secret)?;
     file.sync_all()?;
     drop(file);
     let linked = std::fs::hard_link(&temporary, path);
     let _ = std::fs::remove_file(&temporary);
     match linked {
-        Ok(()) => Ok(document.as_ref().to_vec()),
+        Ok(()) => Ok(secret),
         // Another process created it first: use theirs.
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(std::fs::read(path)?),
         Err(e) => Err(anyhow::anyhow!("cannot write {}: {e}", path.display())),

@@ -34,6 +34,7 @@ mod profiles;
 mod queries;
 mod search;
 mod support;
+mod telehealth;
 mod tokens;
 
 /// Identifier system of the personal ID (CCCD).

@@ -131,6 +131,11 @@ impl TestApp {
         self.auth.mint(&request).expect("token")
     }
 
+    /// The app's data directory (its embedded key, telehealth's grant secret).
+    pub fn data_dir(&self) -> &std::path::Path {
+        self._keys.path()
+    }
+
     /// A request with no token at all.
     pub fn anonymous(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         reqwest::Client::new().request(method, format!("{}{path}", self.base))
