@@ -188,8 +188,8 @@ pub async fn build(
                  (SEN_TELEHEALTH_FHIR_URL)"
             ),
         };
-        let telehealth =
-            sen_telehealth::Telehealth::new(config, kv.clone(), fhir).context("telehealth")?;
+        let telehealth = sen_telehealth::Telehealth::new(config, kv.clone(), fhir, auth.clone())
+            .context("telehealth")?;
         router = router.merge(telehealth.router(auth.clone()));
     }
     let readiness_kv = config.redis.url.as_ref().map(|_| kv.clone());

@@ -18,12 +18,16 @@
 //! - [`signaling`]: the WebSocket protocol (join with a grant, waiting room, admit, deny,
 //!   remove, end, chat, mute, ping), one node for now.
 //!
+//! - the Encounter's progress (`in-progress` when the patient is admitted, `finished` with
+//!   its period and practitioners when the consultation ends), as the service itself.
+//!
 //! Still to come (issue 6): the selective forwarding unit and media negotiation, room
-//! placement across nodes, the Encounter's progress, and the browser client.
+//! placement across nodes, and the browser client.
 
 mod api;
 pub mod error;
 pub mod grant;
+mod progress;
 pub mod rooms;
 pub mod session;
 pub mod signaling;
@@ -51,17 +55,26 @@ pub struct Telehealth {
     keys: grant::GrantKeys,
     pub sessions: session::Sessions,
     hub: signaling::Hub,
+    progress: progress::Progress,
     fhir: FhirClient,
     turn: Option<turn::Turn>,
 }
 
 impl Telehealth {
     /// The service on `kv` (shared with the other nodes), reaching records through `fhir`.
+    /// `auth` makes the service's own token for the Encounter's progress (embedded key).
     pub fn new(
         config: &Config,
         kv: Arc<dyn KeyValueStore>,
         fhir: FhirClient,
+        auth: Arc<Auth>,
     ) -> anyhow::Result<Arc<Self>> {
+        if !config.auth.embedded {
+            tracing::warn!(
+                "auth.embedded is off: telehealth has no token of its own, so consultation \
+                 Encounters will not be moved to in-progress or finished"
+            );
+        }
         let telehealth = config.telehealth.clone();
         let secret = match &telehealth.secret {
             Some(secret) => secret.expose().as_bytes().to_vec(),
@@ -90,6 +103,7 @@ impl Telehealth {
             keys,
             sessions: session::Sessions::new(kv),
             hub: signaling::Hub::default(),
+            progress: progress::Progress::new(config.auth.embedded.then_some(auth)),
             fhir,
             turn,
         }))

@@ -52,6 +52,7 @@ use tokio::sync::broadcast;
 use crate::{
     Telehealth,
     grant::{Grant, Refused},
+    progress::Change,
     session::Arrival,
 };
 
@@ -453,7 +454,13 @@ impl Connection {
             }
             Incoming::Admit { participant } => {
                 match sessions.admit(&room, &participant, now_ms()).await {
-                    Ok(Some(_)) => {
+                    Ok(Some(p)) => {
+                        // The consultation starts with the patient: the record says so before
+                        // anyone is told.
+                        if p.role == crate::grant::ParticipantRole::Patient {
+                            let started = Change::Started { at_ms: now_ms() };
+                            service.progress.apply(&service.fhir, &room, &started).await;
+                        }
                         let _ = joined.room.send(Event::Admitted { participant });
                     }
                     Ok(None) => self.error("not-waiting", "nobody of that id waits").await?,
@@ -494,6 +501,24 @@ impl Connection {
                     self.error("unavailable", "consultation state unavailable")
                         .await?;
                 } else {
+                    let practitioners = sessions
+                        .participants(&room)
+                        .await
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter(|(_, p)| p.admitted_ms.is_some())
+                        .filter_map(|(_, p)| {
+                            Some(p.who?.strip_prefix("Practitioner/")?.to_string())
+                        })
+                        .collect();
+                    let finished = Change::Finished {
+                        at_ms: now_ms(),
+                        practitioners,
+                    };
+                    service
+                        .progress
+                        .apply(&service.fhir, &room, &finished)
+                        .await;
                     let _ = joined.room.send(Event::Ended);
                 }
             }

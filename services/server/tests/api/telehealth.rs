@@ -404,6 +404,15 @@ mod signaling {
         )
     }
 
+    /// The room's Encounter, read with the system token.
+    async fn encounter_of(app: &TestApp, room: &str) -> Value {
+        app.get(&format!("/fhir/Encounter/{room}"))
+            .await
+            .json()
+            .await
+            .unwrap()
+    }
+
     async fn a_patient_waits_until_admitted_then_talks_with_the_doctor(app: TestApp) {
         let (c, room) = room(&app).await;
         let (doctor_grant, doctor_id) = grant(&app, &c.doctor, &room, "{}").await;
@@ -447,6 +456,10 @@ mod signaling {
         .await;
         let admitted = next(&mut patient).await;
         assert_eq!(admitted["type"], "admitted");
+        // The consultation has started in the record.
+        let encounter = encounter_of(&app, &room).await;
+        assert_eq!(encounter["status"], "in-progress", "{encounter}");
+        assert!(encounter["period"]["start"].is_string());
         assert_eq!(
             admitted["participants"],
             json!([{"participant": doctor_id, "role": "practitioner"}])
@@ -523,6 +536,18 @@ mod signaling {
         send(&mut doctor, json!({"type": "end"})).await;
         assert_eq!(close_code(&mut patient).await, 4005);
         assert_eq!(close_code(&mut doctor).await, 4005);
+        // Finished in the record, with its period and its practitioner.
+        let encounter = encounter_of(&app, &room).await;
+        assert_eq!(encounter["status"], "finished", "{encounter}");
+        let period = &encounter["period"];
+        assert!(
+            period["start"].as_str() <= period["end"].as_str(),
+            "{period}"
+        );
+        assert_eq!(
+            encounter["participant"][0]["individual"]["reference"],
+            json!(format!("Practitioner/{}", c.doctor_id))
+        );
         let mut late = connect(&app).await;
         send(
             &mut late,
