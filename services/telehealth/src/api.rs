@@ -6,7 +6,8 @@
 //!   appointment's room was open already) with the room;
 //! - `GET /telehealth/v1/rooms/{room}` → the room;
 //! - `POST /telehealth/v1/rooms/{room}/tokens` `{}` or `{"invite": "interpreter"|"family"}`
-//!   → 201 with a join grant, its ICE servers and the signaling path.
+//!   → 201 with a join grant, its ICE servers and the signaling path;
+//! - `GET /openapi.json` → the OpenAPI 3.1 document of these routes (`api/openapi.json`).
 
 use std::sync::Arc;
 
@@ -37,6 +38,7 @@ pub(crate) fn router(service: Arc<Telehealth>, auth: Arc<Auth>) -> Router {
         .route("/telehealth/v1/rooms", post(room_open))
         .route("/telehealth/v1/rooms/{room}", get(room_read))
         .route("/telehealth/v1/rooms/{room}/tokens", post(grant_issue))
+        .route("/openapi.json", get(openapi))
         .layer(axum::middleware::from_fn_with_state(
             auth,
             sen_platform::auth::require_token,
@@ -77,6 +79,13 @@ fn body<T: DeserializeOwned>(bytes: &Bytes, expected: &str) -> Result<T> {
             e.column()
         ))
     })
+}
+
+/// The OpenAPI document of the JSON APIs (telehealth's, the only one so far).
+const OPENAPI: &str = include_str!("../api/openapi.json");
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
 
 async fn room_open(

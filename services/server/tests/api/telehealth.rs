@@ -309,7 +309,65 @@ async fn appointments_that_cannot_hold_a_consultation_are_refused_clearly(app: T
     assert_eq!(encounters(&app).await, 0);
 }
 
+/// The OpenAPI document names every route, and what the routes answer has exactly the
+/// fields its schemas require.
+async fn the_api_is_described_by_its_openapi_document(app: TestApp) {
+    let anonymous = app
+        .anonymous(Method::GET, "/openapi.json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+    let c = clinic(&app).await;
+    let (status, document) = call(&app, &c.patient, Method::GET, "/openapi.json", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(document["openapi"], "3.1.0");
+    let mut paths: Vec<&str> = document["paths"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    paths.sort_unstable();
+    assert_eq!(
+        paths,
+        vec![
+            "/openapi.json",
+            "/telehealth/v1/rooms",
+            "/telehealth/v1/rooms/{room}",
+            "/telehealth/v1/rooms/{room}/tokens",
+            "/telehealth/v1/ws"
+        ]
+    );
+    let required = |schema: &str| {
+        let mut fields: Vec<String> = document["components"]["schemas"][schema]["required"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f.as_str().unwrap().to_string())
+            .collect();
+        fields.sort();
+        fields
+    };
+    let keys = |value: &Value| {
+        let mut keys: Vec<String> = value.as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        keys
+    };
+    let appointment = appointment(&app, &c, "booked", Some(at(Duration::minutes(20)))).await;
+    let (_, room) = open(&app, &c.doctor, &appointment).await;
+    assert_eq!(keys(&room), required("Room"));
+    let tokens = format!(
+        "/telehealth/v1/rooms/{}/tokens",
+        room["room"].as_str().unwrap()
+    );
+    let (_, issued) = call(&app, &c.patient, Method::POST, &tokens, None).await;
+    assert_eq!(keys(&issued), required("Issued"));
+    assert_eq!(keys(&issued["can"]), required("Permissions"));
+}
+
 on_both_backends!(
+    the_api_is_described_by_its_openapi_document,
     a_practitioner_opens_one_room_per_appointment_as_a_virtual_encounter,
     grants_go_to_the_appointments_patient_and_practitioners_and_their_invitees,
     appointments_that_cannot_hold_a_consultation_are_refused_clearly,
