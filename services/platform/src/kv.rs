@@ -12,7 +12,12 @@ use std::{
 };
 
 use async_trait::async_trait;
+use futures::StreamExt;
 use redis::{AsyncCommands, aio::ConnectionManager};
+use tokio::sync::mpsc;
+
+/// Messages a subscriber may fall behind by before new ones are dropped for it.
+const SUBSCRIBER_BACKLOG: usize = 1_024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KvError {
@@ -53,6 +58,14 @@ pub trait KeyValueStore: Send + Sync + std::fmt::Debug + 'static {
     async fn map_remove(&self, key: &str, field: &str) -> Result<bool, KvError>;
     /// Every field of the map at `key` with its value, in no particular order.
     async fn map_all(&self, key: &str) -> Result<Vec<(String, Vec<u8>)>, KvError>;
+    /// Publishes `payload` on `topic` to every subscriber of the deployment (every node on
+    /// Redis, this process in memory). Fire and forget: a subscriber not listening at that
+    /// moment never sees it.
+    async fn publish(&self, topic: &str, payload: &[u8]) -> Result<(), KvError>;
+    /// From now on, every message published on a topic starting with `prefix`, with its
+    /// topic. On Redis the subscription survives reconnections (messages published while it
+    /// was down are lost); it ends when the receiver is dropped.
+    async fn subscribe(&self, prefix: &str) -> Result<mpsc::Receiver<(String, Vec<u8>)>, KvError>;
     /// A round trip, for readiness.
     async fn ping(&self) -> Result<(), KvError>;
     /// Which implementation this is, for logs and the readiness report.
@@ -61,6 +74,9 @@ pub trait KeyValueStore: Send + Sync + std::fmt::Debug + 'static {
 
 /// Values with their expiry instant.
 type Entries = HashMap<String, (Vec<u8>, Option<Instant>)>;
+
+/// Where a subscription's messages (topic, payload) go.
+type Subscriber = mpsc::Sender<(String, Vec<u8>)>;
 
 /// Maps with their expiry instant.
 type Maps = HashMap<String, (HashMap<String, Vec<u8>>, Instant)>;
@@ -71,6 +87,7 @@ pub struct MemoryStore {
     namespace: String,
     entries: Mutex<Entries>,
     maps: Mutex<Maps>,
+    subscribers: Mutex<Vec<(String, Subscriber)>>,
 }
 
 impl MemoryStore {
@@ -79,6 +96,7 @@ impl MemoryStore {
             namespace: namespace.into(),
             entries: Mutex::default(),
             maps: Mutex::default(),
+            subscribers: Mutex::default(),
         }
     }
 
@@ -201,6 +219,27 @@ impl KeyValueStore for MemoryStore {
         }))
     }
 
+    async fn publish(&self, topic: &str, payload: &[u8]) -> Result<(), KvError> {
+        let mut subscribers = self.subscribers.lock().expect("kv lock");
+        subscribers.retain(|(_, sender)| !sender.is_closed());
+        for (prefix, sender) in subscribers.iter() {
+            if topic.starts_with(prefix.as_str()) {
+                // A subscriber that fell that far behind loses this one, as on Redis.
+                let _ = sender.try_send((topic.to_string(), payload.to_vec()));
+            }
+        }
+        Ok(())
+    }
+
+    async fn subscribe(&self, prefix: &str) -> Result<mpsc::Receiver<(String, Vec<u8>)>, KvError> {
+        let (sender, receiver) = mpsc::channel(SUBSCRIBER_BACKLOG);
+        self.subscribers
+            .lock()
+            .expect("kv lock")
+            .push((prefix.to_string(), sender));
+        Ok(receiver)
+    }
+
     async fn ping(&self) -> Result<(), KvError> {
         Ok(())
     }
@@ -215,6 +254,8 @@ impl KeyValueStore for MemoryStore {
 pub struct RedisStore {
     namespace: String,
     conn: ConnectionManager,
+    /// For subscriptions, which need a connection of their own.
+    client: redis::Client,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -235,10 +276,11 @@ impl RedisStore {
             .set_connection_timeout(Duration::from_secs(5))
             .set_response_timeout(Duration::from_secs(5))
             .set_number_of_retries(2);
-        let conn = ConnectionManager::new_with_config(client, config).await?;
+        let conn = ConnectionManager::new_with_config(client.clone(), config).await?;
         Ok(Self {
             namespace: namespace.into(),
             conn,
+            client,
         })
     }
 
@@ -333,6 +375,56 @@ impl KeyValueStore for RedisStore {
         Ok(all.into_iter().collect())
     }
 
+    async fn publish(&self, topic: &str, payload: &[u8]) -> Result<(), KvError> {
+        let _: i64 = self.conn.clone().publish(self.key(topic), payload).await?;
+        Ok(())
+    }
+
+    async fn subscribe(&self, prefix: &str) -> Result<mpsc::Receiver<(String, Vec<u8>)>, KvError> {
+        let (sender, receiver) = mpsc::channel(SUBSCRIBER_BACKLOG);
+        let pattern = format!("{}*", self.key(&escape_glob(prefix)));
+        let strip = self.key("");
+        // The first subscription is made here, so that what is published after this call
+        // returns is received.
+        let mut pubsub = self.client.get_async_pubsub().await?;
+        pubsub.psubscribe(&pattern).await?;
+        let client = self.client.clone();
+        tokio::spawn(async move {
+            loop {
+                let mut messages = pubsub.into_on_message();
+                loop {
+                    tokio::select! {
+                        message = messages.next() => {
+                            let Some(message) = message else { break };
+                            let topic = message.get_channel_name();
+                            let topic = topic.strip_prefix(&strip).unwrap_or(topic).to_string();
+                            let payload = message.get_payload_bytes().to_vec();
+                            if sender.try_send((topic, payload)).is_err() && sender.is_closed() {
+                                return;
+                            }
+                        }
+                        () = sender.closed() => return,
+                    }
+                }
+                // The connection broke: subscribe again, once a second until it works.
+                loop {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    if sender.is_closed() {
+                        return;
+                    }
+                    let Ok(mut again) = client.get_async_pubsub().await else {
+                        continue;
+                    };
+                    if again.psubscribe(&pattern).await.is_ok() {
+                        pubsub = again;
+                        break;
+                    }
+                }
+            }
+        });
+        Ok(receiver)
+    }
+
     async fn ping(&self) -> Result<(), KvError> {
         let _: String = redis::cmd("PING")
             .query_async(&mut self.conn.clone())
@@ -343,6 +435,18 @@ impl KeyValueStore for RedisStore {
     fn kind(&self) -> &'static str {
         "redis"
     }
+}
+
+/// `text` with Redis glob characters escaped, for a pattern that matches it literally.
+fn escape_glob(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
 }
 
 /// The store a process uses: Redis when a URL is configured, memory otherwise.
@@ -447,6 +551,48 @@ mod tests {
         );
         store.ping().await.unwrap();
         map_suite(store).await;
+        publish_suite(store).await;
+    }
+
+    async fn next(receiver: &mut mpsc::Receiver<(String, Vec<u8>)>) -> (String, Vec<u8>) {
+        tokio::time::timeout(Duration::from_secs(5), receiver.recv())
+            .await
+            .expect("a message within 5 s")
+            .expect("subscribed")
+    }
+
+    /// Messages reach the subscribers of their prefix, in order, and no one else.
+    async fn publish_suite(store: &dyn KeyValueStore) {
+        let mut rooms = store.subscribe("room:").await.unwrap();
+        let mut one = store.subscribe("room:r1").await.unwrap();
+        let mut starred = store.subscribe("odd*").await.unwrap();
+        store.publish("room:r1", b"first").await.unwrap();
+        store.publish("other:r1", b"elsewhere").await.unwrap();
+        store.publish("room:r2", b"second").await.unwrap();
+        store.publish("oddity", b"not a glob").await.unwrap();
+        store.publish("odd*", b"literal").await.unwrap();
+        assert_eq!(
+            next(&mut rooms).await,
+            ("room:r1".to_string(), b"first".to_vec())
+        );
+        assert_eq!(
+            next(&mut rooms).await,
+            ("room:r2".to_string(), b"second".to_vec())
+        );
+        assert_eq!(
+            next(&mut one).await,
+            ("room:r1".to_string(), b"first".to_vec())
+        );
+        assert_eq!(
+            next(&mut starred).await,
+            ("odd*".to_string(), b"literal".to_vec())
+        );
+        // Nothing else came: a marker published last is the next message each receives.
+        store.publish("room:r1-end", b"end").await.unwrap();
+        store.publish("odd*-end", b"end").await.unwrap();
+        assert_eq!(next(&mut rooms).await.0, "room:r1-end");
+        assert_eq!(next(&mut one).await.0, "room:r1-end");
+        assert_eq!(next(&mut starred).await.0, "odd*-end");
     }
 
     /// Maps: fields set, replaced, removed, listed, and the whole map expiring.

@@ -45,7 +45,8 @@ use axum::{
     },
     response::Response,
 };
-use serde::Deserialize;
+use sen_platform::kv::{KeyValueStore, KvError};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
@@ -73,8 +74,9 @@ const CLOSING: Duration = Duration::from_secs(2);
 const FLOOD: u32 = 100;
 
 /// What happens in a room, for the connections in it to pass on (each filters by its own
-/// participant and state).
-#[derive(Debug, Clone)]
+/// participant and state). Published to the other nodes too, as JSON.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "e", rename_all = "kebab-case")]
 enum Event {
     Waiting {
         participant: String,
@@ -107,20 +109,96 @@ enum Event {
     Ended,
 }
 
-/// The rooms of this node: one broadcast channel each, dropped with its last connection.
-#[derive(Debug, Default)]
+/// An event as it travels between nodes.
+#[derive(Debug, Serialize, Deserialize)]
+struct Relayed {
+    node: String,
+    room: String,
+    event: Event,
+}
+
+/// Topic prefix of room events on the key-value store's publish/subscribe.
+const TOPIC: &str = "telehealth:room:";
+
+/// The rooms of this node, one broadcast channel each (dropped with its last connection),
+/// and the relay of every room's events between nodes: participants of one consultation
+/// who reached different nodes still see each other's events. (Media will live on one node
+/// per room; signaling meets through this relay.)
+#[derive(Debug)]
 pub struct Hub {
     rooms: Mutex<HashMap<String, broadcast::Sender<Event>>>,
+    kv: Arc<dyn KeyValueStore>,
+    /// This node's id: its own events come back from Redis and are not delivered twice.
+    node: String,
+    relay: tokio::sync::OnceCell<()>,
 }
 
 impl Hub {
+    pub(crate) fn new(kv: Arc<dyn KeyValueStore>) -> Arc<Self> {
+        Arc::new(Self {
+            rooms: Mutex::default(),
+            kv,
+            node: uuid::Uuid::new_v4().simple().to_string(),
+            relay: tokio::sync::OnceCell::new(),
+        })
+    }
+
+    /// Starts receiving the other nodes' events (once; again after a failure).
+    async fn relay(self: &Arc<Self>) {
+        let started = self
+            .relay
+            .get_or_try_init(|| async {
+                let mut incoming = self.kv.subscribe(TOPIC).await?;
+                let hub = Arc::downgrade(self);
+                tokio::spawn(async move {
+                    while let Some((_, payload)) = incoming.recv().await {
+                        let Some(hub) = hub.upgrade() else { return };
+                        let Ok(relayed) = serde_json::from_slice::<Relayed>(&payload) else {
+                            continue;
+                        };
+                        if relayed.node != hub.node {
+                            hub.deliver(&relayed.room, relayed.event);
+                        }
+                    }
+                });
+                Ok::<(), KvError>(())
+            })
+            .await;
+        if let Err(e) = started {
+            tracing::warn!(error = %e, "telehealth: other nodes' room events are not received");
+        }
+    }
+
     fn room(&self, room: &str) -> broadcast::Sender<Event> {
         let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
+        // Rooms whose last connection closed go.
         rooms.retain(|_, sender| sender.receiver_count() > 0);
         rooms
             .entry(room.to_string())
             .or_insert_with(|| broadcast::channel(256).0)
             .clone()
+    }
+
+    /// Passes `event` to this node's connections in `room`.
+    fn deliver(&self, room: &str, event: Event) {
+        let rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(sender) = rooms.get(room) {
+            let _ = sender.send(event);
+        }
+    }
+
+    /// Passes `event` to every connection in `room`, on this node and the others.
+    async fn publish(&self, room: &str, event: Event) {
+        self.deliver(room, event.clone());
+        let relayed = Relayed {
+            node: self.node.clone(),
+            room: room.to_string(),
+            event,
+        };
+        let payload = serde_json::to_vec(&relayed).unwrap_or_default();
+        if let Err(e) = self.kv.publish(&format!("{TOPIC}{room}"), &payload).await {
+            tracing::warn!(error = %e, "telehealth: a room event did not reach the other nodes");
+        }
     }
 }
 
@@ -215,7 +293,6 @@ struct Joined {
     role: String,
     admitted: bool,
     events: broadcast::Receiver<Event>,
-    room: broadcast::Sender<Event>,
     /// Token bucket: messages allowed now, refilled at [`RATE`].
     allowance: f64,
     refilled: Instant,
@@ -287,8 +364,8 @@ impl Connection {
                 .arrive(&grant, now_ms())
                 .await
                 .map_err(|_| Close::Code(1011, "consultation state unavailable"))?;
-            let room_channel = self.service.hub.room(&grant.room);
-            let events = room_channel.subscribe();
+            self.service.hub.relay().await;
+            let events = self.service.hub.room(&grant.room).subscribe();
             let role = grant.role.as_str().to_string();
             let (admitted, ahead) = match arrival {
                 Arrival::Refused(refused) => return Err(refused.into()),
@@ -317,13 +394,12 @@ impl Connection {
                     role: role.clone(),
                 }
             };
-            let _ = room_channel.send(event);
+            self.service.hub.publish(&grant.room, event).await;
             return Ok(Joined {
                 grant,
                 role,
                 admitted,
                 events,
-                room: room_channel,
                 allowance: BURST,
                 refilled: Instant::now(),
                 dropped: 0,
@@ -387,10 +463,16 @@ impl Connection {
                 .leave(&joined.grant.room, &joined.grant.sub)
                 .await;
         }
-        let _ = joined.room.send(Event::Left {
-            participant: joined.grant.sub.clone(),
-            role: joined.role.clone(),
-        });
+        self.service
+            .hub
+            .publish(
+                &joined.grant.room,
+                Event::Left {
+                    participant: joined.grant.sub.clone(),
+                    role: joined.role.clone(),
+                },
+            )
+            .await;
         match result {
             Ok(()) => Err(Close::Code(1000, "left")),
             Err(close) => Err(close),
@@ -430,15 +512,24 @@ impl Connection {
                     self.error("invalid", "a chat message has 1 to 2,000 characters")
                         .await?;
                 } else {
-                    let _ = joined.room.send(Event::Chat { from: me, text });
+                    self.service
+                        .hub
+                        .publish(&joined.grant.room, Event::Chat { from: me, text })
+                        .await;
                 }
             }
             Incoming::Mute { audio, video } => {
-                let _ = joined.room.send(Event::Muted {
-                    participant: me,
-                    audio,
-                    video,
-                });
+                self.service
+                    .hub
+                    .publish(
+                        &joined.grant.room,
+                        Event::Muted {
+                            participant: me,
+                            audio,
+                            video,
+                        },
+                    )
+                    .await;
             }
             Incoming::Admit { participant }
             | Incoming::Deny { participant }
@@ -461,7 +552,10 @@ impl Connection {
                             let started = Change::Started { at_ms: now_ms() };
                             service.progress.apply(&service.fhir, &room, &started).await;
                         }
-                        let _ = joined.room.send(Event::Admitted { participant });
+                        self.service
+                            .hub
+                            .publish(&joined.grant.room, Event::Admitted { participant })
+                            .await;
                     }
                     Ok(None) => self.error("not-waiting", "nobody of that id waits").await?,
                     Err(_) => {
@@ -479,7 +573,10 @@ impl Connection {
                 match known {
                     Some(p) if sessions.refuse(&room, &participant, now_ms()).await.is_ok() => {
                         let role = p.role.as_str().to_string();
-                        let _ = joined.room.send(Event::Removed { participant, role });
+                        self.service
+                            .hub
+                            .publish(&joined.grant.room, Event::Removed { participant, role })
+                            .await;
                     }
                     Some(_) => {
                         self.error("unavailable", "consultation state unavailable")
@@ -519,7 +616,10 @@ impl Connection {
                         .progress
                         .apply(&service.fhir, &room, &finished)
                         .await;
-                    let _ = joined.room.send(Event::Ended);
+                    self.service
+                        .hub
+                        .publish(&joined.grant.room, Event::Ended)
+                        .await;
                 }
             }
             Incoming::Offer {} | Incoming::Answer {} | Incoming::Ice {} => {
@@ -542,10 +642,16 @@ impl Connection {
                 let present = present(&self.service.clone(), &joined.grant.room, &me).await;
                 self.send(json!({"type": "admitted", "participants": present}))
                     .await?;
-                let _ = joined.room.send(Event::Joined {
-                    participant: me,
-                    role: joined.role.clone(),
-                });
+                self.service
+                    .hub
+                    .publish(
+                        &joined.grant.room,
+                        Event::Joined {
+                            participant: me,
+                            role: joined.role.clone(),
+                        },
+                    )
+                    .await;
             }
             Event::Removed { participant, .. } if participant == me => {
                 return Err(Refused::Revoked.into());

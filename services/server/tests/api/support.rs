@@ -26,7 +26,9 @@ pub struct TestApp {
     history_table: &'static str,
     resource_table: &'static str,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    _keys: tempfile::TempDir,
+    url: String,
+    data_dir: std::path::PathBuf,
+    _keys: Option<tempfile::TempDir>,
     _dir: Option<tempfile::TempDir>,
     _pg: Option<TestDatabase>,
 }
@@ -45,26 +47,46 @@ impl TestApp {
     pub async fn sqlite_with(configure: impl FnOnce(&mut Config)) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let url = format!("sqlite://{}/sen.db", dir.path().display());
-        Self::start(url, Some(dir), None, configure).await
+        Self::start(url, Some(dir), None, None, configure).await
     }
 
     /// On PostgreSQL, with the configuration changed by `configure`.
     pub async fn postgres_with(configure: impl FnOnce(&mut Config)) -> Option<Self> {
         let pg = TestDatabase::from_env().await?;
-        Some(Self::start(pg.url.clone(), None, Some(pg), configure).await)
+        Some(Self::start(pg.url.clone(), None, Some(pg), None, configure).await)
+    }
+
+    /// A second node of the same deployment: another application on the same database, data
+    /// directory (keys, grant secret) and Redis.
+    pub async fn another_node(&self) -> TestApp {
+        Self::start(
+            self.url.clone(),
+            None,
+            None,
+            Some(self.data_dir.clone()),
+            |_| {},
+        )
+        .await
     }
 
     async fn start(
         url: String,
         dir: Option<tempfile::TempDir>,
         pg: Option<TestDatabase>,
+        data_dir: Option<std::path::PathBuf>,
         configure: impl FnOnce(&mut Config),
     ) -> Self {
         let mut config = Config::default();
-        config.database.url = Some(Secret::new(url));
-        // The embedded signing key lives in the data directory: one per test app.
-        let keys = tempfile::tempdir().expect("temp dir for keys");
-        config.database.data_dir = keys.path().to_path_buf();
+        config.database.url = Some(Secret::new(url.clone()));
+        // The embedded signing key lives in the data directory: one per test app (but for
+        // another node of the same deployment).
+        let keys = match data_dir {
+            Some(_) => None,
+            None => Some(tempfile::tempdir().expect("temp dir for keys")),
+        };
+        let data_dir =
+            data_dir.unwrap_or_else(|| keys.as_ref().expect("keys").path().to_path_buf());
+        config.database.data_dir = data_dir.clone();
         config.database.max_connections = 8;
         config.server.body_limit_bytes = BODY_LIMIT;
         config.telemetry.log_filter = "warn".into();
@@ -105,6 +127,8 @@ impl TestApp {
             base: format!("http://{address}"),
             client: client_with(&system),
             auth: app.auth,
+            url,
+            data_dir,
             _keys: keys,
             db: app.db,
             redis,
@@ -133,7 +157,7 @@ impl TestApp {
 
     /// The app's data directory (its embedded key, telehealth's grant secret).
     pub fn data_dir(&self) -> &std::path::Path {
-        self._keys.path()
+        &self.data_dir
     }
 
     /// A request with no token at all.

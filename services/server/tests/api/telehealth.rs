@@ -692,7 +692,50 @@ mod signaling {
         assert_eq!(code, 4008);
     }
 
+    /// Two nodes of one deployment (one database, one Redis): the doctor reaches one, the
+    /// patient the other, and the consultation goes on as on one node.
+    async fn participants_on_two_nodes_still_meet(app: TestApp) {
+        if !app.redis {
+            // Nodes share their state through Redis only (under CI=true this fails).
+            sen_platform::testing::required_env("TEST_REDIS_URL", "Redis");
+            return;
+        }
+        let other = app.another_node().await;
+        let (c, room) = room(&app).await;
+        let (doctor_grant, doctor_id) = grant(&app, &c.doctor, &room, "{}").await;
+        let (patient_grant, patient_id) = grant(&other, &c.patient, &room, "{}").await;
+
+        let (mut doctor, _) = join(&app, &room, &doctor_grant).await;
+        let (mut patient, joined) = join(&other, &room, &patient_grant).await;
+        assert_eq!(joined["state"], "waiting");
+        assert_eq!(next(&mut doctor).await["participant"], json!(patient_id));
+        send(
+            &mut doctor,
+            json!({"type": "admit", "participant": patient_id}),
+        )
+        .await;
+        let admitted = next(&mut patient).await;
+        assert_eq!(admitted["type"], "admitted");
+        assert_eq!(admitted["participants"][0]["participant"], json!(doctor_id));
+        assert_eq!(next(&mut doctor).await["event"], "joined");
+
+        send(
+            &mut patient,
+            json!({"type": "chat", "text": "Em nghe rõ ạ"}),
+        )
+        .await;
+        assert_eq!(next(&mut doctor).await["text"], "Em nghe rõ ạ");
+        assert_eq!(next(&mut patient).await["text"], "Em nghe rõ ạ");
+        send(&mut doctor, json!({"type": "chat", "text": "Chào em"})).await;
+        assert_eq!(next(&mut patient).await["from"], json!(doctor_id));
+
+        send(&mut doctor, json!({"type": "end"})).await;
+        assert_eq!(close_code(&mut patient).await, 4005);
+        assert_eq!(close_code(&mut doctor).await, 4005);
+    }
+
     on_both_backends!(
+        participants_on_two_nodes_still_meet,
         a_patient_waits_until_admitted_then_talks_with_the_doctor,
         bad_grants_and_bad_messages_close_with_documented_codes,
     );
