@@ -46,6 +46,10 @@ pub(crate) fn router(service: Arc<Telehealth>, auth: Arc<Auth>) -> Router {
         // The signaling socket authenticates with its join grant (a browser's WebSocket
         // cannot carry an Authorization header).
         .route("/telehealth/v1/ws", get(crate::signaling::upgrade))
+        // The browser client: static, holding no data (a page opened from a link carries no
+        // bearer header either); what it does, it does with the grant in its fragment.
+        .route("/consult/{room}", get(consult_page))
+        .route("/consult/assets/consult.js", get(consult_script))
         .with_state(service)
 }
 
@@ -79,6 +83,44 @@ fn body<T: DeserializeOwned>(bytes: &Bytes, expected: &str) -> Result<T> {
             e.column()
         ))
     })
+}
+
+const CONSULT_PAGE: &str = include_str!("../web/consult.html");
+const CONSULT_SCRIPT: &str = include_str!("../web/consult.js");
+
+/// What the consultation page may load and where it may connect: itself only.
+const CONSULT_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; \
+    connect-src 'self'; media-src 'self' blob: mediastream:; img-src 'self' data:; \
+    base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+async fn consult_page(Path(room): Path<String>) -> Response {
+    let known_shape = !room.is_empty()
+        && room.len() <= 64
+        && room
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    if !known_shape {
+        return TelehealthError::NotFound("no consultation room of that name".into())
+            .into_response();
+    }
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CONTENT_SECURITY_POLICY, CONSULT_POLICY),
+            (header::REFERRER_POLICY, "no-referrer"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        CONSULT_PAGE,
+    )
+        .into_response()
+}
+
+async fn consult_script() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        CONSULT_SCRIPT,
+    )
+        .into_response()
 }
 
 /// The OpenAPI document of the JSON APIs (telehealth's, the only one so far).

@@ -366,7 +366,57 @@ async fn the_api_is_described_by_its_openapi_document(app: TestApp) {
     assert_eq!(keys(&issued["can"]), required("Permissions"));
 }
 
+/// The browser client is served to anyone (a page opened from a link carries no token): it
+/// holds no data, speaks Vietnamese and English, and may load nothing but its own script.
+async fn the_consultation_page_is_served_to_browsers(app: TestApp) {
+    let page = app
+        .anonymous(Method::GET, "/consult/01a2-room")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    let header = |name: &str| page.headers()[name].to_str().unwrap().to_string();
+    assert!(header("content-type").starts_with("text/html"));
+    let policy = header("content-security-policy");
+    assert!(
+        policy.contains("script-src 'self'") && policy.contains("default-src 'none'"),
+        "{policy}"
+    );
+    let html = page.text().await.unwrap();
+    assert!(html.contains(r#"<script src="/consult/assets/consult.js">"#));
+    assert!(html.contains(r#"<html lang="vi">"#));
+    let script = app
+        .anonymous(Method::GET, "/consult/assets/consult.js")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(script.status(), StatusCode::OK);
+    assert!(
+        script.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/javascript")
+    );
+    let script = script.text().await.unwrap();
+    for text in [
+        "Phòng chờ",
+        "Waiting room",
+        "Kết thúc buổi khám",
+        "End the consultation",
+        "/telehealth/v1/ws",
+    ] {
+        assert!(script.contains(text), "{text}");
+    }
+    let odd = app
+        .anonymous(Method::GET, "/consult/not%20a%20room")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(odd.status(), StatusCode::NOT_FOUND);
+}
+
 on_both_backends!(
+    the_consultation_page_is_served_to_browsers,
     the_api_is_described_by_its_openapi_document,
     a_practitioner_opens_one_room_per_appointment_as_a_virtual_encounter,
     grants_go_to_the_appointments_patient_and_practitioners_and_their_invitees,
