@@ -190,6 +190,11 @@ impl ResourceStore {
         if let Some(criteria) = condition
             && let Some(existing) = self.find_match_in(tx, criteria).await?
         {
+            // Nothing is written, but the match is answered with its content: an access.
+            crate::audit::note_resource(format!(
+                "{}/{}/_history/{}",
+                existing.resource_type, existing.id, existing.version
+            ));
             return Ok(Created::Existing(existing));
         }
         let id = id.unwrap_or_else(crate::store::new_id);

@@ -144,7 +144,24 @@ async fn every_access_is_recorded_with_who_what_which_patient_and_outcome(app: T
         let answered = send(&app, token, get.clone(), path, id, None).await;
         assert_eq!(answered.as_u16(), *status, "{path}");
     }
+    // A conditional create that finds its match writes nothing but shows the match.
+    let matched = app
+        .request(Method::POST, "/fhir/Observation")
+        .header("x-request-id", "audit-matched")
+        .header("if-none-exist", format!("subject=Patient/{p}"))
+        .header("content-type", "application/fhir+json")
+        .body(observation(&p).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(matched.status(), StatusCode::OK);
     let events = audit_events(&app, "/fhir/AuditEvent?_count=1000").await;
+    let shown = entities(of_request(&events, "audit-matched"));
+    assert!(
+        shown.contains(&format!("Observation/{o}/_history/1")),
+        "{shown:?}"
+    );
+    assert!(shown.contains(&format!("Patient/{p}")), "{shown:?}");
 
     let create = of_request(&events, "audit-create");
     assert_eq!(create["action"], "C");
