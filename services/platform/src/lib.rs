@@ -6,6 +6,7 @@
 //! and graceful shutdown. Services build on it and never on each other.
 
 pub mod auth;
+pub mod bus;
 pub mod config;
 pub mod db;
 pub mod error;

@@ -103,6 +103,7 @@ pub struct App {
     pub auth: Arc<Auth>,
     pub db: Database,
     pub kv: Arc<dyn KeyValueStore>,
+    pub bus: Arc<dyn sen_platform::bus::EventBus>,
 }
 
 impl std::fmt::Debug for App {
@@ -152,6 +153,9 @@ pub async fn build(
     let kv = kv::connect(redis_url.as_deref(), "sen")
         .await
         .context("key-value store")?;
+    let bus = sen_platform::bus::connect(redis_url.as_deref(), "sen")
+        .await
+        .context("event bus")?;
 
     let limiter = Arc::new(RateLimiter::new(&config.rate_limit, kv.clone()));
     let auth = Arc::new(
@@ -188,8 +192,9 @@ pub async fn build(
                  (SEN_TELEHEALTH_FHIR_URL)"
             ),
         };
-        let telehealth = sen_telehealth::Telehealth::new(config, kv.clone(), fhir, auth.clone())
-            .context("telehealth")?;
+        let telehealth =
+            sen_telehealth::Telehealth::new(config, kv.clone(), bus.clone(), fhir, auth.clone())
+                .context("telehealth")?;
         router = router.merge(telehealth.router(auth.clone()));
     }
     let readiness_kv = config.redis.url.as_ref().map(|_| kv.clone());
@@ -222,5 +227,6 @@ pub async fn build(
         auth,
         db,
         kv,
+        bus,
     })
 }

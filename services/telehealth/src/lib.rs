@@ -19,7 +19,9 @@
 //!   remove, end, chat, mute, ping), one node for now.
 //!
 //! - the Encounter's progress (`in-progress` when the patient is admitted, `finished` with
-//!   its period and practitioners when the consultation ends), as the service itself.
+//!   its period and practitioners when the consultation ends), as the service itself;
+//! - consultation events on the event bus (stream [`EVENTS`]) for the operations center:
+//!   arrivals, starts with the wait, departures, ends with the duration — no patient data.
 //!
 //! Still to come (issue 6): the selective forwarding unit and media negotiation, room
 //! placement across nodes, and the browser client.
@@ -37,6 +39,7 @@ use std::{sync::Arc, time::Duration};
 
 use sen_platform::{
     auth::{Auth, keys::read_or_create_private},
+    bus::EventBus,
     config::{Config, TelehealthConfig},
     fhir_client::FhirClient,
     kv::KeyValueStore,
@@ -44,6 +47,9 @@ use sen_platform::{
 
 /// The service's name for `sen serve --services`.
 pub const SERVICE: &str = "telehealth";
+
+/// The event bus stream of consultation events (for the operations center).
+pub const EVENTS: &str = "telehealth";
 
 /// The grant secret's file under the data directory (when none is configured).
 const SECRET_FILE: &str = "telehealth/grant-secret";
@@ -56,6 +62,7 @@ pub struct Telehealth {
     pub sessions: session::Sessions,
     hub: Arc<signaling::Hub>,
     progress: progress::Progress,
+    bus: Arc<dyn EventBus>,
     fhir: FhirClient,
     turn: Option<turn::Turn>,
 }
@@ -66,6 +73,7 @@ impl Telehealth {
     pub fn new(
         config: &Config,
         kv: Arc<dyn KeyValueStore>,
+        bus: Arc<dyn EventBus>,
         fhir: FhirClient,
         auth: Arc<Auth>,
     ) -> anyhow::Result<Arc<Self>> {
@@ -104,6 +112,7 @@ impl Telehealth {
             sessions: session::Sessions::new(kv.clone()),
             hub: signaling::Hub::new(kv.clone()),
             progress: progress::Progress::new(config.auth.embedded.then_some(auth)),
+            bus,
             fhir,
             turn,
         }))
@@ -112,6 +121,16 @@ impl Telehealth {
     /// The routes under `/telehealth/v1`, behind the token check.
     pub fn router(self: &Arc<Self>, auth: Arc<Auth>) -> axum::Router {
         api::router(self.clone(), auth)
+    }
+
+    /// Publishes an event for the operations center on the `telehealth` stream, with its
+    /// time: what happened to a consultation, never who the patient is (a room is named by
+    /// its Encounter's id; participants by role). Lost with a warning if the bus is down.
+    async fn emit(&self, mut event: serde_json::Value) {
+        event["at"] = serde_json::json!(sen_platform::unix_micros() / 1_000);
+        if let Err(e) = self.bus.publish(EVENTS, &event).await {
+            tracing::warn!(error = %e, "a consultation event was not published");
+        }
     }
 
     /// Checks a join grant's signature, expiry and room (signaling's first step).

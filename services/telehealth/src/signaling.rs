@@ -395,6 +395,12 @@ impl Connection {
                 }
             };
             self.service.hub.publish(&grant.room, event).await;
+            self.service
+                .emit(
+                    json!({"type": "participant-arrived", "room": grant.room, "role": role,
+                    "state": if admitted { "admitted" } else { "waiting" }}),
+                )
+                .await;
             return Ok(Joined {
                 grant,
                 role,
@@ -471,6 +477,12 @@ impl Connection {
                     participant: joined.grant.sub.clone(),
                     role: joined.role.clone(),
                 },
+            )
+            .await;
+        self.service
+            .emit(
+                json!({"type": "participant-left", "room": joined.grant.room, "role": joined.role,
+                "onPurpose": left_on_purpose}),
             )
             .await;
         match result {
@@ -551,6 +563,11 @@ impl Connection {
                         if p.role == crate::grant::ParticipantRole::Patient {
                             let started = Change::Started { at_ms: now_ms() };
                             service.progress.apply(&service.fhir, &room, &started).await;
+                            let waited = p.admitted_ms.unwrap_or(p.arrived_ms) - p.arrived_ms;
+                            service
+                                .emit(json!({"type": "consultation-started", "room": room,
+                                    "waitMs": waited}))
+                                .await;
                         }
                         self.service
                             .hub
@@ -598,10 +615,20 @@ impl Connection {
                     self.error("unavailable", "consultation state unavailable")
                         .await?;
                 } else {
-                    let practitioners = sessions
-                        .participants(&room)
-                        .await
-                        .unwrap_or_default()
+                    let everyone = sessions.participants(&room).await.unwrap_or_default();
+                    // From the patient's admission: the consultation proper.
+                    let began = everyone
+                        .iter()
+                        .filter(|(_, p)| p.role == crate::grant::ParticipantRole::Patient)
+                        .filter_map(|(_, p)| p.admitted_ms)
+                        .min();
+                    let ended_at = now_ms();
+                    service
+                        .emit(json!({"type": "consultation-ended", "room": room,
+                            "durationMs": began.map(|b| ended_at - b),
+                            "participants": everyone.iter().filter(|(_, p)| p.admitted_ms.is_some()).count()}))
+                        .await;
+                    let practitioners = everyone
                         .into_iter()
                         .filter(|(_, p)| p.admitted_ms.is_some())
                         .filter_map(|(_, p)| {

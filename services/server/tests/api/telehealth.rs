@@ -522,6 +522,12 @@ mod signaling {
     }
 
     async fn a_patient_waits_until_admitted_then_talks_with_the_doctor(app: TestApp) {
+        // Where this test's consultation events start (the stream is shared on Redis).
+        let mark = app
+            .bus
+            .publish(sen_telehealth::EVENTS, &json!({"type": "test-mark"}))
+            .await
+            .unwrap();
         let (c, room) = room(&app).await;
         let (doctor_grant, doctor_id) = grant(&app, &c.doctor, &room, "{}").await;
         let (patient_grant, patient_id) = grant(&app, &c.patient, &room, "{}").await;
@@ -663,6 +669,61 @@ mod signaling {
         )
         .await;
         assert_eq!(close_code(&mut late).await, 4005);
+
+        // The operations center's events: what happened, in order, and nobody's identity.
+        let events: Vec<Value> = app
+            .bus
+            .read(
+                sen_telehealth::EVENTS,
+                Some(&mark),
+                10_000,
+                StdDuration::ZERO,
+            )
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(_, event)| event)
+            .filter(|event| event["room"] == json!(room))
+            .collect();
+        let kinds: Vec<String> = events
+            .iter()
+            .map(|e| {
+                format!(
+                    "{} {}",
+                    e["type"].as_str().unwrap(),
+                    e["role"].as_str().unwrap_or("")
+                )
+            })
+            .collect();
+        let position = |kind: &str| {
+            kinds
+                .iter()
+                .position(|k| k.trim_end() == kind)
+                .unwrap_or_else(|| panic!("{kind} in {kinds:?}"))
+        };
+        assert!(
+            position("participant-arrived practitioner") < position("participant-arrived patient")
+        );
+        assert!(position("participant-arrived patient") < position("consultation-started"));
+        assert!(position("consultation-started") < position("consultation-ended"));
+        let started = &events[position("consultation-started")];
+        assert!(
+            started["waitMs"].as_i64().is_some_and(|w| w >= 0),
+            "{started}"
+        );
+        let ended = &events[position("consultation-ended")];
+        assert!(
+            ended["durationMs"].as_i64().is_some_and(|d| d >= 0),
+            "{ended}"
+        );
+        assert!(events.iter().all(|e| e["at"].is_i64()));
+        let text = serde_json::to_string(&events).unwrap();
+        for secret in [&c.patient_id, &patient_grant, &doctor_grant, &patient_id] {
+            assert!(
+                !text.contains(secret.as_str()),
+                "an event names a person or a grant"
+            );
+        }
     }
 
     async fn bad_grants_and_bad_messages_close_with_documented_codes(app: TestApp) {
