@@ -120,6 +120,8 @@ let audioOn = true;
 let videoOn = true;
 let leaving = false;
 let reconnectUntil = 0;
+let ahead = null; // the place in the waiting room, while waiting
+let closedCode = null; // how the connection ended, once it has
 const people = new Map(); // participant -> role, admitted
 const waiting = new Map(); // participant -> role
 
@@ -134,12 +136,29 @@ function render() {
   });
   $("mute-audio").textContent = audioOn ? t().mute_audio : t().unmute_audio;
   $("mute-video").textContent = videoOn ? t().mute_video : t().unmute_video;
+  paintStatus();
+  if (ahead !== null) $("waiting-detail").textContent = t().waiting_ahead(ahead);
+  if (closedCode !== null) $("over-title").textContent = t().closed[closedCode] || t().closed.other;
   renderPeople();
 }
 
-function status(text, isError) {
-  $("status").textContent = text || "";
-  $("status").classList.toggle("error", Boolean(isError));
+// What the status line says: text keys (shown in the current language, again after a
+// switch) or, for the server's own messages, their text.
+let shown = { keys: [], raw: "", error: false };
+
+function status(keys, isError) {
+  shown = { keys: [].concat(keys || []), raw: "", error: Boolean(isError) };
+  paintStatus();
+}
+
+function statusRaw(text, isError) {
+  shown = { keys: [], raw: text, error: Boolean(isError) };
+  paintStatus();
+}
+
+function paintStatus() {
+  $("status").textContent = shown.raw || shown.keys.map((key) => t()[key]).join(" ");
+  $("status").classList.toggle("error", shown.error);
 }
 
 function show(section) {
@@ -200,9 +219,9 @@ async function checkDevices() {
       requestAnimationFrame(tick);
     };
     tick();
-    status(t().status_devices_ok);
+    status("status_devices_ok");
   } catch (e) {
-    status(t().status_devices_failed, true);
+    status("status_devices_failed", true);
   }
   $("join").disabled = !grant;
 }
@@ -232,14 +251,15 @@ function chatLine(from, text) {
 }
 
 function admitted(present) {
+  ahead = null;
   show("call");
-  status(t().status_admitted + " " + t().status_media);
+  status(["status_admitted", "status_media"]);
   for (const p of present || []) people.set(p.participant, p.role);
   renderPeople();
 }
 
 function connect() {
-  status(t().status_connecting);
+  status("status_connecting");
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   socket = new WebSocket(`${scheme}://${location.host}/telehealth/v1/ws`);
   socket.addEventListener("open", () => send({ type: "join", v: 1, room, grant }));
@@ -259,8 +279,9 @@ function connect() {
           admitted(m.participants);
         } else {
           show("waiting");
-          status("");
-          $("waiting-detail").textContent = t().waiting_ahead(m.ahead || 0);
+          status([]);
+          ahead = m.ahead || 0;
+          render();
         }
         break;
       case "admitted":
@@ -282,7 +303,7 @@ function connect() {
         chatLine(m.from, m.text);
         break;
       case "error":
-        if (m.code !== "media-unavailable") status(m.message, true);
+        if (m.code !== "media-unavailable") statusRaw(m.message, true);
         break;
     }
   });
@@ -292,14 +313,15 @@ function connect() {
     if (!leaving && event.code < 4000 && event.code !== 1000 && event.code !== 1009) {
       if (!reconnectUntil) reconnectUntil = Date.now() + 30000;
       if (Date.now() < reconnectUntil) {
-        status(t().status_reconnecting, true);
+        status("status_reconnecting", true);
         setTimeout(connect, 1000);
         return;
       }
     }
     show("over");
+    closedCode = event.code;
     $("over-title").textContent = texts[event.code] || texts.other;
-    status("");
+    status([]);
     if (stream) stream.getTracks().forEach((track) => track.stop());
   });
 }
@@ -346,9 +368,9 @@ render();
     try {
       grant = await grantFromToken(params.get("token"));
     } catch (e) {
-      status(String(e.message || e), true);
+      statusRaw(String(e.message || e), true);
     }
   }
-  if (!grant) status(t().status_need_grant, true);
+  if (!grant) status("status_need_grant", true);
   $("join").disabled = !grant;
 })();

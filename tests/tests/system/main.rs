@@ -1,6 +1,7 @@
 //! System tests: the real `sen` binary, real PostgreSQL, and `fhir-sdk`'s FHIR client as an
 //! independent consumer of the API.
 
+mod browser;
 mod conformance;
 mod fhirpath_js;
 mod fhirpy;
@@ -60,9 +61,11 @@ mod every_r4_resource_survives_put_and_transaction {
     }
 }
 
+use browser::the_consultation_page_works_in_a_real_browser;
 use fhirpy::fhirpy_finds_what_the_rules_say;
 
 on_both_backends!(
+    the_consultation_page_works_in_a_real_browser,
     fhirpy_finds_what_the_rules_say,
     the_fhir_sdk_client_creates_reads_updates_searches_and_deletes,
     every_acknowledged_create_survives_a_sigkill,

@@ -104,6 +104,14 @@ impl Store {
             Store::Postgres(db) => db.url.clone(),
         }
     }
+
+    /// `sqlite` or `postgres`, for artifact names.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Store::Sqlite(_) => "sqlite",
+            Store::Postgres(_) => "postgres",
+        }
+    }
 }
 
 /// A running `sen serve`.

@@ -1,0 +1,102 @@
+// The consultation page in a real browser: headless Chromium (Debian `chromium`, driven by
+// npm `playwright-core`) opens /consult/{room} as the doctor and as the patient with fake
+// camera and microphone; the patient waits, the doctor admits it, a chat message crosses,
+// the page switches language, the doctor ends the consultation. Screenshots of both pages go
+// to the output directory. Exits non-zero with the reason on the first failed expectation.
+//
+//   node consult.cjs <base URL> <room> <doctor grant> <patient grant> <output dir>
+"use strict";
+
+const path = require("path");
+const { chromium } = require(process.env.PLAYWRIGHT_CORE || "playwright-core");
+
+const [base, room, doctorGrant, patientGrant, out] = process.argv.slice(2);
+const WAIT = 15000;
+
+function expect(condition, what) {
+  if (!condition) throw new Error(`expected ${what}`);
+}
+
+async function open(browser, grant) {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  const errors = [];
+  page.on("pageerror", (e) => errors.push(String(e)));
+  page.on("dialog", (dialog) => dialog.accept());
+  await page.goto(`${base}/consult/${room}#grant=${grant}`);
+  // The fragment is read and dropped from the address bar.
+  expect(!page.url().includes("#grant="), "the grant to leave the address bar");
+  await page.click("#check-devices");
+  await page.waitForFunction(
+    () => {
+      const stream = document.getElementById("preview").srcObject;
+      return stream && stream.getVideoTracks().length === 1 && stream.getAudioTracks().length === 1;
+    },
+    null,
+    { timeout: WAIT },
+  );
+  await page.waitForFunction(() => !document.getElementById("join").disabled, null, { timeout: WAIT });
+  return { page, errors };
+}
+
+(async () => {
+  const browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+    args: ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream", "--no-sandbox"],
+  });
+  try {
+    const doctor = await open(browser, doctorGrant);
+    const patient = await open(browser, patientGrant);
+    expect((await doctor.page.textContent("h1")) === "Khám bệnh từ xa", "the Vietnamese title by default");
+
+    await doctor.page.click("#join");
+    await doctor.page.waitForSelector("#call:not([hidden])", { timeout: WAIT });
+    await patient.page.click("#join");
+    await patient.page.waitForSelector("#waiting:not([hidden])", { timeout: WAIT });
+    const waitingText = await patient.page.textContent("#waiting-detail");
+    expect(waitingText.includes("Bạn là người tiếp theo"), `the patient's place, got "${waitingText}"`);
+
+    // The doctor sees the patient waiting and admits it.
+    await doctor.page.click("#waiting-list li button", { timeout: WAIT });
+    await patient.page.waitForSelector("#call:not([hidden])", { timeout: WAIT });
+    const local = await patient.page.evaluate(() => document.getElementById("local").srcObject.getTracks().length);
+    expect(local === 2, "the patient's own camera and microphone in the consultation");
+
+    const message = "Chào bác sĩ, tôi bị sốt từ hôm qua.";
+    await patient.page.fill("#chat-input", message);
+    await patient.page.click("#chat-form button[type=submit]");
+    await doctor.page.waitForFunction(
+      (text) => document.getElementById("chat-log").textContent.includes(text),
+      message,
+      { timeout: WAIT },
+    );
+
+    await patient.page.click("#mute-audio");
+    const muted = await patient.page.evaluate(() =>
+      document.getElementById("local").srcObject.getAudioTracks().every((t) => !t.enabled),
+    );
+    expect(muted, "the microphone track disabled by mute");
+
+    await doctor.page.click("#lang");
+    expect((await doctor.page.textContent("h1")) === "Remote consultation", "the English title after the switch");
+    const line = await doctor.page.textContent("#status");
+    expect(line.startsWith("You are in the consultation."), `the status line in English too, got "${line}"`);
+
+    await doctor.page.screenshot({ path: path.join(out, "consult-doctor.png"), fullPage: true });
+    await patient.page.screenshot({ path: path.join(out, "consult-patient.png"), fullPage: true });
+
+    await doctor.page.click("#end");
+    await patient.page.waitForSelector("#over:not([hidden])", { timeout: WAIT });
+    const over = await patient.page.textContent("#over-title");
+    expect(over === "Buổi khám đã kết thúc.", `the end told to the patient, got "${over}"`);
+
+    const errors = [...doctor.errors, ...patient.errors];
+    expect(errors.length === 0, `no script errors, got ${errors.join("; ")}`);
+    console.log(JSON.stringify({ ok: true, chat: message, ended: over }));
+  } finally {
+    await browser.close();
+  }
+})().catch((e) => {
+  console.error(String(e && e.stack ? e.stack : e));
+  process.exit(1);
+});
