@@ -234,10 +234,11 @@ impl Sessions {
         Ok(true)
     }
 
-    /// Ends the consultation for everyone: nobody arrives any more.
-    pub async fn end(&self, room: &str, closes: i64, now_ms: i64) -> Result<(), KvError> {
+    /// Ends the consultation for everyone: nobody arrives any more. Answers whether this call
+    /// ended it (false: it had ended already), so that what follows an end happens once.
+    pub async fn end(&self, room: &str, closes: i64, now_ms: i64) -> Result<bool, KvError> {
         self.kv
-            .set(&ended(room), b"1", Some(until(closes, now_ms)))
+            .set_if_absent(&ended(room), b"1", until(closes, now_ms))
             .await
     }
 

@@ -27,7 +27,9 @@
 //! - `{"type":"error","code":"…","message":"…"}`
 //!
 //! Close codes: 1000 left, 1009 message too large, 4000 protocol (no join in time, join
-//! twice), 4001–4005 grant refused (invalid, expired, foreign, revoked, ended), 4008 flooding.
+//! twice), 4001–4005 grant refused (invalid, expired, foreign, revoked, ended — by a
+//! practitioner or by the room's closing time, when the Encounter is finished too), 4008
+//! flooding.
 //!
 //! One node for now: participants of a room meet through this process's [`Hub`]; placement
 //! across nodes comes with the forwarding unit.
@@ -260,6 +262,8 @@ fn now_ms() -> i64 {
 enum Step {
     Message(Option<Result<Message, axum::Error>>),
     Event(Result<Event, broadcast::error::RecvError>),
+    /// The room's closing time came.
+    Closing,
 }
 
 struct Connection {
@@ -382,7 +386,6 @@ impl Connection {
             } else {
                 joined["ahead"] = json!(ahead);
             }
-            self.send(joined).await?;
             let event = if admitted {
                 Event::Joined {
                     participant: grant.sub.clone(),
@@ -401,6 +404,9 @@ impl Connection {
                     "state": if admitted { "admitted" } else { "waiting" }}),
                 )
                 .await;
+            // Told last: what its arrival set off has happened when the participant learns
+            // it is in.
+            self.send(joined).await?;
             return Ok(Joined {
                 grant,
                 role,
@@ -414,12 +420,29 @@ impl Connection {
     }
 
     async fn serve(&mut self, mut joined: Joined) -> Result<(), Close> {
+        // A room never outlives its closing (the appointment's end plus the grace period).
+        let closing = tokio::time::Instant::now()
+            + Duration::from_millis(
+                u64::try_from(joined.grant.closes.saturating_mul(1_000) - now_ms()).unwrap_or(0),
+            );
         let result = loop {
             let step = tokio::select! {
                 message = self.socket.recv() => Step::Message(message),
                 event = joined.events.recv() => Step::Event(event),
+                () = tokio::time::sleep_until(closing) => Step::Closing,
             };
             match step {
+                Step::Closing => {
+                    let service = self.service.clone();
+                    let _ = conclude(
+                        &service,
+                        &joined.grant.room,
+                        joined.grant.closes,
+                        "time-over",
+                    )
+                    .await;
+                    break Err(Close::Code(4005, "the consultation's time is over"));
+                }
                 Step::Message(message) => {
                     let text = match message {
                         Some(Ok(Message::Text(text))) => text,
@@ -607,46 +630,12 @@ impl Connection {
                     .await?;
             }
             Incoming::End {} => {
-                if sessions
-                    .end(&room, joined.grant.closes, now_ms())
+                if conclude(&service, &room, joined.grant.closes, "ended")
                     .await
                     .is_err()
                 {
                     self.error("unavailable", "consultation state unavailable")
                         .await?;
-                } else {
-                    let everyone = sessions.participants(&room).await.unwrap_or_default();
-                    // From the patient's admission: the consultation proper.
-                    let began = everyone
-                        .iter()
-                        .filter(|(_, p)| p.role == crate::grant::ParticipantRole::Patient)
-                        .filter_map(|(_, p)| p.admitted_ms)
-                        .min();
-                    let ended_at = now_ms();
-                    service
-                        .emit(json!({"type": "consultation-ended", "room": room,
-                            "durationMs": began.map(|b| ended_at - b),
-                            "participants": everyone.iter().filter(|(_, p)| p.admitted_ms.is_some()).count()}))
-                        .await;
-                    let practitioners = everyone
-                        .into_iter()
-                        .filter(|(_, p)| p.admitted_ms.is_some())
-                        .filter_map(|(_, p)| {
-                            Some(p.who?.strip_prefix("Practitioner/")?.to_string())
-                        })
-                        .collect();
-                    let finished = Change::Finished {
-                        at_ms: now_ms(),
-                        practitioners,
-                    };
-                    service
-                        .progress
-                        .apply(&service.fhir, &room, &finished)
-                        .await;
-                    self.service
-                        .hub
-                        .publish(&joined.grant.room, Event::Ended)
-                        .await;
                 }
             }
             Incoming::Offer {} | Incoming::Answer {} | Incoming::Ice {} => {
@@ -739,6 +728,50 @@ async fn waiting(service: &Telehealth, room: &str) -> Value {
             .map(|(id, p)| json!({"participant": id, "role": p.role}))
             .collect(),
     )
+}
+
+/// Ends the consultation of `room` (`reason`: `ended` by a practitioner, or `time-over` at the
+/// room's closing): the state says so; the first to end it finishes the Encounter and tells
+/// the operations center; every connection in the room, on every node, closes (4005).
+async fn conclude(
+    service: &Telehealth,
+    room: &str,
+    closes: i64,
+    reason: &str,
+) -> Result<(), KvError> {
+    let sessions = &service.sessions;
+    if sessions.end(room, closes, now_ms()).await? {
+        let everyone = sessions.participants(room).await.unwrap_or_default();
+        // From the patient's admission: the consultation proper.
+        let began = everyone
+            .iter()
+            .filter(|(_, p)| p.role == crate::grant::ParticipantRole::Patient)
+            .filter_map(|(_, p)| p.admitted_ms)
+            .min();
+        let ended_at = now_ms();
+        let took_part = everyone
+            .iter()
+            .filter(|(_, p)| p.admitted_ms.is_some())
+            .count();
+        service
+            .emit(
+                json!({"type": "consultation-ended", "room": room, "reason": reason,
+                "durationMs": began.map(|b| ended_at - b), "participants": took_part}),
+            )
+            .await;
+        let practitioners = everyone
+            .into_iter()
+            .filter(|(_, p)| p.admitted_ms.is_some())
+            .filter_map(|(_, p)| Some(p.who?.strip_prefix("Practitioner/")?.to_string()))
+            .collect();
+        let finished = Change::Finished {
+            at_ms: ended_at,
+            practitioners,
+        };
+        service.progress.apply(&service.fhir, room, &finished).await;
+    }
+    service.hub.publish(room, Event::Ended).await;
+    Ok(())
 }
 
 /// Takes one message from the connection's allowance; false when it has none left.

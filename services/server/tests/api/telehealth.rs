@@ -845,7 +845,58 @@ mod signaling {
         assert_eq!(close_code(&mut doctor).await, 4005);
     }
 
+    /// A room never outlives its closing (the appointment's end plus the grace period): its
+    /// participants are closed out, the Encounter is finished and the operations center told
+    /// the consultation ran out of time.
+    async fn a_consultation_ends_when_its_time_is_over(app: TestApp) {
+        let mark = app
+            .bus
+            .publish(sen_telehealth::EVENTS, &json!({"type": "test-mark"}))
+            .await
+            .unwrap();
+        let c = clinic(&app).await;
+        // It ended so long ago that three seconds of the 30 minutes' grace are left.
+        let end = at(time::Duration::seconds(3 - 30 * 60));
+        let appointment = appointment(&app, &c, "booked", Some(end)).await;
+        let (status, room) = open(&app, &c.doctor, &appointment).await;
+        assert_eq!(status, reqwest::StatusCode::CREATED, "{room}");
+        let room = room["room"].as_str().unwrap().to_string();
+        let (doctor_grant, _) = grant(&app, &c.doctor, &room, "{}").await;
+        let (patient_grant, patient_id) = grant(&app, &c.patient, &room, "{}").await;
+        let (mut doctor, _) = join(&app, &room, &doctor_grant).await;
+        let (mut patient, _) = join(&app, &room, &patient_grant).await;
+        assert_eq!(next(&mut doctor).await["event"], "waiting");
+        send(
+            &mut doctor,
+            json!({"type": "admit", "participant": patient_id}),
+        )
+        .await;
+        assert_eq!(next(&mut patient).await["type"], "admitted");
+        // Nobody ends it: its time does.
+        assert_eq!(close_code(&mut patient).await, 4005);
+        assert_eq!(close_code(&mut doctor).await, 4005);
+        let encounter = encounter_of(&app, &room).await;
+        assert_eq!(encounter["status"], "finished", "{encounter}");
+        let ended: Vec<Value> = app
+            .bus
+            .read(
+                sen_telehealth::EVENTS,
+                Some(&mark),
+                10_000,
+                StdDuration::ZERO,
+            )
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(_, event)| event)
+            .filter(|e| e["room"] == json!(room) && e["type"] == "consultation-ended")
+            .collect();
+        assert_eq!(ended.len(), 1, "ended once: {ended:?}");
+        assert_eq!(ended[0]["reason"], "time-over");
+    }
+
     on_both_backends!(
+        a_consultation_ends_when_its_time_is_over,
         participants_on_two_nodes_still_meet,
         a_patient_waits_until_admitted_then_talks_with_the_doctor,
         bad_grants_and_bad_messages_close_with_documented_codes,
