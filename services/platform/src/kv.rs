@@ -42,6 +42,9 @@ pub trait KeyValueStore: Send + Sync + std::fmt::Debug + 'static {
     async fn set_if_absent(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool, KvError>;
     /// Removes `key`; answers whether it existed.
     async fn delete(&self, key: &str) -> Result<bool, KvError>;
+    /// Gives `key` a new `ttl` from now if it still holds `expected`; answers whether it did
+    /// (a lease renewed by its holder only).
+    async fn extend_if(&self, key: &str, expected: &[u8], ttl: Duration) -> Result<bool, KvError>;
     /// Adds one to a counter created at zero with `ttl` when absent; answers the new value
     /// (fixed-window rate limits).
     async fn increment(&self, key: &str, ttl: Duration) -> Result<i64, KvError>;
@@ -169,6 +172,19 @@ impl KeyValueStore for MemoryStore {
         Ok(map
             .remove(&self.key(key))
             .is_some_and(|e| live(Some(&e), now).is_some()))
+    }
+
+    async fn extend_if(&self, key: &str, expected: &[u8], ttl: Duration) -> Result<bool, KvError> {
+        let now = Instant::now();
+        let key = self.key(key);
+        let mut map = self.entries.lock().expect("kv lock");
+        if live(map.get(&key), now).is_none_or(|v| v.as_slice() != expected) {
+            return Ok(false);
+        }
+        if let Some((_, expiry)) = map.get_mut(&key) {
+            *expiry = Some(now + ttl);
+        }
+        Ok(true)
     }
 
     async fn increment(&self, key: &str, ttl: Duration) -> Result<i64, KvError> {
@@ -326,6 +342,22 @@ impl KeyValueStore for RedisStore {
     async fn delete(&self, key: &str) -> Result<bool, KvError> {
         let removed: i64 = self.conn.clone().del(self.key(key)).await?;
         Ok(removed > 0)
+    }
+
+    async fn extend_if(&self, key: &str, expected: &[u8], ttl: Duration) -> Result<bool, KvError> {
+        // Compare and expire in one step, on the server.
+        let script = redis::Script::new(
+            "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+               return redis.call('PEXPIRE', KEYS[1], ARGV[2]) \
+             else return 0 end",
+        );
+        let renewed: i64 = script
+            .key(self.key(key))
+            .arg(expected)
+            .arg(millis(ttl))
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(renewed == 1)
     }
 
     async fn increment(&self, key: &str, ttl: Duration) -> Result<i64, KvError> {
@@ -490,8 +522,14 @@ mod tests {
             Some(&b"node-1"[..])
         );
 
+        // Only the holder renews its lease.
+        let minute = Duration::from_secs(60);
+        assert!(store.extend_if("lock", b"node-1", minute).await.unwrap());
+        assert!(!store.extend_if("lock", b"node-2", minute).await.unwrap());
+        assert!(!store.extend_if("no-lock", b"node-1", minute).await.unwrap());
         assert!(store.delete("lock").await.unwrap());
         assert!(!store.delete("lock").await.unwrap());
+        assert!(!store.extend_if("lock", b"node-1", minute).await.unwrap());
         assert!(
             store
                 .set_if_absent("lock", b"node-2", Duration::from_secs(60))

@@ -29,6 +29,7 @@
 mod api;
 pub mod error;
 pub mod grant;
+mod placement;
 mod progress;
 pub mod rooms;
 pub mod session;

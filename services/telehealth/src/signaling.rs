@@ -19,7 +19,8 @@
 //!
 //! Server → client:
 //! - `{"type":"joined","v":1,"participant":"p-…","role":"patient","state":"waiting","ahead":0}`
-//!   or `"state":"admitted"` with `"participants":[{"participant","role"}…]`
+//!   or `"state":"admitted"` with `"participants":[{"participant","role"}…]`; also `node`,
+//!   the node the room is placed on, and `here`, whether that is the node answering
 //! - `{"type":"admitted"}` (the waiting room is over for this participant)
 //! - `{"type":"participant","event":"waiting"|"joined"|"left"|"removed","participant":"p-…","role":"…"}`
 //!   (waiting: to those who admit only)
@@ -151,6 +152,19 @@ impl Hub {
             .relay
             .get_or_try_init(|| async {
                 let mut incoming = self.kv.subscribe(TOPIC).await?;
+                // The leases of the rooms this node has participants of, renewed while it
+                // lives.
+                let renewing = Arc::downgrade(self);
+                tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(crate::placement::RENEW).await;
+                        let Some(hub) = renewing.upgrade() else {
+                            return;
+                        };
+                        let rooms = hub.local_rooms();
+                        crate::placement::renew(hub.kv.as_ref(), &hub.node, &rooms).await;
+                    }
+                });
                 let hub = Arc::downgrade(self);
                 tokio::spawn(async move {
                     while let Some((_, payload)) = incoming.recv().await {
@@ -179,6 +193,24 @@ impl Hub {
             .entry(room.to_string())
             .or_insert_with(|| broadcast::channel(256).0)
             .clone()
+    }
+
+    /// The rooms this node has connections in.
+    fn local_rooms(&self) -> Vec<String> {
+        let rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
+        rooms
+            .iter()
+            .filter(|(_, sender)| sender.receiver_count() > 0)
+            .map(|(room, _)| room.clone())
+            .collect()
+    }
+
+    /// The node `room` lives on (placed here when free).
+    async fn place(&self, room: &str) -> Option<String> {
+        crate::placement::place(self.kv.as_ref(), &self.node, room)
+            .await
+            .map_err(|e| tracing::warn!(error = %e, "telehealth: a room could not be placed"))
+            .ok()
     }
 
     /// Passes `event` to this node's connections in `room`.
@@ -376,8 +408,10 @@ impl Connection {
                 Arrival::Admitted => (true, 0),
                 Arrival::Waiting { ahead } => (false, ahead),
             };
+            let holder = self.service.hub.place(&grant.room).await;
             let mut joined = json!({"type": "joined", "v": VERSION, "participant": grant.sub,
-                "role": role, "state": if admitted { "admitted" } else { "waiting" }});
+                "role": role, "state": if admitted { "admitted" } else { "waiting" },
+                "node": holder, "here": holder.as_deref() == Some(self.service.hub.node.as_str())});
             if admitted {
                 joined["participants"] = present(&self.service, &grant.room, &grant.sub).await;
                 if grant.can.admit {

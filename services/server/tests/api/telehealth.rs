@@ -816,9 +816,13 @@ mod signaling {
         let (doctor_grant, doctor_id) = grant(&app, &c.doctor, &room, "{}").await;
         let (patient_grant, patient_id) = grant(&other, &c.patient, &room, "{}").await;
 
-        let (mut doctor, _) = join(&app, &room, &doctor_grant).await;
+        let (mut doctor, placed) = join(&app, &room, &doctor_grant).await;
         let (mut patient, joined) = join(&other, &room, &patient_grant).await;
         assert_eq!(joined["state"], "waiting");
+        // The room lives on the node the first participant reached; the other node says so.
+        assert_eq!(placed["here"], true, "{placed}");
+        assert_eq!(joined["here"], false, "{joined}");
+        assert_eq!(joined["node"], placed["node"]);
         assert_eq!(next(&mut doctor).await["participant"], json!(patient_id));
         send(
             &mut doctor,
@@ -839,6 +843,14 @@ mod signaling {
         assert_eq!(next(&mut patient).await["text"], "Em nghe rõ ạ");
         send(&mut doctor, json!({"type": "chat", "text": "Chào em"})).await;
         assert_eq!(next(&mut patient).await["from"], json!(doctor_id));
+
+        // The first node dies (its lease lapses, as 15 s without renewal would): the next
+        // participant to arrive through the other node places the room there.
+        assert!(app.kv.delete(&format!("room:{room}:node")).await.unwrap());
+        let (family_grant, _) = grant(&other, &c.patient, &room, r#"{"invite": "family"}"#).await;
+        let (_family, moved) = join(&other, &room, &family_grant).await;
+        assert_eq!(moved["here"], true, "{moved}");
+        assert_ne!(moved["node"], placed["node"]);
 
         send(&mut doctor, json!({"type": "end"})).await;
         assert_eq!(close_code(&mut patient).await, 4005);

@@ -1,0 +1,52 @@
+//! Where a room lives: one node of the deployment holds each room (its media will be
+//! forwarded there), placed with an atomic lock on the key-value store — a lease the node
+//! renews while it has participants of the room, which expires when the node dies so that
+//! another node can place the room again. Signaling does not depend on it (room events reach
+//! every node, see `signaling::Hub`); the join answer says where the room is.
+
+use std::time::Duration;
+
+use sen_platform::kv::{KeyValueStore, KvError};
+
+/// How long a placement lasts without renewal: how soon a dead node's rooms can move.
+pub const LEASE: Duration = Duration::from_secs(15);
+
+/// How often a node renews the leases of the rooms it has participants of.
+pub const RENEW: Duration = Duration::from_secs(5);
+
+fn key(room: &str) -> String {
+    format!("room:{room}:node")
+}
+
+/// The node `room` lives on: `node` when the room was free (placed here, atomically), the
+/// holder otherwise.
+pub(crate) async fn place(
+    kv: &dyn KeyValueStore,
+    node: &str,
+    room: &str,
+) -> Result<String, KvError> {
+    // Three tries: a lease can expire between the lock attempt and the read of its holder.
+    for _ in 0..3 {
+        if kv.set_if_absent(&key(room), node.as_bytes(), LEASE).await? {
+            return Ok(node.to_string());
+        }
+        if let Some(holder) = kv.get(&key(room)).await? {
+            return Ok(String::from_utf8_lossy(&holder).into_owned());
+        }
+    }
+    Ok(node.to_string())
+}
+
+/// Renews `node`'s leases on `rooms` (those it has participants of); a room whose holder
+/// stopped renewing (its node died) is placed again, here if it is free.
+pub(crate) async fn renew(kv: &dyn KeyValueStore, node: &str, rooms: &[String]) {
+    for room in rooms {
+        match kv.extend_if(&key(room), node.as_bytes(), LEASE).await {
+            Ok(true) => {}
+            Ok(false) => {
+                let _ = place(kv, node, room).await;
+            }
+            Err(e) => tracing::warn!(error = %e, "telehealth: a room's placement was not renewed"),
+        }
+    }
+}
