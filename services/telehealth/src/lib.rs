@@ -29,6 +29,7 @@
 mod api;
 pub mod error;
 pub mod grant;
+mod hub;
 mod placement;
 mod progress;
 pub mod rooms;
@@ -61,7 +62,7 @@ pub struct Telehealth {
     config: TelehealthConfig,
     keys: grant::GrantKeys,
     pub sessions: session::Sessions,
-    hub: Arc<signaling::Hub>,
+    hub: Arc<hub::Hub>,
     progress: progress::Progress,
     bus: Arc<dyn EventBus>,
     fhir: FhirClient,
@@ -111,7 +112,7 @@ impl Telehealth {
             config: telehealth,
             keys,
             sessions: session::Sessions::new(kv.clone()),
-            hub: signaling::Hub::new(kv.clone()),
+            hub: hub::Hub::new(kv.clone()),
             progress: progress::Progress::new(config.auth.embedded.then_some(auth)),
             bus,
             fhir,

@@ -2,7 +2,7 @@
 //! forwarded there), placed with an atomic lock on the key-value store — a lease the node
 //! renews while it has participants of the room, which expires when the node dies so that
 //! another node can place the room again. Signaling does not depend on it (room events reach
-//! every node, see `signaling::Hub`); the join answer says where the room is.
+//! every node, see `crate::hub::Hub`); the join answer says where the room is.
 
 use std::time::Duration;
 
