@@ -15,6 +15,9 @@ use http_body_util::BodyExt;
 use serde_json::Value;
 use tower::ServiceExt;
 
+/// Longest a FHIR request of a service waits for its answer, in process or remote.
+const TIMEOUT: Duration = Duration::from_secs(30);
+
 /// What a FHIR request answered, other than success.
 #[derive(Debug, thiserror::Error)]
 pub enum FhirClientError {
@@ -88,7 +91,7 @@ impl FhirClient {
     /// Calls the FHIR API at `base` (`https://ehr.internal/fhir`).
     pub fn remote(base: &str) -> Result<Self, FhirClientError> {
         let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
+            .timeout(TIMEOUT)
             .build()
             .map_err(|e| FhirClientError::Unavailable(e.to_string()))?;
         Ok(Self {
@@ -200,10 +203,11 @@ impl FhirClient {
                 let request = request
                     .body(body.map(Body::from).unwrap_or_else(Body::empty))
                     .map_err(|e| FhirClientError::Unavailable(e.to_string()))?;
-                let response = router
-                    .clone()
-                    .oneshot(request)
+                // The same bound as a remote call's: a service's request never waits on the
+                // EHR for longer (no HTTP server's timeout stands in front of it here).
+                let response = tokio::time::timeout(TIMEOUT, router.clone().oneshot(request))
                     .await
+                    .map_err(|_| FhirClientError::Unavailable("no answer in time".into()))?
                     .map_err(|e| FhirClientError::Unavailable(e.to_string()))?;
                 let (parts, body) = response.into_parts();
                 let bytes = body
