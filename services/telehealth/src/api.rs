@@ -94,12 +94,7 @@ const CONSULT_POLICY: &str = "default-src 'none'; script-src 'self'; style-src '
     base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 async fn consult_page(Path(room): Path<String>) -> Response {
-    let known_shape = !room.is_empty()
-        && room.len() <= 64
-        && room
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
-    if !known_shape {
+    if !crate::rooms::is_fhir_id(&room) {
         return TelehealthError::NotFound("no consultation room of that name".into())
             .into_response();
     }

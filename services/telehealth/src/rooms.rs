@@ -99,16 +99,19 @@ fn now() -> i64 {
     OffsetDateTime::now_utc().unix_timestamp()
 }
 
-/// `Type/id` split, when it is one (a relative reference to a resource of `expected` type).
-fn local_reference<'a>(reference: &'a str, expected: &str) -> Option<&'a str> {
-    let (t, id) = reference.split_once('/')?;
-    (t == expected
-        && !id.is_empty()
+/// Whether `id` has the shape of a FHIR id (a room's is its Encounter's).
+pub(crate) fn is_fhir_id(id: &str) -> bool {
+    !id.is_empty()
         && id.len() <= 64
         && id
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'))
-    .then_some(id)
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
+/// `Type/id` split, when it is one (a relative reference to a resource of `expected` type).
+fn local_reference<'a>(reference: &'a str, expected: &str) -> Option<&'a str> {
+    let (t, id) = reference.split_once('/')?;
+    (t == expected && is_fhir_id(id)).then_some(id)
 }
 
 fn actor_ids(appointment: &Value, kind: &str) -> Vec<String> {

@@ -13,58 +13,26 @@ use std::{path::PathBuf, process::Command};
 
 use serde_json::{Value, json};
 
-use crate::support::{Sen, Store, http, token};
+use crate::support::{Sen, Store, ci, http, npm_installed, token};
 
 const PLAYWRIGHT: &str = "playwright-core@1.57.0";
 const CHROMIUM: &str = "/usr/bin/chromium";
 
-fn ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
-fn skip_or_fail(what: &str) -> Option<PathBuf> {
-    if ci() {
-        panic!("{what} under CI=true: the browser test must run");
-    }
-    eprintln!("NOTICE: {what}; skipping the browser test");
-    None
-}
-
 /// The playwright-core module directory, installed on first use.
 fn playwright() -> Option<PathBuf> {
     if !std::path::Path::new(CHROMIUM).exists() {
-        return skip_or_fail("no Chromium at /usr/bin/chromium (apt install chromium)");
+        let what = "no Chromium at /usr/bin/chromium (apt install chromium)";
+        assert!(!ci(), "{what} under CI=true: the browser test must run");
+        eprintln!("NOTICE: {what}; skipping the browser test");
+        return None;
     }
-    let cache = std::env::var("SEN_PLAYWRIGHT_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/tmp".into()))
-                .join(".cache/sen-playwright")
-        });
-    let module = cache.join("node_modules/playwright-core");
-    if module.join("package.json").exists() {
-        return Some(module);
-    }
-    std::fs::create_dir_all(&cache).ok()?;
-    let installed = Command::new("npm")
-        .args([
-            "install",
-            "--no-save",
-            "--no-audit",
-            "--no-fund",
-            "--prefix",
-        ])
-        .arg(&cache)
-        .arg(PLAYWRIGHT)
-        .output();
-    match installed {
-        Ok(out) if out.status.success() => Some(module),
-        Ok(out) => skip_or_fail(&format!(
-            "cannot install {PLAYWRIGHT}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )),
-        Err(e) => skip_or_fail(&format!("cannot run npm: {e}")),
-    }
+    let cache = npm_installed(
+        PLAYWRIGHT,
+        "SEN_PLAYWRIGHT_CACHE",
+        "sen-playwright",
+        "the browser test",
+    )?;
+    Some(cache.join("node_modules/playwright-core"))
 }
 
 async fn created(client: &reqwest::Client, base: &str, resource: Value) -> String {

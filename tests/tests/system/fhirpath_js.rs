@@ -16,47 +16,18 @@ use std::{
 use sen_ehr::{fhirpath::Item, search::params::SearchParams};
 use serde_json::Value;
 
-const FHIRPATH_JS: &str = "fhirpath@5.2.2";
+use crate::support::npm_installed;
 
-fn ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
+const FHIRPATH_JS: &str = "fhirpath@5.2.2";
 
 /// The directory whose node_modules holds fhirpath.js, installed on first use.
 fn fhirpath_js() -> Option<PathBuf> {
-    let cache = std::env::var("SEN_FHIRPATH_JS_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/tmp".into()))
-                .join(".cache/sen-fhirpath-js")
-        });
-    if cache.join("node_modules/fhirpath/package.json").exists() {
-        return Some(cache);
-    }
-    std::fs::create_dir_all(&cache).ok()?;
-    let installed = Command::new("npm")
-        .args([
-            "install",
-            "--no-save",
-            "--no-audit",
-            "--no-fund",
-            "--prefix",
-        ])
-        .arg(&cache)
-        .arg(FHIRPATH_JS)
-        .output();
-    match installed {
-        Ok(out) if out.status.success() => Some(cache),
-        Ok(out) if ci() => panic!(
-            "cannot install {FHIRPATH_JS} under CI=true: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ),
-        Err(e) if ci() => panic!("cannot run npm under CI=true: {e}"),
-        _ => {
-            eprintln!("NOTICE: cannot install {FHIRPATH_JS}; skipping the fhirpath.js comparison");
-            None
-        }
-    }
+    npm_installed(
+        FHIRPATH_JS,
+        "SEN_FHIRPATH_JS_CACHE",
+        "sen-fhirpath-js",
+        "the fhirpath.js comparison",
+    )
 }
 
 /// A value in a form both engines' output agree on when the values are equal: object keys

@@ -35,6 +35,57 @@ pub fn sen_binary() -> PathBuf {
     .clone()
 }
 
+/// Whether the tests run under `CI=true` (where nothing may skip).
+pub fn ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+/// The directory whose `node_modules` holds the npm `package` (`name@version`), installed
+/// there on first use: `$<env_var>`, or `~/.cache/<dir>`. Without npm, or when it cannot
+/// install, `None` with a notice for `test` — a panic under CI=true.
+pub fn npm_installed(package: &str, env_var: &str, dir: &str, test: &str) -> Option<PathBuf> {
+    let cache = std::env::var(env_var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/tmp".into()))
+                .join(".cache")
+                .join(dir)
+        });
+    let name = package.rsplit_once('@').map_or(package, |(name, _)| name);
+    if cache
+        .join("node_modules")
+        .join(name)
+        .join("package.json")
+        .exists()
+    {
+        return Some(cache);
+    }
+    std::fs::create_dir_all(&cache).ok()?;
+    let installed = Command::new("npm")
+        .args([
+            "install",
+            "--no-save",
+            "--no-audit",
+            "--no-fund",
+            "--prefix",
+        ])
+        .arg(&cache)
+        .arg(package)
+        .output();
+    match installed {
+        Ok(out) if out.status.success() => Some(cache),
+        Ok(out) if ci() => panic!(
+            "cannot install {package} under CI=true: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(e) if ci() => panic!("cannot run npm under CI=true: {e}"),
+        _ => {
+            eprintln!("NOTICE: cannot install {package}; skipping {test}");
+            None
+        }
+    }
+}
+
 /// The data directory every test server shares for its embedded signing key, so that one
 /// system token serves them all (restarts included).
 pub fn keys_dir() -> PathBuf {
