@@ -6,7 +6,10 @@
 //! embedded SQLite file. Secrets (database and Redis passwords) are redacted wherever the
 //! configuration is printed or logged.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+};
 
 use serde::{Deserialize, Serialize, Serializer};
 
@@ -249,6 +252,16 @@ pub struct TelehealthConfig {
     pub turn_secret: Option<Secret>,
     /// How long a TURN credential lasts.
     pub turn_ttl_minutes: u64,
+    /// The address media sockets bind: `0.0.0.0` is every interface but loopback; a
+    /// concrete address binds that interface only (`127.0.0.1` for a test on one machine).
+    pub media_bind: IpAddr,
+    /// The UDP ports media uses (one per participant), both ends included: the range a
+    /// firewall opens.
+    pub media_port_min: u16,
+    pub media_port_max: u16,
+    /// The public address announced in place of the bound one when the node sits behind a
+    /// 1:1 NAT (a cloud VM's elastic IP).
+    pub media_public_ip: Option<IpAddr>,
 }
 
 impl Default for TelehealthConfig {
@@ -261,6 +274,10 @@ impl Default for TelehealthConfig {
             turn_urls: Vec::new(),
             turn_secret: None,
             turn_ttl_minutes: 120,
+            media_bind: IpAddr::from([0, 0, 0, 0]),
+            media_port_min: 40_000,
+            media_port_max: 49_999,
+            media_public_ip: None,
         }
     }
 }
@@ -447,6 +464,26 @@ const ENV_KEYS: &[(&str, &str, Kind)] = &[
         "SEN_TELEHEALTH_TURN_TTL_MINUTES",
         "telehealth.turn_ttl_minutes",
         Kind::Int,
+    ),
+    (
+        "SEN_TELEHEALTH_MEDIA_BIND",
+        "telehealth.media_bind",
+        Kind::Str,
+    ),
+    (
+        "SEN_TELEHEALTH_MEDIA_PORT_MIN",
+        "telehealth.media_port_min",
+        Kind::Int,
+    ),
+    (
+        "SEN_TELEHEALTH_MEDIA_PORT_MAX",
+        "telehealth.media_port_max",
+        Kind::Int,
+    ),
+    (
+        "SEN_TELEHEALTH_MEDIA_PUBLIC_IP",
+        "telehealth.media_public_ip",
+        Kind::Str,
     ),
     ("SEN_AUTH_AUDIENCE", "auth.audience", Kind::Str),
     ("SEN_AUTH_EMBEDDED", "auth.embedded", Kind::Bool),

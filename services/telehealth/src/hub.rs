@@ -45,6 +45,11 @@ pub(crate) enum Event {
         video: bool,
     },
     Ended,
+    /// A message of the room's forwarding unit for one participant (negotiation, quality).
+    Media {
+        participant: String,
+        message: serde_json::Value,
+    },
 }
 
 /// An event as it travels between nodes.
@@ -62,13 +67,25 @@ const TOPIC: &str = "telehealth:room:";
 /// and the relay of every room's events between nodes: participants of one consultation
 /// who reached different nodes still see each other's events. (Media will live on one node
 /// per room; signaling meets through this relay.)
-#[derive(Debug)]
 pub struct Hub {
     rooms: Mutex<HashMap<String, broadcast::Sender<Event>>>,
     kv: Arc<dyn KeyValueStore>,
     /// This node's id: its own events come back from Redis and are not delivered twice.
     pub(crate) node: String,
     relay: tokio::sync::OnceCell<()>,
+    /// The rooms held for another reason (media forwarded here), renewed too.
+    pub(crate) held: std::sync::OnceLock<HeldRooms>,
+}
+
+/// Lists rooms a node holds besides those it has connections in.
+pub(crate) type HeldRooms = Box<dyn Fn() -> Vec<String> + Send + Sync>;
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("node", &self.node)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Hub {
@@ -78,6 +95,7 @@ impl Hub {
             kv,
             node: uuid::Uuid::new_v4().simple().to_string(),
             relay: tokio::sync::OnceCell::new(),
+            held: std::sync::OnceLock::new(),
         })
     }
 
@@ -96,7 +114,15 @@ impl Hub {
                         let Some(hub) = renewing.upgrade() else {
                             return;
                         };
-                        let rooms = hub.local_rooms();
+                        let mut rooms = hub.local_rooms();
+                        // And the rooms whose media this node forwards.
+                        if let Some(held) = hub.held.get() {
+                            for room in held() {
+                                if !rooms.contains(&room) {
+                                    rooms.push(room);
+                                }
+                            }
+                        }
                         crate::placement::renew(hub.kv.as_ref(), &hub.node, &rooms).await;
                     }
                 });
@@ -131,7 +157,7 @@ impl Hub {
     }
 
     /// The rooms this node has connections in.
-    fn local_rooms(&self) -> Vec<String> {
+    pub(crate) fn local_rooms(&self) -> Vec<String> {
         let rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
         rooms
             .iter()

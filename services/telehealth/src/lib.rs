@@ -23,13 +23,15 @@
 //! - consultation events on the event bus (stream [`EVENTS`]) for the operations center:
 //!   arrivals, starts with the wait, departures, ends with the duration — no patient data.
 //!
-//! Still to come (issue 6): the selective forwarding unit and media negotiation, room
-//! placement across nodes, and the browser client.
+//! - [`media`]: the selective forwarding unit (one server-side peer connection per
+//!   participant) and its negotiation, on the node the room is placed on.
 
 mod api;
+pub mod client;
 pub mod error;
 pub mod grant;
 mod hub;
+pub mod media;
 mod placement;
 mod progress;
 pub mod rooms;
@@ -67,6 +69,11 @@ pub struct Telehealth {
     bus: Arc<dyn EventBus>,
     fhir: FhirClient,
     turn: Option<turn::Turn>,
+    kv: Arc<dyn KeyValueStore>,
+    sfu: Arc<media::Sfu>,
+    /// The forwarding unit's messages, until [`Telehealth::start_media`] takes them.
+    media_out: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<media::Outgoing>>>,
+    media_started: tokio::sync::OnceCell<()>,
 }
 
 impl Telehealth {
@@ -108,11 +115,32 @@ impl Telehealth {
                 "telehealth.turn_urls needs telehealth.turn_secret (SEN_TELEHEALTH_TURN_SECRET), the secret shared with coturn"
             ),
         };
+        if telehealth.media_port_min > telehealth.media_port_max {
+            anyhow::bail!(
+                "telehealth.media_port_min ({}) is above telehealth.media_port_max ({})",
+                telehealth.media_port_min,
+                telehealth.media_port_max
+            );
+        }
+        let (sfu, media_out) = media::Sfu::new(media::MediaSettings {
+            bind: telehealth.media_bind,
+            ports: (telehealth.media_port_min, telehealth.media_port_max),
+            public_ip: telehealth.media_public_ip,
+        });
+        let hub = hub::Hub::new(kv.clone());
+        let held = Arc::downgrade(&sfu);
+        let _ = hub.held.set(Box::new(move || {
+            held.upgrade().map(|sfu| sfu.rooms()).unwrap_or_default()
+        }));
         Ok(Arc::new(Self {
+            kv: kv.clone(),
+            sfu,
+            media_out: std::sync::Mutex::new(Some(media_out)),
+            media_started: tokio::sync::OnceCell::new(),
             config: telehealth,
             keys,
             sessions: session::Sessions::new(kv.clone()),
-            hub: hub::Hub::new(kv.clone()),
+            hub,
             progress: progress::Progress::new(config.auth.embedded.then_some(auth)),
             bus,
             fhir,
@@ -132,6 +160,90 @@ impl Telehealth {
         event["at"] = serde_json::json!(sen_platform::unix_micros() / 1_000);
         if let Err(e) = self.bus.publish(EVENTS, &event).await {
             tracing::warn!(error = %e, "a consultation event was not published");
+        }
+    }
+
+    /// Starts (once) what carries media negotiation between nodes: the forwarding unit's
+    /// messages to participants (as room events, whatever node their connection is on) and
+    /// the negotiation other nodes relay to this one.
+    async fn start_media(self: &Arc<Self>) {
+        let started = self
+            .media_started
+            .get_or_try_init(|| async {
+                let mut incoming = self
+                    .kv
+                    .subscribe(&format!("{}{}", media::MEDIA_TOPIC, self.hub.node))
+                    .await?;
+                let sfu = Arc::downgrade(&self.sfu);
+                tokio::spawn(async move {
+                    while let Some((_, payload)) = incoming.recv().await {
+                        let Some(sfu) = sfu.upgrade() else { return };
+                        if let Ok(relayed) = serde_json::from_slice::<media::Relayed>(&payload) {
+                            sfu.handle(relayed).await;
+                        }
+                    }
+                });
+                let receiver = self
+                    .media_out
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take();
+                if let Some(mut receiver) = receiver {
+                    let service = Arc::downgrade(self);
+                    tokio::spawn(async move {
+                        while let Some(out) = receiver.recv().await {
+                            let Some(service) = service.upgrade() else {
+                                return;
+                            };
+                            if out.report {
+                                let mut event = out.message.clone();
+                                event["type"] = serde_json::json!("consultation-quality");
+                                event["room"] = serde_json::json!(out.room);
+                                service.emit(event).await;
+                            }
+                            service
+                                .hub
+                                .publish(
+                                    &out.room,
+                                    hub::Event::Media {
+                                        participant: out.participant,
+                                        message: out.message,
+                                    },
+                                )
+                                .await;
+                        }
+                    });
+                }
+                Ok::<(), sen_platform::kv::KvError>(())
+            })
+            .await;
+        if let Err(e) = started {
+            tracing::warn!(error = %e, "telehealth: media negotiation from other nodes is not received");
+        }
+    }
+
+    /// A participant's media negotiation: handled here when the room is placed on this
+    /// node, relayed to the room's node otherwise.
+    async fn media(&self, grant: &grant::Grant, message: media::FromClient) {
+        let relayed = media::Relayed {
+            room: grant.room.clone(),
+            participant: grant.sub.clone(),
+            rights: media::MediaRights {
+                publish: grant.can.publish,
+                subscribe: grant.can.subscribe,
+                data: grant.can.data,
+            },
+            message,
+        };
+        match self.hub.place(&grant.room).await {
+            Some(node) if node != self.hub.node => {
+                let payload = serde_json::to_vec(&relayed).unwrap_or_default();
+                let topic = format!("{}{node}", media::MEDIA_TOPIC);
+                if let Err(e) = self.kv.publish(&topic, &payload).await {
+                    tracing::warn!(error = %e, "telehealth: negotiation did not reach the room's node");
+                }
+            }
+            _ => self.sfu.handle(relayed).await,
         }
     }
 

@@ -14,18 +14,29 @@
 //! - `{"type":"admit"|"deny"|"remove","participant":"p-…"}` (`admit` allowed)
 //! - `{"type":"end"}` (`end` allowed): the consultation ends for everyone
 //! - `{"type":"leave"}`
-//! - `{"type":"offer"|"answer"|"ice", …}`: media negotiation, answered `media-unavailable`
-//!   until the forwarding unit exists.
+//! - media negotiation (admitted; see [`crate::media`]):
+//!   `{"type":"offer","sdp":"…"}` opens (or replaces) the participant's media connection;
+//!   `{"type":"answer","sdp":"…"}` answers an offer of the server;
+//!   `{"type":"ice","candidate":{"candidate":"…","sdpMid":"0","sdpMLineIndex":0}}` trickles a
+//!   candidate (`null`: no more); `{"type":"restart"}` asks for an ICE restart (after a network
+//!   change, or on coming back within the resume window with the same peer connection).
 //!
 //! Server → client:
 //! - `{"type":"joined","v":1,"participant":"p-…","role":"patient","state":"waiting","ahead":0}`
 //!   or `"state":"admitted"` with `"participants":[{"participant","role"}…]`; also `node`,
-//!   the node the room is placed on, and `here`, whether that is the node answering
+//!   the node the room is placed on, `here`, whether that is the node answering, and
+//!   `iceServers` for the media connection (TURN with ephemeral credentials)
 //! - `{"type":"admitted"}` (the waiting room is over for this participant)
 //! - `{"type":"participant","event":"waiting"|"joined"|"left"|"removed","participant":"p-…","role":"…"}`
 //!   (waiting: to those who admit only)
 //! - `{"type":"chat","from":"p-…","text":"…"}`, `{"type":"muted","participant":"p-…","audio":…,"video":…}`
-//! - `{"type":"error","code":"…","message":"…"}`
+//! - `{"type":"answer","sdp":"…"}`, `{"type":"offer","sdp":"…"}` (forwarded tracks changed, or
+//!   an ICE restart: answer it), `{"type":"ice","candidate":{…}}`
+//! - `{"type":"media","state":"connecting"|"connected"|"disconnected"|"failed"|"closed"}`
+//! - `{"type":"quality","uplinkLossPct":…,"uplinkJitterMs":…,"downlinkLossPct":…,
+//!   "downlinkJitterMs":…,"rttMs":…}` every 5 s
+//! - `{"type":"error","code":"…","message":"…"}` (media: `bad-sdp`, `bad-candidate`,
+//!   `no-media`)
 //!
 //! Close codes: 1000 left, 1009 message too large, 4000 protocol (no join in time, join
 //! twice), 4001–4005 grant refused (invalid, expired, foreign, revoked, ended — by a
@@ -56,6 +67,7 @@ use crate::{
     Telehealth,
     grant::{Grant, Refused},
     hub::Event,
+    media::FromClient,
     progress::Change,
     session::Arrival,
 };
@@ -108,9 +120,17 @@ enum Incoming {
     },
     End {},
     Leave {},
-    Offer {},
-    Answer {},
-    Ice {},
+    Offer {
+        sdp: String,
+    },
+    Answer {
+        sdp: String,
+    },
+    Ice {
+        #[serde(default)]
+        candidate: Option<webrtc::peer_connection::RTCIceCandidateInit>,
+    },
+    Restart {},
 }
 
 /// `GET /telehealth/v1/ws`: upgrades to the signaling protocol.
@@ -241,6 +261,7 @@ impl Connection {
                 .await
                 .map_err(|_| Close::Code(1011, "consultation state unavailable"))?;
             self.service.hub.relay().await;
+            self.service.start_media().await;
             let events = self.service.hub.room(&grant.room).subscribe();
             let role = grant.role.as_str().to_string();
             let (admitted, ahead) = match arrival {
@@ -252,6 +273,14 @@ impl Connection {
             let mut joined = json!({"type": "joined", "v": VERSION, "participant": grant.sub,
                 "role": role, "state": if admitted { "admitted" } else { "waiting" },
                 "node": holder, "here": holder.as_deref() == Some(self.service.hub.node.as_str())});
+            // The ICE servers (TURN credentials) for its media connection.
+            let ice_servers: Vec<_> = self
+                .service
+                .turn
+                .as_ref()
+                .map(|turn| vec![turn.ice_server(&grant.sub, now_ms() / 1_000)])
+                .unwrap_or_default();
+            joined["iceServers"] = serde_json::to_value(ice_servers).unwrap_or_default();
             if admitted {
                 joined["participants"] = present(&self.service, &grant.room, &grant.sub).await;
                 if grant.can.admit {
@@ -359,6 +388,15 @@ impl Connection {
         // Leaving on purpose gives the place up; a dropped connection keeps it for the
         // resume window.
         let left_on_purpose = matches!(result, Ok(()));
+        // Its media goes with it unless it may come back (a dropped connection resumes,
+        // keeping its peer connection through an ICE restart).
+        let gone_for_good = left_on_purpose
+            || matches!(result, Err(Close::Code(code, _)) if code == Refused::Revoked.close_code() || code == Refused::Ended.close_code());
+        if gone_for_good {
+            self.service
+                .media(&joined.grant, FromClient::Close {})
+                .await;
+        }
         if left_on_purpose {
             let _ = self
                 .service
@@ -512,12 +550,36 @@ impl Connection {
                         .await?;
                 }
             }
-            Incoming::Offer {} | Incoming::Answer {} | Incoming::Ice {} => {
-                self.error(
-                    "media-unavailable",
-                    "media forwarding is not available on this server yet",
-                )
-                .await?;
+            Incoming::Offer { .. }
+            | Incoming::Answer { .. }
+            | Incoming::Ice { .. }
+            | Incoming::Restart {}
+                if !joined.admitted =>
+            {
+                self.error("waiting", "not admitted yet").await?;
+            }
+            Incoming::Offer { sdp } | Incoming::Answer { sdp } if sdp.trim().is_empty() => {
+                let _ = sdp;
+                self.error("bad-sdp", "the session description is empty")
+                    .await?;
+            }
+            Incoming::Offer { sdp } => {
+                service
+                    .media(&joined.grant, FromClient::Offer { sdp })
+                    .await;
+            }
+            Incoming::Answer { sdp } => {
+                service
+                    .media(&joined.grant, FromClient::Answer { sdp })
+                    .await;
+            }
+            Incoming::Ice { candidate } => {
+                service
+                    .media(&joined.grant, FromClient::Ice { candidate })
+                    .await;
+            }
+            Incoming::Restart {} => {
+                service.media(&joined.grant, FromClient::Restart {}).await;
             }
         }
         Ok(true)
@@ -527,6 +589,12 @@ impl Connection {
     async fn pass_on(&mut self, joined: &mut Joined, event: Event) -> Result<(), Close> {
         let me = joined.grant.sub.clone();
         match event {
+            Event::Media {
+                participant,
+                message,
+            } if participant == me => {
+                self.send(message).await?;
+            }
             Event::Admitted { participant } if participant == me => {
                 joined.admitted = true;
                 let present = present(&self.service.clone(), &joined.grant.room, &me).await;
@@ -645,6 +713,7 @@ async fn conclude(
         service.progress.apply(&service.fhir, room, &finished).await;
     }
     service.hub.publish(room, Event::Ended).await;
+    service.sfu.close_room(room).await;
     Ok(())
 }
 

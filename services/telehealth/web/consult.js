@@ -4,7 +4,8 @@
 //
 // The page is opened as /consult/{room}#grant=<join grant> (the grant stays in the fragment,
 // which browsers never send to a server), or #token=<bearer token> to ask for the caller's own
-// grant. Media forwarding is not on the server yet: the remote video stays empty.
+// grant. Media: one RTCPeerConnection to the server's forwarding unit; the page offers its
+// camera and microphone once admitted, and answers the server's offers (the others' tracks).
 "use strict";
 
 const TEXTS = {
@@ -20,7 +21,7 @@ const TEXTS = {
     waiting_ahead: (n) => n === 0 ? "Bạn là người tiếp theo. Bác sĩ sẽ cho bạn vào." : `Có ${n} người trước bạn. Bác sĩ sẽ cho bạn vào.`,
     leave_button: "Rời phòng",
     you: "Bạn",
-    remote_note: "Hình và tiếng của người khám sẽ hiện ở đây khi máy chủ truyền được âm thanh, hình ảnh.",
+    remote_note: "Hình và tiếng của những người khác sẽ hiện ở đây.",
     mute_audio: "Tắt micro",
     unmute_audio: "Bật micro",
     mute_video: "Tắt camera",
@@ -42,7 +43,8 @@ const TEXTS = {
     status_connecting: "Đang kết nối…",
     status_reconnecting: "Mất kết nối, đang kết nối lại…",
     status_admitted: "Bạn đã vào buổi khám.",
-    status_media: "Máy chủ chưa truyền âm thanh, hình ảnh; bạn có thể trò chuyện bằng tin nhắn.",
+    status_media_failed: "Mất kết nối âm thanh, hình ảnh; đang thử lại…",
+    quality: (q) => `Mất gói ${q.downlinkLossPct}% · trễ ${q.rttMs === null ? "?" : q.rttMs} ms`,
     closed: {
       1000: "Bạn đã rời phòng.",
       4000: "Kết nối bị từ chối (giao thức).",
@@ -67,7 +69,7 @@ const TEXTS = {
     waiting_ahead: (n) => n === 0 ? "You are next. The doctor will let you in." : `${n} before you. The doctor will let you in.`,
     leave_button: "Leave",
     you: "You",
-    remote_note: "The others' picture and sound will show here once the server forwards media.",
+    remote_note: "The others' picture and sound show here.",
     mute_audio: "Mute microphone",
     unmute_audio: "Unmute microphone",
     mute_video: "Turn camera off",
@@ -89,7 +91,8 @@ const TEXTS = {
     status_connecting: "Connecting…",
     status_reconnecting: "Connection lost, reconnecting…",
     status_admitted: "You are in the consultation.",
-    status_media: "The server does not forward sound and video yet; you can talk by chat.",
+    status_media_failed: "Sound and video were lost; trying again…",
+    quality: (q) => `Loss ${q.downlinkLossPct}% · round trip ${q.rttMs === null ? "?" : q.rttMs} ms`,
     closed: {
       1000: "You left.",
       4000: "The connection was refused (protocol).",
@@ -122,6 +125,10 @@ let leaving = false;
 let reconnectUntil = 0;
 let ahead = null; // the place in the waiting room, while waiting
 let closedCode = null; // how the connection ended, once it has
+let pc = null; // the media connection to the server
+let iceServers = [];
+let mediaQueue = Promise.resolve(); // negotiation messages, handled one after the other
+const remotes = new Map(); // participant -> its video element
 const people = new Map(); // participant -> role, admitted
 const waiting = new Map(); // participant -> role
 
@@ -253,10 +260,97 @@ function chatLine(from, text) {
 function admitted(present) {
   ahead = null;
   show("call");
-  status(["status_admitted", "status_media"]);
+  status("status_admitted");
   for (const p of present || []) people.set(p.participant, p.role);
   renderPeople();
+  startMedia();
 }
+
+// Opens the media connection, or, when the page still has a live one (a dropped signaling
+// connection came back), asks the server for an ICE restart.
+function startMedia() {
+  if (pc && pc.connectionState !== "closed" && pc.connectionState !== "failed") {
+    send({ type: "restart" });
+    return;
+  }
+  if (pc) pc.close();
+  pc = new RTCPeerConnection({ iceServers });
+  if (stream) {
+    for (const track of stream.getTracks()) pc.addTrack(track, stream);
+  } else {
+    pc.addTransceiver("audio", { direction: "recvonly" });
+    pc.addTransceiver("video", { direction: "recvonly" });
+  }
+  pc.addEventListener("icecandidate", (event) =>
+    send({ type: "ice", candidate: event.candidate ? event.candidate.toJSON() : null }),
+  );
+  pc.addEventListener("track", (event) => {
+    const from = event.streams[0];
+    if (!from) return;
+    let video = remotes.get(from.id);
+    if (!video) {
+      video = remotes.size === 0 ? $("remote") : document.createElement("video");
+      video.autoplay = true;
+      video.playsInline = true;
+      if (video.id !== "remote") $("remote").parentElement.append(video);
+      remotes.set(from.id, video);
+      document.querySelector(".remote-note").hidden = true;
+    }
+    video.srcObject = from;
+    // Entering was the user's gesture: sound may play. Should the browser still refuse,
+    // a tap on the video starts it.
+    video.play().catch(() => video.addEventListener("click", () => video.play(), { once: true }));
+  });
+  pc.addEventListener("connectionstatechange", () => {
+    if (pc.connectionState === "failed") {
+      status("status_media_failed", true);
+      send({ type: "restart" });
+    }
+  });
+  const current = pc;
+  mediaQueue = mediaQueue.then(async () => {
+    const offer = await current.createOffer();
+    await current.setLocalDescription(offer);
+    send({ type: "offer", sdp: offer.sdp });
+  });
+}
+
+// One negotiation message of the server's, after those before it.
+function negotiate(m) {
+  mediaQueue = mediaQueue
+    .then(async () => {
+      if (!pc) return;
+      if (m.type === "answer") await pc.setRemoteDescription({ type: "answer", sdp: m.sdp });
+      if (m.type === "offer") {
+        await pc.setRemoteDescription({ type: "offer", sdp: m.sdp });
+        const answer = await pc.createAnswer();
+        await pc.setLocalDescription(answer);
+        send({ type: "answer", sdp: answer.sdp });
+      }
+      if (m.type === "ice" && m.candidate) await pc.addIceCandidate(m.candidate);
+    })
+    .catch((e) => statusRaw(String(e.message || e), true));
+}
+
+function forget(participant) {
+  const video = remotes.get(participant);
+  if (!video) return;
+  video.srcObject = null;
+  if (video.id !== "remote") video.remove();
+  remotes.delete(participant);
+}
+
+// For tests and support: the media connection, and the video frames decoded of the others.
+window.senMedia = () => pc;
+window.senFramesDecoded = async () => {
+  let frames = 0;
+  if (pc) {
+    (await pc.getStats()).forEach((s) => {
+      if (s.type === "inbound-rtp" && s.kind === "video") frames += s.framesDecoded || 0;
+    });
+  }
+  return frames;
+};
 
 function connect() {
   status("status_connecting");
@@ -268,6 +362,7 @@ function connect() {
     switch (m.type) {
       case "joined":
         me = { participant: m.participant, role: m.role, can: null };
+        iceServers = m.iceServers || [];
         try {
           me.can = JSON.parse(atob(grant.split(".")[1].replace(/-/g, "+").replace(/_/g, "/"))).can;
         } catch (e) {
@@ -296,14 +391,26 @@ function connect() {
         if (m.event === "left" || m.event === "removed") {
           people.delete(m.participant);
           waiting.delete(m.participant);
+          forget(m.participant);
         }
         renderPeople();
         break;
       case "chat":
         chatLine(m.from, m.text);
         break;
+      case "answer":
+      case "offer":
+      case "ice":
+        negotiate(m);
+        break;
+      case "media":
+        if (m.state === "connected") status("status_admitted");
+        break;
+      case "quality":
+        $("quality").textContent = t().quality(m);
+        break;
       case "error":
-        if (m.code !== "media-unavailable") statusRaw(m.message, true);
+        statusRaw(m.message, true);
         break;
     }
   });
@@ -323,6 +430,7 @@ function connect() {
     $("over-title").textContent = texts[event.code] || texts.other;
     status([]);
     if (stream) stream.getTracks().forEach((track) => track.stop());
+    if (pc) pc.close();
   });
 }
 

@@ -99,6 +99,8 @@ impl TestApp {
             .ok()
             .filter(|u| !u.is_empty());
         config.redis.url = redis_url.map(Secret::new);
+        // Media on loopback: the tests' peers are on this machine.
+        config.telehealth.media_bind = std::net::IpAddr::from([127, 0, 0, 1]);
         configure(&mut config);
         let redis = config.redis.url.is_some();
         let app = sen_server::build(&config, sen_server::ServiceName::ALL, true)

@@ -423,4 +423,6 @@ on_both_backends!(
     appointments_that_cannot_hold_a_consultation_are_refused_clearly,
 );
 
+mod media;
+mod peer;
 mod signaling;

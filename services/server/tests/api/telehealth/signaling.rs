@@ -10,23 +10,23 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::{Clinic, TestApp, appointment, at, call, clinic, open};
 
-type Ws =
+pub(super) type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// Longest wait for a message the test expects (a bound, not a pause).
 const WAIT: StdDuration = StdDuration::from_secs(10);
 
-async fn connect(app: &TestApp) -> Ws {
+pub(super) async fn connect(app: &TestApp) -> Ws {
     let url = format!("{}/telehealth/v1/ws", app.base.replacen("http", "ws", 1));
     tokio_tungstenite::connect_async(url).await.unwrap().0
 }
 
-async fn send(ws: &mut Ws, value: Value) {
+pub(super) async fn send(ws: &mut Ws, value: Value) {
     ws.send(Message::text(value.to_string())).await.unwrap();
 }
 
 /// The next JSON message.
-async fn next(ws: &mut Ws) -> Value {
+pub(super) async fn next(ws: &mut Ws) -> Value {
     loop {
         let message = tokio::time::timeout(WAIT, ws.next())
             .await
@@ -42,7 +42,7 @@ async fn next(ws: &mut Ws) -> Value {
 }
 
 /// The close code the server ends the socket with (skipping messages before it).
-async fn close_code(ws: &mut Ws) -> u16 {
+pub(super) async fn close_code(ws: &mut Ws) -> u16 {
     loop {
         match tokio::time::timeout(WAIT, ws.next())
             .await
@@ -56,7 +56,7 @@ async fn close_code(ws: &mut Ws) -> u16 {
     }
 }
 
-async fn join(app: &TestApp, room: &str, grant: &str) -> (Ws, Value) {
+pub(super) async fn join(app: &TestApp, room: &str, grant: &str) -> (Ws, Value) {
     let mut ws = connect(app).await;
     send(
         &mut ws,
@@ -68,14 +68,14 @@ async fn join(app: &TestApp, room: &str, grant: &str) -> (Ws, Value) {
 }
 
 /// A room of the clinic, and grants (token, participant) by the caller's token and body.
-async fn room(app: &TestApp) -> (Clinic, String) {
+pub(super) async fn room(app: &TestApp) -> (Clinic, String) {
     let c = clinic(app).await;
     let appointment = appointment(app, &c, "booked", Some(at(time::Duration::minutes(20)))).await;
     let (_, room) = open(app, &c.doctor, &appointment).await;
     (c, room["room"].as_str().unwrap().to_string())
 }
 
-async fn grant(app: &TestApp, token: &str, room: &str, body: &str) -> (String, String) {
+pub(super) async fn grant(app: &TestApp, token: &str, room: &str, body: &str) -> (String, String) {
     let path = format!("/telehealth/v1/rooms/{room}/tokens");
     let (_, issued) = call(app, token, reqwest::Method::POST, &path, Some(body)).await;
     (
@@ -85,7 +85,7 @@ async fn grant(app: &TestApp, token: &str, room: &str, body: &str) -> (String, S
 }
 
 /// Where a test's consultation events start (the stream is shared on Redis).
-async fn mark(app: &TestApp) -> String {
+pub(super) async fn mark(app: &TestApp) -> String {
     app.bus
         .publish(sen_telehealth::EVENTS, &json!({"type": "test-mark"}))
         .await
@@ -93,7 +93,7 @@ async fn mark(app: &TestApp) -> String {
 }
 
 /// The consultation events of `room` published since `mark`, in order.
-async fn events_of(app: &TestApp, mark: &str, room: &str) -> Vec<Value> {
+pub(super) async fn events_of(app: &TestApp, mark: &str, room: &str) -> Vec<Value> {
     app.bus
         .read(
             sen_telehealth::EVENTS,
@@ -205,7 +205,7 @@ async fn a_patient_waits_until_admitted_then_talks_with_the_doctor(app: TestApp)
         ),
         (
             json!({"type": "offer", "sdp": "v=0"}).to_string(),
-            "media-unavailable",
+            "bad-sdp",
         ),
     ] {
         patient.send(Message::text(bad.clone())).await.unwrap();

@@ -1,0 +1,257 @@
+//! Media through the forwarding unit, with real `webrtc` peers (0.21.1) on 127.0.0.1 as
+//! patient and doctor: audio and video RTP and data-channel messages cross the server in
+//! order and intact, each leg with its own SSRC; bad negotiation gets an error and the
+//! session goes on.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
+use serde_json::json;
+use webrtc::{media_stream::track_local::TrackLocal, peer_connection::RTCPeerConnectionState};
+
+use sen_telehealth::client::{Peer, Seen, next_within};
+
+use super::{
+    peer::{check, packet},
+    signaling::{grant, join, next, room, send},
+};
+use crate::support::TestApp;
+
+const LOOPBACK: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+/// Payload bytes after the header of each test packet (a small video packet).
+const SIZE: usize = 600;
+/// Longest the test waits for the media to have crossed.
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Sends `who`'s audio and video packets, and a data message every tenth packet once its
+/// channel is open, one round every 10 ms until `stop` (media is paced like a real source).
+fn play(peer: &Peer, who: &'static str, stop: Arc<AtomicBool>) {
+    let (audio, video, channel) = (peer.audio.clone(), peer.video.clone(), peer.channel.clone());
+    let (audio_ssrc, video_ssrc) = (peer.audio_ssrc, peer.video_ssrc);
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(Duration::from_millis(10));
+        let mut said = 0u32;
+        for n in 0u16.. {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            ticks.tick().await;
+            let _ = audio.write_rtp(packet(audio_ssrc, 111, n, who, 80)).await;
+            let _ = video.write_rtp(packet(video_ssrc, 96, n, who, SIZE)).await;
+            if n % 10 == 0
+                && matches!(
+                    channel.ready_state().await,
+                    Ok(webrtc::data_channel::RTCDataChannelState::Open)
+                )
+                && channel
+                    .send_text(&format!("{who} says {said}"))
+                    .await
+                    .is_ok()
+            {
+                said += 1;
+            }
+        }
+    });
+}
+
+/// What one side received of the other: sequence numbers by kind, SSRCs, data messages.
+#[derive(Default)]
+struct Received {
+    numbers: HashMap<RtpCodecKind, Vec<u16>>,
+    ssrcs: HashMap<RtpCodecKind, u32>,
+    data: Vec<String>,
+    connected: bool,
+}
+
+impl Received {
+    fn enough(&self) -> bool {
+        let count = |kind| self.numbers.get(&kind).map_or(0, Vec::len);
+        self.connected
+            && count(RtpCodecKind::Audio) >= 100
+            && count(RtpCodecKind::Video) >= 100
+            && self.data.len() >= 5
+    }
+
+    fn take(&mut self, seen: Seen, from: &str, from_name: &str) {
+        match seen {
+            Seen::State(RTCPeerConnectionState::Connected) => self.connected = true,
+            Seen::State(_) => {}
+            Seen::Data(text) => self.data.push(text),
+            Seen::Rtp {
+                kind,
+                stream,
+                packet,
+            } => {
+                assert_eq!(stream, from, "the stream is named by its publisher");
+                let size = if kind == RtpCodecKind::Audio {
+                    80
+                } else {
+                    SIZE
+                };
+                let n = check(&packet.payload, from_name, size);
+                assert_eq!(packet.header.sequence_number, n);
+                let ssrc = self.ssrcs.entry(kind).or_insert(packet.header.ssrc);
+                assert_eq!(*ssrc, packet.header.ssrc, "one SSRC per leg");
+                assert!(
+                    packet.header.extensions.iter().all(|e| e.id != 0),
+                    "extensions well formed"
+                );
+                self.numbers.entry(kind).or_default().push(n);
+            }
+        }
+    }
+}
+
+fn in_order(numbers: &[u16]) -> bool {
+    numbers.windows(2).all(|w| w[1] > w[0])
+}
+
+/// A patient and a doctor, each a real `webrtc` peer, talk through the server: what each
+/// sends arrives at the other in order and intact, rewritten to the leg's own SSRC.
+async fn patient_and_doctor_exchange_audio_video_and_data(app: TestApp) {
+    let (c, room) = room(&app).await;
+    let (doctor_grant, doctor_id) = grant(&app, &c.doctor, &room, "{}").await;
+    let (patient_grant, patient_id) = grant(&app, &c.patient, &room, "{}").await;
+    let (mut doctor_ws, _) = join(&app, &room, &doctor_grant).await;
+    let (mut patient_ws, _) = join(&app, &room, &patient_grant).await;
+    assert_eq!(next(&mut doctor_ws).await["event"], "waiting");
+
+    // Waiting: no media yet.
+    let mut patient = Peer::new(LOOPBACK).await.unwrap();
+    patient.offer(&mut patient_ws).await.unwrap();
+    assert_eq!(next(&mut patient_ws).await["code"], "waiting");
+
+    send(
+        &mut doctor_ws,
+        json!({"type": "admit", "participant": patient_id}),
+    )
+    .await;
+    assert_eq!(next(&mut patient_ws).await["type"], "admitted");
+    assert_eq!(next(&mut doctor_ws).await["event"], "joined");
+
+    let mut doctor = Peer::new(LOOPBACK).await.unwrap();
+    doctor.offer(&mut doctor_ws).await.unwrap();
+    patient.offer(&mut patient_ws).await.unwrap();
+    let _doctor_signals = doctor.drive(doctor_ws);
+    let _patient_signals = patient.drive(patient_ws);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    play(&doctor, "doctor", stop.clone());
+    play(&patient, "patient", stop.clone());
+
+    let (mut at_doctor, mut at_patient) = (Received::default(), Received::default());
+    let crossed = tokio::time::timeout(WAIT, async {
+        while !(at_doctor.enough() && at_patient.enough()) {
+            tokio::select! {
+                Some(seen) = doctor.seen.recv() => at_doctor.take(seen, &patient_id, "patient"),
+                Some(seen) = patient.seen.recv() => at_patient.take(seen, &doctor_id, "doctor"),
+            }
+        }
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let counts = |r: &Received| {
+        (
+            r.numbers.get(&RtpCodecKind::Audio).map_or(0, Vec::len),
+            r.numbers.get(&RtpCodecKind::Video).map_or(0, Vec::len),
+            r.data.len(),
+        )
+    };
+    assert!(
+        crossed.is_ok(),
+        "media crossed within {WAIT:?}: at the doctor {:?}, at the patient {:?}",
+        counts(&at_doctor),
+        counts(&at_patient)
+    );
+    for (received, own) in [(&at_doctor, &doctor), (&at_patient, &patient)] {
+        for kind in [RtpCodecKind::Audio, RtpCodecKind::Video] {
+            assert!(in_order(&received.numbers[&kind]), "{kind} in order");
+            let sender_ssrc = if kind == RtpCodecKind::Audio {
+                own.audio_ssrc
+            } else {
+                own.video_ssrc
+            };
+            assert_ne!(received.ssrcs[&kind], sender_ssrc);
+        }
+        let said: Vec<u32> = received
+            .data
+            .iter()
+            .map(|text| text.rsplit(' ').next().unwrap().parse().unwrap())
+            .collect();
+        assert!(
+            said.windows(2).all(|w| w[1] == w[0] + 1),
+            "data in order, none lost: {said:?}"
+        );
+    }
+    // Each leg carries its publisher's packets under an SSRC of its own.
+    assert_ne!(
+        at_doctor.ssrcs[&RtpCodecKind::Video],
+        patient.video_ssrc,
+        "rewritten for the leg"
+    );
+    let _ = doctor.pc.close().await;
+    let _ = patient.pc.close().await;
+}
+
+/// Bad negotiation gets an error message, and the session goes on.
+async fn bad_negotiation_gets_errors_and_the_session_goes_on(app: TestApp) {
+    let (c, room) = room(&app).await;
+    let (doctor_grant, _) = grant(&app, &c.doctor, &room, "{}").await;
+    let (mut ws, _) = join(&app, &room, &doctor_grant).await;
+    for (bad, code) in [
+        (json!({"type": "offer", "sdp": "v=0 not really"}), "bad-sdp"),
+        (json!({"type": "offer", "sdp": ""}), "bad-sdp"),
+        (json!({"type": "offer"}), "malformed"),
+        (json!({"type": "answer", "sdp": "v=0"}), "no-media"),
+        (
+            json!({"type": "ice", "candidate": {"candidate": "candidate:1 1 udp 1 127.0.0.1 9 typ host", "sdpMid": "0"}}),
+            "no-media",
+        ),
+        (json!({"type": "ice", "candidate": 42}), "malformed"),
+        (json!({"type": "restart"}), "no-media"),
+    ] {
+        send(&mut ws, bad.clone()).await;
+        let answer = next_within(&mut ws, Duration::from_secs(10)).await;
+        assert_eq!(
+            answer.as_ref().map(|a| a["code"].clone()),
+            Some(json!(code)),
+            "{bad} → {answer:?}"
+        );
+    }
+    // A good offer still works after all that.
+    let peer = Peer::new(LOOPBACK).await.unwrap();
+    peer.offer(&mut ws).await.unwrap();
+    // (The connection's state may come first.)
+    let answer = loop {
+        let message = next(&mut ws).await;
+        if message["type"] != "media" {
+            break message;
+        }
+    };
+    assert_eq!(answer["type"], "answer", "{answer}");
+    send(&mut ws, json!({"type": "ping", "id": 7})).await;
+    loop {
+        let message = next(&mut ws).await;
+        if message["type"] == "pong" {
+            break;
+        }
+        assert!(
+            matches!(message["type"].as_str(), Some("ice" | "media")),
+            "{message}"
+        );
+    }
+    let _ = peer.pc.close().await;
+}
+
+on_both_backends!(
+    patient_and_doctor_exchange_audio_video_and_data,
+    bad_negotiation_gets_errors_and_the_session_goes_on,
+);

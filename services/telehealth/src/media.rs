@@ -1,0 +1,1128 @@
+//! The selective forwarding unit: one server-side peer connection per participant (the
+//! `webrtc` crate, 0.21.1 pinned), forwarding each participant's Opus audio and VP8 (or H.264)
+//! video to the others, and their data-channel messages.
+//!
+//! For each receiving leg the forwarder rewrites what belongs to that leg: the SSRC (one per
+//! leg), the payload type negotiated on the leg, and the header extensions (the publisher's are
+//! dropped; the leg's own stack adds those it negotiated). Loss is repaired hop by hop: the
+//! server answers a receiver's NACKs from its own send history and asks the publisher for what
+//! it lost; a receiver's keyframe request (PLI or FIR) goes to the publisher, at most one per
+//! [`KEYFRAME_GAP`], and a new receiver gets a keyframe requested for it.
+//!
+//! Negotiation (protocol v1, see [`crate::signaling`]): the client's `offer` opens (or
+//! replaces) its peer, answered `answer`; the server then offers whenever it adds or removes
+//! forwarded tracks, and on `restart` (an ICE restart after a network change); the client
+//! answers. Candidates trickle both ways (`ice`). Because the client offers only to open a
+//! peer, offers never cross.
+//!
+//! A room's media lives on the node it is placed on (`crate::placement`); a participant who
+//! reached another node has its negotiation relayed there ([`MEDIA_TOPIC`]), and the answers
+//! come back as room events; its media flows straight to the room's node.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    sync::{
+        Arc, Mutex, OnceLock, Weak,
+        atomic::{AtomicBool, AtomicU32, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use rtc::{
+    interceptor::{Attribute, Interceptor, Packet, Slot, StreamInfo, TaggedPacket},
+    peer_connection::configuration::RTCOfferOptions,
+    rtcp::payload_feedbacks::{
+        full_intra_request::FullIntraRequest, picture_loss_indication::PictureLossIndication,
+    },
+    rtp_transceiver::rtp_sender::{
+        RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
+        RtpCodecKind,
+    },
+    sansio::Protocol,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use webrtc::{
+    data_channel::{DataChannel, DataChannelEvent},
+    media_stream::{
+        MediaStreamTrack,
+        track_local::{TrackLocal, TrackLocalEvent, static_rtp::TrackLocalStaticRTP},
+        track_remote::{TrackRemote, TrackRemoteEvent},
+    },
+    peer_connection::{
+        MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
+        RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceCandidateType,
+        RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription,
+        RTCStatsReportEntry, Registry, SettingEngineBuilder, StatsSelector,
+        register_default_interceptors,
+    },
+    rtp_transceiver::RtpSender,
+};
+
+/// Topic prefix of negotiation relayed to a room's node (`telehealth:media:<node>`).
+pub(crate) const MEDIA_TOPIC: &str = "telehealth:media:";
+
+/// Least time between two keyframe requests sent to one publisher.
+pub const KEYFRAME_GAP: Duration = Duration::from_millis(500);
+
+/// How often each participant's quality is measured (and told to it).
+pub const QUALITY_EVERY: Duration = Duration::from_secs(5);
+
+/// Every how many measurements one goes to the operations center (30 s).
+const REPORT_EVERY: u64 = 6;
+
+/// Where media sockets bind and what they announce.
+#[derive(Debug, Clone)]
+pub struct MediaSettings {
+    pub bind: IpAddr,
+    pub ports: (u16, u16),
+    pub public_ip: Option<IpAddr>,
+}
+
+/// What a participant's grant lets its media do.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct MediaRights {
+    pub publish: bool,
+    pub subscribe: bool,
+    pub data: bool,
+}
+
+/// Negotiation from a client (protocol v1 `offer`, `answer`, `ice`, `restart`), as relayed to
+/// the room's node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub(crate) enum FromClient {
+    Offer {
+        sdp: String,
+    },
+    Answer {
+        sdp: String,
+    },
+    Ice {
+        candidate: Option<RTCIceCandidateInit>,
+    },
+    Restart {},
+    /// The participant is gone for good (left, removed, the consultation ended).
+    Close {},
+}
+
+/// A negotiation message for the room's node.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Relayed {
+    pub room: String,
+    pub participant: String,
+    pub rights: MediaRights,
+    pub message: FromClient,
+}
+
+/// A message for one participant's connection, wherever it is; with `report`, a quality
+/// measurement for the operations center too.
+#[derive(Debug)]
+pub(crate) struct Outgoing {
+    pub room: String,
+    pub participant: String,
+    pub message: Value,
+    pub report: bool,
+}
+
+/// What a quality measurement found, for the participant and the operations center.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Quality {
+    /// Of the packets the participant sent, the share lost on the way (percent).
+    pub uplink_loss_pct: f64,
+    /// Interarrival jitter of what the participant sends, in milliseconds.
+    pub uplink_jitter_ms: f64,
+    /// Of the packets forwarded to the participant, the share it reported lost (percent).
+    pub downlink_loss_pct: f64,
+    /// Interarrival jitter the participant reported, in milliseconds.
+    pub downlink_jitter_ms: f64,
+    /// Round-trip time between server and participant, from RTCP, in milliseconds.
+    pub rtt_ms: Option<f64>,
+}
+
+/// The forwarding unit of this node.
+pub(crate) struct Sfu {
+    settings: MediaSettings,
+    next_port: AtomicU32,
+    rooms: Mutex<HashMap<String, Arc<MediaRoom>>>,
+    out: mpsc::UnboundedSender<Outgoing>,
+    /// Packets forwarded (one per receiving leg), for the benchmark and `/metrics`.
+    pub forwarded: std::sync::atomic::AtomicU64,
+}
+
+impl std::fmt::Debug for Sfu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sfu")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct MediaRoom {
+    peers: Mutex<HashMap<String, Arc<Peer>>>,
+}
+
+impl MediaRoom {
+    fn peers(&self) -> Vec<Arc<Peer>> {
+        lock(&self.peers).values().cloned().collect()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One participant's server-side peer connection.
+struct Peer {
+    room: String,
+    participant: String,
+    rights: MediaRights,
+    pc: Arc<dyn PeerConnection>,
+    sfu: Weak<Sfu>,
+    /// What this participant publishes.
+    publications: Mutex<Vec<Arc<Publication>>>,
+    /// What it receives: a leg per publication of another participant.
+    legs: tokio::sync::Mutex<HashMap<u64, Leg>>,
+    negotiation: tokio::sync::Mutex<Negotiation>,
+    channel: Mutex<Option<Arc<dyn DataChannel>>>,
+    /// Candidates gathered while a description of the server's is being made: held until it
+    /// has been sent (a client cannot use a candidate before the description it belongs to).
+    held: Mutex<Option<Vec<Value>>>,
+    closed: AtomicBool,
+}
+
+#[derive(Default)]
+struct Negotiation {
+    /// An offer of the server's waits for the client's answer.
+    awaiting_answer: bool,
+    /// Tracks changed meanwhile: offer again after the answer.
+    again: bool,
+    restart: bool,
+}
+
+/// A track a participant publishes, and the legs it is forwarded on.
+struct Publication {
+    id: u64,
+    publisher: String,
+    kind: RtpCodecKind,
+    codec: RTCRtpCodec,
+    track: Arc<dyn TrackRemote>,
+    ssrc: u32,
+    legs: Mutex<Vec<Arc<LegWriter>>>,
+    last_keyframe_request: Mutex<Option<Instant>>,
+}
+
+/// A forwarded track on one receiving peer.
+struct Leg {
+    sender: Arc<dyn RtpSender>,
+    writer: Arc<LegWriter>,
+}
+
+/// The sending half of a leg: the local track and what each packet is rewritten to.
+struct LegWriter {
+    track: Arc<TrackLocalStaticRTP>,
+    ssrc: u32,
+    /// The payload type negotiated on this leg; 0 until negotiated (packets wait unsent).
+    payload_type: std::sync::atomic::AtomicU8,
+}
+
+static PUBLICATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+impl Sfu {
+    pub(crate) fn new(settings: MediaSettings) -> (Arc<Self>, mpsc::UnboundedReceiver<Outgoing>) {
+        let (out, receiver) = mpsc::unbounded_channel();
+        let sfu = Arc::new(Self {
+            next_port: AtomicU32::new(u32::from(settings.ports.0)),
+            settings,
+            rooms: Mutex::default(),
+            out,
+            forwarded: std::sync::atomic::AtomicU64::new(0),
+        });
+        (sfu, receiver)
+    }
+
+    fn send(&self, room: &str, participant: &str, message: Value) {
+        let _ = self.out.send(Outgoing {
+            room: room.to_string(),
+            participant: participant.to_string(),
+            message,
+            report: false,
+        });
+    }
+
+    fn error(&self, room: &str, participant: &str, code: &str, message: &str) {
+        self.send(
+            room,
+            participant,
+            json!({"type": "error", "code": code, "message": message}),
+        );
+    }
+
+    fn room(&self, room: &str) -> Arc<MediaRoom> {
+        lock(&self.rooms)
+            .entry(room.to_string())
+            .or_default()
+            .clone()
+    }
+
+    fn peer(&self, room: &str, participant: &str) -> Option<Arc<Peer>> {
+        let rooms = lock(&self.rooms);
+        rooms
+            .get(room)?
+            .peers
+            .lock()
+            .ok()?
+            .get(participant)
+            .cloned()
+    }
+
+    /// The rooms whose media this node forwards now.
+    pub(crate) fn rooms(&self) -> Vec<String> {
+        lock(&self.rooms).keys().cloned().collect()
+    }
+
+    /// Handles a participant's negotiation message.
+    pub(crate) async fn handle(self: &Arc<Self>, relayed: Relayed) {
+        let Relayed {
+            room,
+            participant,
+            rights,
+            message,
+        } = relayed;
+        match message {
+            FromClient::Offer { sdp } => {
+                if let Err(message) = self.open(&room, &participant, rights, sdp).await {
+                    self.error(&room, &participant, "bad-sdp", &message);
+                }
+            }
+            FromClient::Answer { sdp } => {
+                let Some(peer) = self.peer(&room, &participant) else {
+                    return self.error(&room, &participant, "no-media", "send an offer first");
+                };
+                if let Err(message) = peer.answered(sdp).await {
+                    self.error(&room, &participant, "bad-sdp", &message);
+                }
+            }
+            FromClient::Ice { candidate } => {
+                let Some(peer) = self.peer(&room, &participant) else {
+                    return self.error(&room, &participant, "no-media", "send an offer first");
+                };
+                // `null`: the client has no more candidates.
+                let Some(candidate) = candidate else { return };
+                if peer.pc.add_ice_candidate(candidate).await.is_err() {
+                    self.error(
+                        &room,
+                        &participant,
+                        "bad-candidate",
+                        "the ICE candidate could not be used",
+                    );
+                }
+            }
+            FromClient::Restart {} => {
+                let Some(peer) = self.peer(&room, &participant) else {
+                    return self.error(&room, &participant, "no-media", "send an offer first");
+                };
+                {
+                    let mut negotiation = peer.negotiation.lock().await;
+                    negotiation.restart = true;
+                }
+                peer.renegotiate().await;
+            }
+            FromClient::Close {} => self.close(&room, &participant).await,
+        }
+    }
+
+    /// Closes a participant's peer (its legs on the others go too).
+    pub(crate) async fn close(&self, room: &str, participant: &str) {
+        let (peer, others) = {
+            let mut rooms = lock(&self.rooms);
+            let Some(media_room) = rooms.get(room).cloned() else {
+                return;
+            };
+            let peer = lock(&media_room.peers).remove(participant);
+            let others = media_room.peers();
+            if others.is_empty() {
+                rooms.remove(room);
+            }
+            (peer, others)
+        };
+        if let Some(peer) = peer {
+            peer.shut(&others).await;
+        }
+    }
+
+    /// Closes every peer of `room` (the consultation ended).
+    pub(crate) async fn close_room(&self, room: &str) {
+        let media_room = lock(&self.rooms).remove(room);
+        if let Some(media_room) = media_room {
+            let peers: Vec<_> = lock(&media_room.peers).drain().map(|(_, p)| p).collect();
+            for peer in peers {
+                peer.shut(&[]).await;
+            }
+        }
+    }
+
+    /// Builds the participant's peer from its offer (replacing one it had) and answers.
+    async fn open(
+        self: &Arc<Self>,
+        room: &str,
+        participant: &str,
+        rights: MediaRights,
+        sdp: String,
+    ) -> Result<(), String> {
+        let offer = RTCSessionDescription::offer(sdp)
+            .map_err(|_| "the offer is not valid SDP".to_string())?;
+        // The previous peer of this participant (a reloaded page) goes first.
+        self.close(room, participant).await;
+        let handler = Arc::new(Handler {
+            peer: OnceLock::new(),
+        });
+        let pc = self
+            .build(handler.clone())
+            .await
+            .map_err(|e| format!("no media connection could be made: {e}"))?;
+        let pc: Arc<dyn PeerConnection> = Arc::new(pc);
+        let peer = Arc::new(Peer {
+            room: room.to_string(),
+            participant: participant.to_string(),
+            rights,
+            pc: pc.clone(),
+            sfu: Arc::downgrade(self),
+            publications: Mutex::default(),
+            legs: tokio::sync::Mutex::default(),
+            negotiation: tokio::sync::Mutex::default(),
+            channel: Mutex::default(),
+            held: Mutex::new(Some(Vec::new())),
+            closed: AtomicBool::new(false),
+        });
+        let _ = handler.peer.set(Arc::downgrade(&peer));
+        let answer = async {
+            pc.set_remote_description(offer)
+                .await
+                .map_err(|_| "the offer could not be applied (malformed or unsupported SDP)")?;
+            let answer = pc
+                .create_answer(None)
+                .await
+                .map_err(|_| "no answer could be made to this offer")?;
+            pc.set_local_description(answer.clone())
+                .await
+                .map_err(|_| "no answer could be made to this offer")?;
+            Ok::<_, &str>(answer)
+        }
+        .await;
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(message) => {
+                let _ = pc.close().await;
+                return Err(message.to_string());
+            }
+        };
+        let media_room = self.room(room);
+        lock(&media_room.peers).insert(participant.to_string(), peer.clone());
+        peer.described(json!({"type": "answer", "sdp": answer.sdp}));
+        // What the others publish is offered to the newcomer.
+        if rights.subscribe {
+            let others = media_room.peers();
+            let mut added = false;
+            for other in others.iter().filter(|o| o.participant != participant) {
+                let publications: Vec<_> = lock(&other.publications).clone();
+                for publication in publications {
+                    added |= peer.subscribe(&publication).await;
+                }
+            }
+            if added {
+                peer.renegotiate().await;
+            }
+        }
+        let quality = Arc::downgrade(&peer);
+        tokio::spawn(async move { measure(quality).await });
+        Ok(())
+    }
+
+    async fn build(&self, handler: Arc<Handler>) -> Result<impl PeerConnection, String> {
+        let (low, high) = self.settings.ports;
+        let span = u32::from(high - low) + 1;
+        // The next free port of the range, from where the last one was taken.
+        let mut last = String::new();
+        for _ in 0..span.min(64) {
+            let offset = self.next_port.fetch_add(1, Ordering::Relaxed) % span;
+            let port = low + u16::try_from(offset).unwrap_or(0);
+            let (media, registry) = media_engine()?;
+            let built = PeerConnectionBuilder::new()
+                .with_configuration(RTCConfigurationBuilder::new().build())
+                .with_media_engine(media)
+                .with_setting_engine(self.setting_engine())
+                .with_interceptor_registry(registry)
+                .with_handler(handler.clone() as Arc<dyn PeerConnectionEventHandler>)
+                .with_udp_addrs(vec![SocketAddr::new(self.settings.bind, port)])
+                .build()
+                .await;
+            match built {
+                Ok(pc) => return Ok(pc),
+                Err(e) => last = e.to_string(),
+            }
+        }
+        Err(format!("no free media port in {low}–{high}: {last}"))
+    }
+
+    /// No mDNS (a server has no multicast route, and names nothing); the public address in
+    /// place of the bound one behind a 1:1 NAT; loopback candidates when bound to loopback.
+    fn setting_engine(&self) -> webrtc::peer_connection::SettingEngine {
+        let mut settings = SettingEngineBuilder::new()
+            .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled);
+        if let Some(public) = self.settings.public_ip {
+            settings =
+                settings.with_nat_1to1_ips(vec![public.to_string()], RTCIceCandidateType::Host);
+        }
+        if self.settings.bind.is_loopback() {
+            settings = settings.with_include_loopback_candidate(true);
+        }
+        settings.build()
+    }
+}
+
+/// The codecs forwarded (Opus; VP8 and H.264 video, with NACK, PLI and FIR feedback) and the
+/// interceptors: NACK both ways, RTCP reports, and keyframe requests handed to the forwarder.
+fn media_engine() -> Result<(MediaEngine, Registry), String> {
+    use rtc::peer_connection::configuration::media_engine::{
+        MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_VP8,
+    };
+    let mut media = MediaEngine::default();
+    let video_feedback = || {
+        vec![
+            feedback("goog-remb", ""),
+            feedback("ccm", "fir"),
+            feedback("nack", ""),
+            feedback("nack", "pli"),
+        ]
+    };
+    let opus = codec(
+        MIME_TYPE_OPUS,
+        48_000,
+        2,
+        "minptime=10;useinbandfec=1",
+        vec![],
+        111,
+    );
+    let vp8 = codec(MIME_TYPE_VP8, 90_000, 0, "", video_feedback(), 96);
+    let h264 = codec(
+        MIME_TYPE_H264,
+        90_000,
+        0,
+        "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f",
+        video_feedback(),
+        102,
+    );
+    for (kind, codec) in [
+        (RtpCodecKind::Audio, opus),
+        (RtpCodecKind::Video, vp8),
+        (RtpCodecKind::Video, h264),
+    ] {
+        media
+            .register_codec(codec, kind)
+            .map_err(|e| e.to_string())?;
+    }
+    let registry = register_default_interceptors(Registry::new(), &mut media)
+        .map_err(|e| e.to_string())?
+        .with(Slot::from(14_000usize), KeyframeRequests::default());
+    Ok((media, registry))
+}
+
+fn feedback(typ: &str, parameter: &str) -> rtc::rtp_transceiver::rtp_sender::RTCPFeedback {
+    rtc::rtp_transceiver::rtp_sender::RTCPFeedback {
+        typ: typ.to_string(),
+        parameter: parameter.to_string(),
+    }
+}
+
+fn codec(
+    mime: &str,
+    clock_rate: u32,
+    channels: u16,
+    fmtp: &str,
+    rtcp_feedback: Vec<rtc::rtp_transceiver::rtp_sender::RTCPFeedback>,
+    payload_type: u8,
+) -> RTCRtpCodecParameters {
+    RTCRtpCodecParameters {
+        rtp_codec: RTCRtpCodec {
+            mime_type: mime.to_string(),
+            clock_rate,
+            channels,
+            sdp_fmtp_line: fmtp.to_string(),
+            rtcp_feedback,
+        },
+        payload_type,
+    }
+}
+
+impl Peer {
+    fn sfu(&self) -> Option<Arc<Sfu>> {
+        self.sfu.upgrade()
+    }
+
+    fn send(&self, message: Value) {
+        if let Some(sfu) = self.sfu() {
+            sfu.send(&self.room, &self.participant, message);
+        }
+    }
+
+    /// Sends a description of the server's, then the candidates held while it was made.
+    fn described(&self, description: Value) {
+        self.send(description);
+        self.release_candidates();
+    }
+
+    fn release_candidates(&self) {
+        let held = lock(&self.held).take().unwrap_or_default();
+        for candidate in held {
+            self.send(candidate);
+        }
+    }
+
+    /// A candidate of the server's: sent, or held while a description is being made.
+    fn candidate(&self, candidate: Value) {
+        let mut held = lock(&self.held);
+        match held.as_mut() {
+            Some(held) => held.push(candidate),
+            None => {
+                drop(held);
+                self.send(candidate);
+            }
+        }
+    }
+
+    fn others(&self) -> Vec<Arc<Peer>> {
+        let Some(sfu) = self.sfu() else {
+            return Vec::new();
+        };
+        let room = lock(&sfu.rooms).get(&self.room).cloned();
+        room.map(|r| r.peers())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|p| p.participant != self.participant)
+            .collect()
+    }
+
+    /// Adds a leg for `publication`; true when added (a renegotiation is then due).
+    async fn subscribe(self: &Arc<Self>, publication: &Arc<Publication>) -> bool {
+        if !self.rights.subscribe || self.closed.load(Ordering::Relaxed) {
+            return false;
+        }
+        let mut legs = self.legs.lock().await;
+        if legs.contains_key(&publication.id) {
+            return false;
+        }
+        let ssrc = rand::random::<u32>();
+        let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+            // The stream is the publisher: a client groups a participant's audio and video.
+            publication.publisher.clone(),
+            format!("{}-{}", publication.publisher, publication.id),
+            format!("{}", publication.kind),
+            publication.kind,
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    ssrc: Some(ssrc),
+                    ..Default::default()
+                },
+                codec: publication.codec.clone(),
+                ..Default::default()
+            }],
+        )));
+        let sender = match self
+            .pc
+            .add_track(track.clone() as Arc<dyn TrackLocal>)
+            .await
+        {
+            Ok(sender) => sender,
+            Err(e) => {
+                tracing::warn!(error = %e, "telehealth: a track could not be forwarded");
+                return false;
+            }
+        };
+        let writer = Arc::new(LegWriter {
+            track: track.clone(),
+            ssrc,
+            payload_type: std::sync::atomic::AtomicU8::new(0),
+        });
+        // The receiver's keyframe requests go to the publisher.
+        let requests = Arc::downgrade(publication);
+        tokio::spawn(async move {
+            while let Some(TrackLocalEvent::OnRtcpPacket(packets)) = track.poll().await {
+                let Some(publication) = requests.upgrade() else {
+                    return;
+                };
+                if packets.iter().any(|p| is_keyframe_request(p.as_ref())) {
+                    publication.request_keyframe().await;
+                }
+            }
+        });
+        legs.insert(
+            publication.id,
+            Leg {
+                sender,
+                writer: writer.clone(),
+            },
+        );
+        lock(&publication.legs).push(writer);
+        true
+    }
+
+    /// Removes the leg of `publication`; true when there was one.
+    async fn unsubscribe(&self, publication: u64) -> bool {
+        let leg = self.legs.lock().await.remove(&publication);
+        match leg {
+            Some(leg) => {
+                let _ = self.pc.remove_track(&leg.sender).await;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Offers the client the peer's present tracks (now, or after the answer awaited).
+    async fn renegotiate(&self) {
+        if self.closed.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut negotiation = self.negotiation.lock().await;
+        if negotiation.awaiting_answer {
+            negotiation.again = true;
+            return;
+        }
+        let options = negotiation
+            .restart
+            .then_some(RTCOfferOptions { ice_restart: true });
+        negotiation.restart = false;
+        *lock(&self.held) = Some(Vec::new());
+        let offer = match self.pc.create_offer(options).await {
+            Ok(offer) => offer,
+            Err(e) => {
+                tracing::warn!(error = %e, "telehealth: no offer could be made");
+                self.release_candidates();
+                return;
+            }
+        };
+        if let Err(e) = self.pc.set_local_description(offer.clone()).await {
+            tracing::warn!(error = %e, "telehealth: the server's offer could not be applied");
+            self.release_candidates();
+            return;
+        }
+        negotiation.awaiting_answer = true;
+        self.described(json!({"type": "offer", "sdp": offer.sdp}));
+    }
+
+    /// The client's answer to the server's offer.
+    async fn answered(&self, sdp: String) -> Result<(), String> {
+        let mut negotiation = self.negotiation.lock().await;
+        if !negotiation.awaiting_answer {
+            return Err("no offer of the server awaits an answer".into());
+        }
+        let answer = RTCSessionDescription::answer(sdp)
+            .map_err(|_| "the answer is not valid SDP".to_string())?;
+        if self.pc.set_remote_description(answer).await.is_err() {
+            // The offer is withdrawn; the client can try again.
+            if let Ok(rollback) = RTCSessionDescription::rollback(None) {
+                let _ = self.pc.set_local_description(rollback).await;
+            }
+            negotiation.awaiting_answer = false;
+            return Err("the answer could not be applied (malformed or unsupported SDP)".into());
+        }
+        negotiation.awaiting_answer = false;
+        let again = std::mem::take(&mut negotiation.again);
+        drop(negotiation);
+        self.settle_legs().await;
+        if again {
+            Box::pin(self.renegotiate()).await;
+        }
+        Ok(())
+    }
+
+    /// After a negotiation: each new leg learns its payload type, and its publisher is asked
+    /// for a keyframe (the receiver can show nothing before one).
+    async fn settle_legs(&self) {
+        let legs: Vec<(Arc<dyn RtpSender>, Arc<LegWriter>)> = self
+            .legs
+            .lock()
+            .await
+            .values()
+            .map(|leg| (leg.sender.clone(), leg.writer.clone()))
+            .collect();
+        for (sender, writer) in legs {
+            if writer.payload_type.load(Ordering::Relaxed) != 0 {
+                continue;
+            }
+            let Ok(parameters) = sender.get_parameters().await else {
+                continue;
+            };
+            let mime = writer.track.track().await.codings()[0]
+                .codec
+                .mime_type
+                .clone();
+            let negotiated = parameters
+                .rtp_parameters
+                .codecs
+                .iter()
+                .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(&mime))
+                .map(|c| c.payload_type);
+            if let Some(payload_type) = negotiated {
+                writer.payload_type.store(payload_type, Ordering::Relaxed);
+            }
+        }
+        for other in self.others() {
+            let publications: Vec<_> = lock(&other.publications).clone();
+            for publication in publications {
+                if publication.kind == RtpCodecKind::Video {
+                    publication.request_keyframe().await;
+                }
+            }
+        }
+    }
+
+    /// A track of this participant arrived: it is forwarded to every other participant.
+    async fn published(self: &Arc<Self>, track: Arc<dyn TrackRemote>) {
+        let Some(ssrc) = track.ssrcs().await.first().copied() else {
+            return;
+        };
+        let kind = track.kind().await;
+        let Some(codec) = track.codec(ssrc).await else {
+            return;
+        };
+        if !self.rights.publish {
+            // Not this grant's to send: read and drop, forward nothing.
+            tokio::spawn(async move { while track.poll().await.is_some() {} });
+            return;
+        }
+        let publication = Arc::new(Publication {
+            id: PUBLICATIONS.fetch_add(1, Ordering::Relaxed),
+            publisher: self.participant.clone(),
+            kind,
+            codec,
+            track: track.clone(),
+            ssrc,
+            legs: Mutex::default(),
+            last_keyframe_request: Mutex::new(None),
+        });
+        lock(&self.publications).push(publication.clone());
+        for other in self.others() {
+            if other.subscribe(&publication).await {
+                other.renegotiate().await;
+            }
+        }
+        let sfu = self.sfu.clone();
+        let owner = Arc::downgrade(self);
+        tokio::spawn(async move {
+            forward(&publication, &sfu).await;
+            // The track ended: its legs go.
+            if let Some(owner) = owner.upgrade() {
+                lock(&owner.publications).retain(|p| p.id != publication.id);
+                for other in owner.others() {
+                    if other.unsubscribe(publication.id).await {
+                        other.renegotiate().await;
+                    }
+                }
+            }
+        });
+    }
+
+    /// A data channel the client opened: its messages go to the others' channels.
+    fn channel_opened(self: &Arc<Self>, channel: Arc<dyn DataChannel>) {
+        *lock(&self.channel) = Some(channel.clone());
+        let peer = Arc::downgrade(self);
+        tokio::spawn(async move {
+            while let Some(event) = channel.poll().await {
+                let DataChannelEvent::OnMessage(message) = event else {
+                    continue;
+                };
+                let Some(peer) = peer.upgrade() else { return };
+                if !peer.rights.data {
+                    continue;
+                }
+                for other in peer.others() {
+                    let channel = lock(&other.channel).clone();
+                    if let Some(channel) = channel {
+                        let sent = if message.is_string {
+                            match std::str::from_utf8(&message.data) {
+                                Ok(text) => channel.send_text(text).await,
+                                Err(_) => continue,
+                            }
+                        } else {
+                            channel.send(message.data.clone()).await
+                        };
+                        if sent.is_err() {
+                            continue;
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    /// Closes the connection; the legs of its publications on `others` go.
+    async fn shut(&self, others: &[Arc<Peer>]) {
+        if self.closed.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let publications: Vec<_> = lock(&self.publications).drain(..).collect();
+        let _ = self.pc.close().await;
+        for other in others {
+            let mut changed = false;
+            for publication in &publications {
+                changed |= other.unsubscribe(publication.id).await;
+            }
+            if changed {
+                other.renegotiate().await;
+            }
+        }
+    }
+}
+
+impl Publication {
+    /// Asks the publisher for a keyframe, at most once per [`KEYFRAME_GAP`].
+    async fn request_keyframe(&self) {
+        {
+            let mut last = lock(&self.last_keyframe_request);
+            if last.is_some_and(|at| at.elapsed() < KEYFRAME_GAP) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        let _ = self
+            .track
+            .write_rtcp(vec![Box::new(PictureLossIndication {
+                sender_ssrc: 0,
+                media_ssrc: self.ssrc,
+            })])
+            .await;
+    }
+}
+
+/// Forwards a publication's packets to its legs until the track ends.
+async fn forward(publication: &Publication, sfu: &Weak<Sfu>) {
+    let mut legs: Vec<Arc<LegWriter>> = Vec::new();
+    while let Some(event) = publication.track.poll().await {
+        let packet = match event {
+            TrackRemoteEvent::OnRtpPacket(packet) => packet,
+            TrackRemoteEvent::OnEnded => break,
+            _ => continue,
+        };
+        legs.clear();
+        legs.extend(lock(&publication.legs).iter().cloned());
+        let mut sent = 0;
+        for leg in &legs {
+            let payload_type = leg.payload_type.load(Ordering::Relaxed);
+            if payload_type == 0 {
+                continue;
+            }
+            let mut packet = packet.clone();
+            packet.header.ssrc = leg.ssrc;
+            packet.header.payload_type = payload_type;
+            // The publisher's extension ids mean nothing on this leg.
+            packet.header.extension = false;
+            packet.header.extension_profile = 0;
+            packet.header.extensions.clear();
+            packet.header.extensions_padding = 0;
+            if leg.track.write_rtp(packet).await.is_ok() {
+                sent += 1;
+            } else {
+                // Unbound: the leg was removed; forget it.
+                lock(&publication.legs).retain(|l| !Arc::ptr_eq(l, leg));
+            }
+        }
+        if let Some(sfu) = sfu.upgrade() {
+            sfu.forwarded.fetch_add(sent, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Measures the participant's quality every [`QUALITY_EVERY`] while its peer lives: sent
+/// to the participant, and every [`REPORT_EVERY`]th to the operations center.
+async fn measure(peer: Weak<Peer>) {
+    let mut previous: Option<(u64, i64)> = None;
+    for round in 1u64.. {
+        tokio::time::sleep(QUALITY_EVERY).await;
+        let Some(peer) = peer.upgrade() else { return };
+        if peer.closed.load(Ordering::Relaxed) {
+            return;
+        }
+        let report = peer.pc.get_stats(Instant::now(), StatsSelector::None).await;
+        let (mut received, mut lost, mut jitter_up) = (0u64, 0i64, 0f64);
+        let (mut fraction_down, mut jitter_down, mut rtt, mut downs) = (0f64, 0f64, None, 0u32);
+        for entry in report.iter() {
+            match entry {
+                RTCStatsReportEntry::InboundRtp(inbound) => {
+                    let r = &inbound.received_rtp_stream_stats;
+                    received += r.packets_received;
+                    lost += r.packets_lost;
+                    jitter_up = jitter_up.max(r.jitter);
+                }
+                RTCStatsReportEntry::RemoteInboundRtp(remote) => {
+                    let r = &remote.received_rtp_stream_stats;
+                    fraction_down = fraction_down.max(remote.fraction_lost);
+                    jitter_down = jitter_down.max(r.jitter);
+                    if remote.round_trip_time_measurements > 0 {
+                        rtt = Some(remote.round_trip_time.max(rtt.unwrap_or(0.0)));
+                    }
+                    downs += 1;
+                }
+                _ => {}
+            }
+        }
+        // Loss over the last interval, not since the start.
+        let (interval_received, interval_lost) = match previous {
+            Some((r, l)) => (received.saturating_sub(r), (lost - l).max(0)),
+            None => (received, lost.max(0)),
+        };
+        previous = Some((received, lost));
+        let expected = interval_received as f64 + interval_lost as f64;
+        let quality = Quality {
+            uplink_loss_pct: round2(if expected > 0.0 {
+                100.0 * interval_lost as f64 / expected
+            } else {
+                0.0
+            }),
+            uplink_jitter_ms: round2(jitter_up * 1_000.0),
+            downlink_loss_pct: round2(if downs > 0 {
+                100.0 * fraction_down
+            } else {
+                0.0
+            }),
+            downlink_jitter_ms: round2(jitter_down * 1_000.0),
+            rtt_ms: rtt.map(|s| round2(s * 1_000.0)),
+        };
+        let mut message = serde_json::to_value(&quality).unwrap_or_default();
+        message["type"] = json!("quality");
+        if let Some(sfu) = peer.sfu() {
+            let _ = sfu.out.send(Outgoing {
+                room: peer.room.clone(),
+                participant: peer.participant.clone(),
+                message,
+                report: round % REPORT_EVERY == 0,
+            });
+        }
+    }
+}
+
+fn round2(value: f64) -> f64 {
+    (value * 100.0).round() / 100.0
+}
+
+fn is_keyframe_request(packet: &dyn rtc::rtcp::Packet) -> bool {
+    let any = packet.as_any();
+    any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
+}
+
+/// The peer connection's events.
+struct Handler {
+    peer: OnceLock<Weak<Peer>>,
+}
+
+impl Handler {
+    fn peer(&self) -> Option<Arc<Peer>> {
+        self.peer.get()?.upgrade()
+    }
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Handler {
+    async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
+        let Some(peer) = self.peer() else { return };
+        if let Ok(candidate) = event.candidate.to_json() {
+            peer.candidate(json!({"type": "ice", "candidate": candidate}));
+        }
+    }
+
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        let Some(peer) = self.peer() else { return };
+        let name = match state {
+            RTCPeerConnectionState::Connecting => "connecting",
+            RTCPeerConnectionState::Connected => "connected",
+            RTCPeerConnectionState::Disconnected => "disconnected",
+            RTCPeerConnectionState::Failed => "failed",
+            RTCPeerConnectionState::Closed => "closed",
+            _ => return,
+        };
+        peer.send(json!({"type": "media", "state": name}));
+        // A failed connection is not coming back by itself (the client restarts or offers
+        // anew); its legs and publications go.
+        if state == RTCPeerConnectionState::Failed
+            && let Some(sfu) = peer.sfu()
+        {
+            let current = sfu.peer(&peer.room, &peer.participant);
+            if current.is_some_and(|c| Arc::ptr_eq(&c, &peer)) {
+                tokio::spawn(async move { sfu.close(&peer.room, &peer.participant).await });
+            }
+        }
+    }
+
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        // Never across peers inside a peer's event: two peers publishing at once would each
+        // wait on the other's driver.
+        if let Some(peer) = self.peer() {
+            tokio::spawn(async move { peer.published(track).await });
+        }
+    }
+
+    async fn on_data_channel(&self, channel: Arc<dyn DataChannel>) {
+        if let Some(peer) = self.peer() {
+            peer.channel_opened(channel);
+        }
+    }
+}
+
+/// Passes inbound keyframe requests (PLI, FIR) on to the application, which relays them to
+/// the publisher; the rest of the inbound RTCP stays with the other interceptors. Last in
+/// the chain, so they have all seen it.
+#[derive(Default)]
+struct KeyframeRequests {
+    read: std::collections::VecDeque<TaggedPacket>,
+    write: std::collections::VecDeque<TaggedPacket>,
+}
+
+impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequests {
+    type Rout = TaggedPacket;
+    type Wout = TaggedPacket;
+    type Eout = ();
+    type Error = rtc::shared::error::Error;
+    type Time = Instant;
+
+    fn handle_read(&mut self, mut message: TaggedPacket) -> Result<(), Self::Error> {
+        if let Packet::Rtcp(packets) = &message.message.packet {
+            let requests: Vec<_> = packets
+                .iter()
+                .filter(|p| is_keyframe_request(p.as_ref()))
+                .cloned()
+                .collect();
+            if requests.is_empty() {
+                return Ok(());
+            }
+            message.message.packet = Packet::Rtcp(requests);
+            message.message.add(Attribute::DeliverToApplication);
+        }
+        self.read.push_back(message);
+        Ok(())
+    }
+
+    fn poll_read(&mut self) -> Option<TaggedPacket> {
+        self.read.pop_front()
+    }
+
+    fn handle_write(&mut self, message: TaggedPacket) -> Result<(), Self::Error> {
+        self.write.push_back(message);
+        Ok(())
+    }
+
+    fn poll_write(&mut self) -> Option<TaggedPacket> {
+        self.write.pop_front()
+    }
+}
+
+impl Interceptor for KeyframeRequests {
+    fn bind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
+}
