@@ -1,8 +1,10 @@
 // The consultation page in a real browser: headless Chromium (Debian `chromium`, driven by
 // npm `playwright-core`) opens /consult/{room} as the doctor and as the patient with fake
-// camera and microphone; the patient waits, the doctor admits it, a chat message crosses,
-// the page switches language, the doctor ends the consultation. Screenshots of both pages go
-// to the output directory. Exits non-zero with the reason on the first failed expectation.
+// camera and microphone; the patient waits, the doctor admits it, each page decodes more
+// than 100 frames of the other's video through the server's forwarding unit, a chat message
+// crosses, the page switches language, the doctor ends the consultation. Screenshots of both
+// pages go to the output directory. Exits non-zero with the reason on the first failed
+// expectation. Run inside a private network namespace (Chromium ignores loopback candidates).
 //
 //   node consult.cjs <base URL> <room> <doctor grant> <patient grant> <output dir>
 "use strict";
@@ -12,6 +14,23 @@ const { chromium } = require(process.env.PLAYWRIGHT_CORE || "playwright-core");
 
 const [base, room, doctorGrant, patientGrant, out] = process.argv.slice(2);
 const WAIT = 15000;
+const MEDIA_WAIT = 45000;
+
+// Waits until this page has decoded more than 100 video frames of the others and returns
+// how many. getStats has no event: the page polls it, within MEDIA_WAIT.
+async function decodes(page, who) {
+  const frames = await page.evaluate(async (wait) => {
+    const deadline = Date.now() + wait;
+    let frames = await window.senFramesDecoded();
+    while (frames <= 100 && Date.now() < deadline) {
+      await new Promise((resolve) => setTimeout(resolve, 250));
+      frames = await window.senFramesDecoded();
+    }
+    return frames;
+  }, MEDIA_WAIT);
+  expect(frames > 100, `${who} to decode more than 100 frames of the other's video, got ${frames}`);
+  return frames;
+}
 
 function expect(condition, what) {
   if (!condition) throw new Error(`expected ${what}`);
@@ -62,6 +81,25 @@ async function open(browser, grant) {
     const local = await patient.page.evaluate(() => document.getElementById("local").srcObject.getTracks().length);
     expect(local === 2, "the patient's own camera and microphone in the consultation");
 
+    // Media crosses the server both ways, and shows in the remote video element.
+    const [doctorFrames, patientFrames] = await Promise.all([
+      decodes(doctor.page, "the doctor"),
+      decodes(patient.page, "the patient"),
+    ]);
+    await patient.page
+      .waitForFunction(() => document.getElementById("remote").videoWidth > 0, null, { timeout: WAIT })
+      .catch(() => {});
+    const shown = await patient.page.evaluate(() => {
+      const video = document.getElementById("remote");
+      return {
+        stream: video.srcObject !== null,
+        tracks: video.srcObject ? video.srcObject.getTracks().length : 0,
+        width: video.videoWidth,
+        paused: video.paused,
+      };
+    });
+    expect(shown.stream && shown.width > 0, `the doctor's video in the patient's remote video element, got ${JSON.stringify(shown)}`);
+
     const message = "Chào bác sĩ, tôi bị sốt từ hôm qua.";
     await patient.page.fill("#chat-input", message);
     await patient.page.click("#chat-form button[type=submit]");
@@ -92,7 +130,7 @@ async function open(browser, grant) {
 
     const errors = [...doctor.errors, ...patient.errors];
     expect(errors.length === 0, `no script errors, got ${errors.join("; ")}`);
-    console.log(JSON.stringify({ ok: true, chat: message, ended: over }));
+    console.log(JSON.stringify({ ok: true, chat: message, ended: over, doctorFrames, patientFrames }));
   } finally {
     await browser.close();
   }

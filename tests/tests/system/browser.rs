@@ -1,9 +1,15 @@
 //! The consultation page in a real browser (issue 6): headless Chromium (Debian `chromium`)
 //! driven by npm `playwright-core` opens `/consult/{room}` of the real `sen` binary as the
 //! doctor and as the patient, with fake camera and microphone; the patient waits, the doctor
-//! admits it, a chat message crosses, the language switches, the doctor ends the consultation
-//! (`tests/browser/consult.cjs`). Screenshots of both pages are kept in
+//! admits it, each page decodes more than 100 frames of the other's video through the
+//! server's forwarding unit, a chat message crosses, the language switches, the doctor ends
+//! the consultation (`tests/browser/consult.cjs`). Screenshots of both pages are kept in
 //! `<target>/tmp/browser-artifacts/`.
+//!
+//! Chromium ignores loopback addresses for media, so the test runs in a private network
+//! namespace it makes (`unshare -n`, root): loopback for HTTP and signaling, and a veth pair
+//! 10.99.0.1/24 ↔ 10.99.0.2/24 for media. The test binary runs itself again inside it, with
+//! the embedded store (SQLite, memory state): PostgreSQL and Redis are outside.
 //!
 //! playwright-core is installed once with npm into `~/.cache/sen-playwright` (or
 //! `$SEN_PLAYWRIGHT_CACHE`); without Chromium or npm the test skips with a notice, except under
@@ -13,7 +19,7 @@ use std::{path::PathBuf, process::Command};
 
 use serde_json::{Value, json};
 
-use crate::support::{Sen, Store, ci, http, npm_installed, token};
+use crate::support::{Sen, Store, ci, http, inside_netns, npm_installed, rerun_in_netns, token};
 
 const PLAYWRIGHT: &str = "playwright-core@1.57.0";
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -67,27 +73,36 @@ async fn posted(base: &str, bearer: &str, path: &str, body: &Value) -> Value {
     response.json().await.unwrap()
 }
 
-pub async fn the_consultation_page_works_in_a_real_browser(store: Store) {
+/// Runs in a network namespace of its own (the test binary again, this one test only);
+/// playwright-core is installed first, outside, where the registry is.
+pub async fn the_consultation_page_works_in_a_real_browser(test: &str) {
     let Some(module) = playwright() else { return };
-    let sen = Sen::start(&store.url());
-    let base = sen.base.clone();
-    let client = http();
+    if inside_netns() {
+        return in_the_namespace(module).await;
+    }
+    rerun_in_netns(test).await;
+}
+
+/// A clinic, its patient and doctor, a booked appointment, the doctor's room on it, and the
+/// two join grants: (room, doctor's grant, patient's grant).
+pub async fn consultation(client: &reqwest::Client, base: &str) -> (String, String, String) {
+    let base = base.to_string();
     let org = created(
-        &client,
+        client,
         &base,
         json!({"resourceType": "Organization", "name": "Trạm Y tế phường Cao Lãnh"}),
     )
     .await;
     let managed = json!({"reference": format!("Organization/{org}")});
     let patient = created(
-        &client,
+        client,
         &base,
         json!({"resourceType": "Patient", "managingOrganization": managed}),
     )
     .await;
-    let doctor = created(&client, &base, json!({"resourceType": "Practitioner"})).await;
+    let doctor = created(client, &base, json!({"resourceType": "Practitioner"})).await;
     created(
-        &client,
+        client,
         &base,
         json!({"resourceType": "PractitionerRole", "active": true,
         "practitioner": {"reference": format!("Practitioner/{doctor}")}, "organization": managed}),
@@ -100,7 +115,7 @@ pub async fn the_consultation_page_works_in_a_real_browser(store: Store) {
             .unwrap()
     };
     let appointment = created(
-        &client,
+        client,
         &base,
         json!({"resourceType": "Appointment", "status": "booked",
         "start": at(-5), "end": at(30),
@@ -133,6 +148,16 @@ pub async fn the_consultation_page_works_in_a_real_browser(store: Store) {
     let doctor_grant = posted(&base, &doctor_token, &tokens, &json!({})).await;
     let patient_grant = posted(&base, &patient_token, &tokens, &json!({})).await;
 
+    let grant = |v: &Value| v["token"].as_str().unwrap().to_string();
+    (room, grant(&doctor_grant), grant(&patient_grant))
+}
+
+async fn in_the_namespace(module: PathBuf) {
+    let store = Store::sqlite();
+    let sen = Sen::start(&store.url());
+    let base = sen.base.clone();
+    let (room, doctor_grant, patient_grant) = consultation(&http(), &base).await;
+
     let artifacts = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join("browser-artifacts")
         .join(store.name());
@@ -144,8 +169,8 @@ pub async fn the_consultation_page_works_in_a_real_browser(store: Store) {
             .args([
                 base.as_str(),
                 room.as_str(),
-                doctor_grant["token"].as_str().unwrap(),
-                patient_grant["token"].as_str().unwrap(),
+                doctor_grant.as_str(),
+                patient_grant.as_str(),
             ])
             .arg(&artifacts)
             .env("PLAYWRIGHT_CORE", module)
@@ -163,5 +188,8 @@ pub async fn the_consultation_page_works_in_a_real_browser(store: Store) {
     );
     let result: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(result["ended"], "Buổi khám đã kết thúc.");
+    assert!(result["doctorFrames"].as_u64() > Some(100), "{result}");
+    assert!(result["patientFrames"].as_u64() > Some(100), "{result}");
+    println!("browser: {result}");
     drop(sen);
 }

@@ -15,41 +15,7 @@ const FHIRPY: &str = "fhirpy==2.3.1";
 
 /// The virtual environment's python, with fhirpy installed on first use.
 fn python() -> Option<PathBuf> {
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
-    let venv = std::env::var("SEN_FHIRPY_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/tmp".into()))
-                .join(".cache/sen-fhirpy")
-        });
-    let python = venv.join("bin/python");
-    let ready = || {
-        Command::new(&python)
-            .args(["-c", "import fhirpy"])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    if ready() {
-        return Some(python);
-    }
-    let made = Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(&venv)
-        .status()
-        .is_ok_and(|s| s.success());
-    let installed = made
-        && Command::new(&python)
-            .args(["-m", "pip", "install", "--quiet", FHIRPY])
-            .status()
-            .is_ok_and(|s| s.success());
-    match (installed && ready(), ci) {
-        (true, _) => Some(python),
-        (false, true) => panic!("cannot install {FHIRPY} under CI=true"),
-        (false, false) => {
-            eprintln!("NOTICE: cannot install {FHIRPY}; skipping the fhirpy test");
-            None
-        }
-    }
+    support::python_venv("SEN_FHIRPY_CACHE", "sen-fhirpy", &[FHIRPY], "fhirpy")
 }
 
 pub async fn fhirpy_finds_what_the_rules_say(store: Store) {

@@ -1,6 +1,7 @@
 //! System tests: the real `sen` binary, real PostgreSQL, and `fhir-sdk`'s FHIR client as an
 //! independent consumer of the API.
 
+mod aiortc;
 mod browser;
 mod conformance;
 mod fhirpath_js;
@@ -61,11 +62,31 @@ mod every_r4_resource_survives_put_and_transaction {
     }
 }
 
-use browser::the_consultation_page_works_in_a_real_browser;
+/// In a network namespace of its own, on the embedded store (see `browser`).
+mod the_consultation_page_works_in_a_real_browser {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn in_a_network_namespace() {
+        super::browser::the_consultation_page_works_in_a_real_browser(
+            "the_consultation_page_works_in_a_real_browser::in_a_network_namespace",
+        )
+        .await;
+    }
+}
+
+/// In a network namespace of its own, on the embedded store (see `aiortc`).
+mod aiortc_and_a_rust_peer_talk_through_the_server {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn in_a_network_namespace() {
+        super::aiortc::aiortc_and_a_rust_peer_talk_through_the_server(
+            "aiortc_and_a_rust_peer_talk_through_the_server::in_a_network_namespace",
+        )
+        .await;
+    }
+}
+
 use fhirpy::fhirpy_finds_what_the_rules_say;
 
 on_both_backends!(
-    the_consultation_page_works_in_a_real_browser,
     fhirpy_finds_what_the_rules_say,
     the_fhir_sdk_client_creates_reads_updates_searches_and_deletes,
     every_acknowledged_create_survives_a_sigkill,

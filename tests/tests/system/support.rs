@@ -293,3 +293,98 @@ impl Drop for Sen {
         self.kill();
     }
 }
+
+/// Set in a test run inside the network namespace [`rerun_in_netns`] makes.
+const INSIDE_NETNS: &str = "TEST_IN_NETNS";
+
+/// Whether this process is a test run inside its own network namespace.
+pub fn inside_netns() -> bool {
+    std::env::var_os(INSIDE_NETNS).is_some()
+}
+
+/// Runs `test` (this binary's test path) again inside a new network namespace: loopback for
+/// HTTP and signaling, and a veth pair 10.99.0.1/24 ↔ 10.99.0.2/24 for media, whose host
+/// candidates Chromium and aiortc use (they ignore loopback). Needs root (`unshare -n`);
+/// without it the test skips with a notice, except under CI=true. The `sen` binary is built
+/// first, out here: inside there is no registry. PostgreSQL and Redis stay outside: the run
+/// inside uses the embedded store.
+pub async fn rerun_in_netns(test: &str) {
+    let unshare = Command::new("unshare")
+        .args(["-n", "true"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !unshare {
+        let what = "cannot make a network namespace (unshare -n needs root)";
+        assert!(!ci(), "{what} under CI=true: {test} must run");
+        eprintln!("NOTICE: {what}; skipping {test}");
+        return;
+    }
+    sen_binary();
+    let setup = "ip link set lo up \
+        && ip link add veth0 type veth peer name veth1 \
+        && ip addr add 10.99.0.1/24 dev veth0 && ip addr add 10.99.0.2/24 dev veth1 \
+        && ip link set veth0 up && ip link set veth1 up \
+        && exec \"$0\" \"$@\"";
+    let exe = std::env::current_exe().expect("the test binary");
+    let test = test.to_string();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("unshare")
+            .args(["-n", "--", "sh", "-c", setup])
+            .arg(exe)
+            .args([test.as_str(), "--exact", "--nocapture", "--test-threads=1"])
+            .env(INSIDE_NETNS, "1")
+            .output()
+            .expect("run unshare")
+    })
+    .await
+    .expect("the run inside");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("1 passed"),
+        "the run in its network namespace failed: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    eprintln!("{stdout}");
+}
+
+/// A virtual environment's python with `packages` installed on first use (kept in
+/// `~/.cache/<dir>` or `$<cache_var>`), ready when `import <module>` works; without Python or
+/// PyPI, `None` with a notice, except under CI=true, where it fails.
+pub fn python_venv(cache_var: &str, dir: &str, packages: &[&str], module: &str) -> Option<PathBuf> {
+    let venv = std::env::var(cache_var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/tmp".into()))
+                .join(".cache")
+                .join(dir)
+        });
+    let python = venv.join("bin/python");
+    let ready = || {
+        Command::new(&python)
+            .args(["-c", &format!("import {module}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if ready() {
+        return Some(python);
+    }
+    let made = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .status()
+        .is_ok_and(|s| s.success());
+    let installed = made
+        && Command::new(&python)
+            .args(["-m", "pip", "install", "--quiet"])
+            .args(packages)
+            .status()
+            .is_ok_and(|s| s.success());
+    match (installed && ready(), ci()) {
+        (true, _) => Some(python),
+        (false, true) => panic!("cannot install {packages:?} under CI=true"),
+        (false, false) => {
+            eprintln!("NOTICE: cannot install {packages:?}; skipping the test that needs them");
+            None
+        }
+    }
+}
