@@ -121,6 +121,13 @@ impl PeerConnectionEventHandler for Events {
     }
 }
 
+/// A peer's negotiation running over a signaling socket (see [`Peer::drive`]).
+pub struct Driving {
+    pub incoming: mpsc::UnboundedReceiver<Value>,
+    pub outgoing: mpsc::UnboundedSender<Value>,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
 /// A client peer: its connection, its two sending tracks and what it sees.
 pub struct Peer {
     pub pc: Arc<dyn PeerConnection>,
@@ -130,7 +137,8 @@ pub struct Peer {
     pub video_ssrc: u32,
     pub channel: Arc<dyn DataChannel>,
     pub seen: mpsc::UnboundedReceiver<Seen>,
-    ice: Option<mpsc::UnboundedReceiver<RTCIceCandidateInit>>,
+    /// Its gathered candidates, for the signaling connection that drives it (one at a time).
+    ice: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<RTCIceCandidateInit>>>,
     events: Arc<Events>,
 }
 
@@ -221,7 +229,7 @@ impl Peer {
             video_ssrc,
             channel,
             seen,
-            ice: Some(ice),
+            ice: Arc::new(tokio::sync::Mutex::new(ice)),
             events,
         })
     }
@@ -250,20 +258,25 @@ impl Peer {
         Ok(())
     }
 
-    /// Plays its part of the negotiation from now on, on its own task: answers and offers of
-    /// the server, candidates both ways. The other signaling messages come out of the
-    /// returned channel; the socket closes when the channel is dropped.
-    pub fn drive(&mut self, mut ws: Ws) -> mpsc::UnboundedReceiver<Value> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let mut ice = self.ice.take().expect("driven once");
+    /// Plays its part of the negotiation over `ws` from now on, on its own task: answers
+    /// and offers of the server, candidates both ways. The other signaling messages come out
+    /// of [`Driving::incoming`]; [`Driving::outgoing`] sends messages of the caller's. The
+    /// socket closes when `incoming` is dropped; aborting [`Driving::task`] drops it without
+    /// a word, as a lost network would (the peer can then be driven over a new socket).
+    pub fn drive(&self, mut ws: Ws) -> Driving {
+        let (tx, incoming) = mpsc::unbounded_channel();
+        let (outgoing, mut to_send) = mpsc::unbounded_channel::<Value>();
+        let ice = self.ice.clone();
         let pc = self.pc.clone();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
+            let mut ice = ice.lock().await;
             loop {
                 tokio::select! {
                     candidate = ice.recv() => {
                         let Some(candidate) = candidate else { return };
                         send(&mut ws, json!({"type": "ice", "candidate": candidate})).await;
                     }
+                    Some(message) = to_send.recv() => send(&mut ws, message).await,
                     message = ws.next() => {
                         let text = match message {
                             Some(Ok(Message::Text(text))) => text,
@@ -281,7 +294,11 @@ impl Peer {
                 }
             }
         });
-        rx
+        Driving {
+            incoming,
+            outgoing,
+            task,
+        }
     }
 
     /// Whether its data channel is open.

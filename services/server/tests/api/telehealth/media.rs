@@ -14,9 +14,9 @@ use std::{
 
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use serde_json::json;
-use webrtc::{media_stream::track_local::TrackLocal, peer_connection::RTCPeerConnectionState};
+use webrtc::media_stream::track_local::TrackLocal;
 
-use sen_telehealth::client::{Peer, Seen, next_within};
+use sen_telehealth::client::{Driving, Peer, Seen, next_within};
 
 use super::{
     peer::{check, packet},
@@ -68,21 +68,18 @@ struct Received {
     numbers: HashMap<RtpCodecKind, Vec<u16>>,
     ssrcs: HashMap<RtpCodecKind, u32>,
     data: Vec<String>,
-    connected: bool,
 }
 
 impl Received {
     fn enough(&self) -> bool {
         let count = |kind| self.numbers.get(&kind).map_or(0, Vec::len);
-        self.connected
-            && count(RtpCodecKind::Audio) >= 100
+        count(RtpCodecKind::Audio) >= 100
             && count(RtpCodecKind::Video) >= 100
             && self.data.len() >= 5
     }
 
     fn take(&mut self, seen: Seen, from: &str, from_name: &str) {
         match seen {
-            Seen::State(RTCPeerConnectionState::Connected) => self.connected = true,
             Seen::State(_) => {}
             Seen::Data(text) => self.data.push(text),
             Seen::Rtp {
@@ -114,18 +111,31 @@ fn in_order(numbers: &[u16]) -> bool {
     numbers.windows(2).all(|w| w[1] > w[0])
 }
 
-/// A patient and a doctor, each a real `webrtc` peer, talk through the server: what each
-/// sends arrives at the other in order and intact, rewritten to the leg's own SSRC.
-async fn patient_and_doctor_exchange_audio_video_and_data(app: TestApp) {
-    let (c, room) = room(&app).await;
-    let (doctor_grant, doctor_id) = grant(&app, &c.doctor, &room, "{}").await;
-    let (patient_grant, patient_id) = grant(&app, &c.patient, &room, "{}").await;
-    let (mut doctor_ws, _) = join(&app, &room, &doctor_grant).await;
-    let (mut patient_ws, _) = join(&app, &room, &patient_grant).await;
+/// A consultation under way: both admitted, both peers negotiated and sending.
+struct Call {
+    doctor: Peer,
+    patient: Peer,
+    doctor_id: String,
+    patient_id: String,
+    doctor_driving: Driving,
+    patient_driving: Driving,
+    room: String,
+    patient_grant: String,
+    stop: Arc<AtomicBool>,
+}
+
+/// Opens a consultation with the doctor on `doctor_node` and the patient on `patient_node`
+/// (the same deployment), and starts both sides' media.
+async fn call(doctor_node: &TestApp, patient_node: &TestApp) -> Call {
+    let (c, room) = room(doctor_node).await;
+    let (doctor_grant, doctor_id) = grant(doctor_node, &c.doctor, &room, "{}").await;
+    let (patient_grant, patient_id) = grant(patient_node, &c.patient, &room, "{}").await;
+    let (mut doctor_ws, _) = join(doctor_node, &room, &doctor_grant).await;
+    let (mut patient_ws, _) = join(patient_node, &room, &patient_grant).await;
     assert_eq!(next(&mut doctor_ws).await["event"], "waiting");
 
     // Waiting: no media yet.
-    let mut patient = Peer::new(LOOPBACK).await.unwrap();
+    let patient = Peer::new(LOOPBACK).await.unwrap();
     patient.offer(&mut patient_ws).await.unwrap();
     assert_eq!(next(&mut patient_ws).await["code"], "waiting");
 
@@ -137,68 +147,148 @@ async fn patient_and_doctor_exchange_audio_video_and_data(app: TestApp) {
     assert_eq!(next(&mut patient_ws).await["type"], "admitted");
     assert_eq!(next(&mut doctor_ws).await["event"], "joined");
 
-    let mut doctor = Peer::new(LOOPBACK).await.unwrap();
+    let doctor = Peer::new(LOOPBACK).await.unwrap();
     doctor.offer(&mut doctor_ws).await.unwrap();
     patient.offer(&mut patient_ws).await.unwrap();
-    let _doctor_signals = doctor.drive(doctor_ws);
-    let _patient_signals = patient.drive(patient_ws);
-
+    let doctor_driving = doctor.drive(doctor_ws);
+    let patient_driving = patient.drive(patient_ws);
     let stop = Arc::new(AtomicBool::new(false));
     play(&doctor, "doctor", stop.clone());
     play(&patient, "patient", stop.clone());
+    Call {
+        doctor,
+        patient,
+        doctor_id,
+        patient_id,
+        doctor_driving,
+        patient_driving,
+        room,
+        patient_grant,
+        stop,
+    }
+}
 
-    let (mut at_doctor, mut at_patient) = (Received::default(), Received::default());
-    let crossed = tokio::time::timeout(WAIT, async {
-        while !(at_doctor.enough() && at_patient.enough()) {
-            tokio::select! {
-                Some(seen) = doctor.seen.recv() => at_doctor.take(seen, &patient_id, "patient"),
-                Some(seen) = patient.seen.recv() => at_patient.take(seen, &doctor_id, "doctor"),
+impl Call {
+    /// Waits (at most [`WAIT`]) until each side has received enough of the other's media,
+    /// and checks what came: in order, intact, each leg under an SSRC of its own.
+    async fn crossed(&mut self) {
+        let (mut at_doctor, mut at_patient) = (Received::default(), Received::default());
+        let (doctor, patient) = (&mut self.doctor, &mut self.patient);
+        let (doctor_id, patient_id) = (&self.doctor_id, &self.patient_id);
+        let crossed = tokio::time::timeout(WAIT, async {
+            while !(at_doctor.enough() && at_patient.enough()) {
+                tokio::select! {
+                    Some(seen) = doctor.seen.recv() => at_doctor.take(seen, patient_id, "patient"),
+                    Some(seen) = patient.seen.recv() => at_patient.take(seen, doctor_id, "doctor"),
+                }
             }
-        }
-    })
-    .await;
-    stop.store(true, Ordering::Relaxed);
-    let counts = |r: &Received| {
-        (
-            r.numbers.get(&RtpCodecKind::Audio).map_or(0, Vec::len),
-            r.numbers.get(&RtpCodecKind::Video).map_or(0, Vec::len),
-            r.data.len(),
-        )
-    };
-    assert!(
-        crossed.is_ok(),
-        "media crossed within {WAIT:?}: at the doctor {:?}, at the patient {:?}",
-        counts(&at_doctor),
-        counts(&at_patient)
-    );
-    for (received, own) in [(&at_doctor, &doctor), (&at_patient, &patient)] {
-        for kind in [RtpCodecKind::Audio, RtpCodecKind::Video] {
-            assert!(in_order(&received.numbers[&kind]), "{kind} in order");
-            let sender_ssrc = if kind == RtpCodecKind::Audio {
-                own.audio_ssrc
-            } else {
-                own.video_ssrc
-            };
-            assert_ne!(received.ssrcs[&kind], sender_ssrc);
-        }
-        let said: Vec<u32> = received
-            .data
-            .iter()
-            .map(|text| text.rsplit(' ').next().unwrap().parse().unwrap())
-            .collect();
+        })
+        .await;
+        let counts = |r: &Received| {
+            (
+                r.numbers.get(&RtpCodecKind::Audio).map_or(0, Vec::len),
+                r.numbers.get(&RtpCodecKind::Video).map_or(0, Vec::len),
+                r.data.len(),
+            )
+        };
         assert!(
-            said.windows(2).all(|w| w[1] == w[0] + 1),
-            "data in order, none lost: {said:?}"
+            crossed.is_ok(),
+            "media crossed within {WAIT:?}: at the doctor {:?}, at the patient {:?}",
+            counts(&at_doctor),
+            counts(&at_patient)
+        );
+        for (received, own) in [(&at_doctor, &*doctor), (&at_patient, &*patient)] {
+            for kind in [RtpCodecKind::Audio, RtpCodecKind::Video] {
+                assert!(in_order(&received.numbers[&kind]), "{kind} in order");
+                let sender_ssrc = if kind == RtpCodecKind::Audio {
+                    own.audio_ssrc
+                } else {
+                    own.video_ssrc
+                };
+                // The other's packets, under the leg's own SSRC.
+                assert_ne!(received.ssrcs[&kind], sender_ssrc);
+            }
+            let said: Vec<u32> = received
+                .data
+                .iter()
+                .map(|text| text.rsplit(' ').next().unwrap().parse().unwrap())
+                .collect();
+            assert!(
+                said.windows(2).all(|w| w[1] == w[0] + 1),
+                "data in order, none lost: {said:?}"
+            );
+        }
+        assert_ne!(
+            at_doctor.ssrcs[&RtpCodecKind::Video],
+            patient.video_ssrc,
+            "rewritten for the leg"
         );
     }
-    // Each leg carries its publisher's packets under an SSRC of its own.
+
+    async fn hang_up(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.doctor_driving.task.abort();
+        self.patient_driving.task.abort();
+        let _ = self.doctor.pc.close().await;
+        let _ = self.patient.pc.close().await;
+    }
+}
+
+/// A patient and a doctor, each a real `webrtc` peer, talk through the server: what each
+/// sends arrives at the other in order and intact, rewritten to the leg's own SSRC.
+async fn patient_and_doctor_exchange_audio_video_and_data(app: TestApp) {
+    let mut call = call(&app, &app).await;
+    call.crossed().await;
+    call.hang_up().await;
+}
+
+/// Two nodes of one deployment (one database, one Redis): the doctor reaches one, the
+/// patient the other; the room's media lives on the doctor's node, the patient's
+/// negotiation is relayed there, and they still talk.
+async fn patient_and_doctor_on_two_nodes_still_talk(app: TestApp) {
+    if !app.redis {
+        // Nodes share their state through Redis only (under CI=true this fails).
+        sen_platform::testing::required_env("TEST_REDIS_URL", "Redis");
+        return;
+    }
+    let other = app.another_node().await;
+    let mut call = call(&app, &other).await;
+    call.crossed().await;
+    call.hang_up().await;
+}
+
+/// The patient's signaling connection drops; it comes back with its grant within the
+/// resume window, straight to its place (no waiting room), asks for an ICE restart, and its
+/// media goes on over the same peer connection with new ICE credentials.
+async fn a_dropped_patient_resumes_with_an_ice_restart(app: TestApp) {
+    let mut call = call(&app, &app).await;
+    call.crossed().await;
+    let ufrag = |sdp: &str| {
+        sdp.lines()
+            .find_map(|l| l.strip_prefix("a=ice-ufrag:"))
+            .map(str::to_string)
+    };
+    let before = ufrag(&call.patient.pc.remote_description().await.unwrap().sdp);
+
+    // The network goes: the socket is dropped without a word.
+    call.patient_driving.task.abort();
+    let (patient_ws, joined) = join(&app, &call.room, &call.patient_grant).await;
+    assert_eq!(joined["state"], "admitted", "{joined}");
+    let mut driving = call.patient.drive(patient_ws);
+    driving.outgoing.send(json!({"type": "restart"})).unwrap();
+    // The server's ICE-restart offer is answered by the driver; media crosses again.
+    call.crossed().await;
+    let after = ufrag(&call.patient.pc.remote_description().await.unwrap().sdp);
+    assert!(before.is_some() && after.is_some());
     assert_ne!(
-        at_doctor.ssrcs[&RtpCodecKind::Video],
-        patient.video_ssrc,
-        "rewritten for the leg"
+        before, after,
+        "the server's ICE credentials changed: an ICE restart"
     );
-    let _ = doctor.pc.close().await;
-    let _ = patient.pc.close().await;
+    while let Ok(message) = driving.incoming.try_recv() {
+        assert_ne!(message["type"], "error", "{message}");
+    }
+    call.patient_driving = driving;
+    call.hang_up().await;
 }
 
 /// Bad negotiation gets an error message, and the session goes on.
@@ -253,5 +343,7 @@ async fn bad_negotiation_gets_errors_and_the_session_goes_on(app: TestApp) {
 
 on_both_backends!(
     patient_and_doctor_exchange_audio_video_and_data,
+    patient_and_doctor_on_two_nodes_still_talk,
+    a_dropped_patient_resumes_with_an_ice_restart,
     bad_negotiation_gets_errors_and_the_session_goes_on,
 );
