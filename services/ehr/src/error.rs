@@ -20,6 +20,9 @@ pub enum EhrError {
     Nonconformant {
         problems: Vec<crate::validation::Problem>,
     },
+    /// Circular 30/2023/TT-BYT: a remote examination's diagnosis outside the list.
+    #[error("the condition may not be examined remotely")]
+    NotRemoteEligible { message: String },
     #[error("unknown resource type in the URL")]
     UnknownEndpointType { name: String },
     #[error("resource type in the body differs from the URL")]
@@ -266,6 +269,11 @@ impl From<EhrError> for ApiError {
                 ),
             )
             .at("Bundle.entry"),
+            E::NotRemoteEligible { message } => ApiError::new(
+                S::UNPROCESSABLE_ENTITY,
+                IssueCode::BusinessRule,
+                message.clone(),
+            ),
             E::Contention => ApiError::new(
                 S::CONFLICT,
                 IssueCode::Conflict,

@@ -18,6 +18,7 @@ pub mod patch;
 pub mod primitives;
 pub mod profiles;
 pub mod reindex;
+pub mod remote;
 pub mod resource;
 pub mod search;
 pub mod store;
@@ -99,8 +100,12 @@ impl Ehr {
         let capability =
             capability::capability_statement(defs, env!("CARGO_PKG_VERSION"), &started).to_string();
         let audit = audit::Audit::start(db.clone(), fhir.audit_relay_per_second);
+        let store = ResourceStore::new(db, defs);
+        let _ = store.remote_eligible.set(remote::Eligible::new(
+            profiles.value_set_codes(remote::VALUE_SET, remote::ICD10),
+        ));
         let ehr = Arc::new(Self {
-            store: ResourceStore::new(db, defs),
+            store,
             defs,
             fhir,
             public_url,

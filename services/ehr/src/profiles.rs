@@ -212,6 +212,15 @@ impl Registry {
     }
 
     /// Every profile's URL, sorted.
+    /// The codes of `system` in the value set `url` (empty when unknown).
+    pub fn value_set_codes(&self, url: &str, system: &str) -> Vec<String> {
+        self.value_sets
+            .get(url)
+            .and_then(|codes| codes.by_system.get(system))
+            .map(|codes| codes.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
     pub fn urls(&self) -> Vec<&str> {
         let mut urls: Vec<&str> = self.profiles.keys().map(String::as_str).collect();
         urls.sort_unstable();

@@ -242,6 +242,8 @@ pub struct ResourceStore {
     db: Database,
     sql: Sql,
     defs: &'static Definitions,
+    /// Circular 30/2023's remote-eligible conditions (see [`crate::remote`]), once known.
+    pub(crate) remote_eligible: std::sync::OnceLock<crate::remote::Eligible>,
 }
 
 fn version_from_row(row: &AnyRow, offset: usize) -> Result<Version, sqlx::Error> {
@@ -263,7 +265,12 @@ const WRITE_ATTEMPTS: usize = 5;
 impl ResourceStore {
     pub fn new(db: Database, defs: &'static Definitions) -> Self {
         let sql = Sql::new(db.backend());
-        Self { db, sql, defs }
+        Self {
+            db,
+            sql,
+            defs,
+            remote_eligible: std::sync::OnceLock::new(),
+        }
     }
 
     pub fn database(&self) -> &Database {

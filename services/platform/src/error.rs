@@ -53,6 +53,7 @@ pub enum IssueCode {
     Throttled,
     Transient,
     Informational,
+    BusinessRule,
 }
 
 /// One `OperationOutcome.issue`.

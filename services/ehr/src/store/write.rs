@@ -197,6 +197,7 @@ impl ResourceStore {
             ));
             return Ok(Created::Existing(existing));
         }
+        self.check_remote(tx, resource).await?;
         let id = id.unwrap_or_else(crate::store::new_id);
         let now = now_micros();
         let content = resource.stored_json(&id, 1, &format_instant(now));
@@ -220,6 +221,56 @@ impl ResourceStore {
         self.write_history_and_index(tx, &version, Some(resource.take_index()), rid, false)
             .await?;
         Ok(Created::New(version))
+    }
+
+    /// Circular 30/2023 (see [`crate::remote`]): a remote examination's diagnoses must be
+    /// conditions the circular lists. Read inside `tx`, so a Bundle's own Encounter counts.
+    async fn check_remote(&self, tx: &mut Tx, resource: &IncomingResource) -> Result<(), EhrError> {
+        use crate::remote::{is_encounter_diagnosis, is_remote_examination, reference_id, refusal};
+        let Some(eligible) = self.remote_eligible.get() else {
+            return Ok(());
+        };
+        let tree = resource.tree();
+        let current = |version: Option<Version>| {
+            version
+                .filter(|v| !v.deleted)
+                .and_then(|v| serde_json::from_str::<serde_json::Value>(&v.content).ok())
+        };
+        let refused = |message| Err(EhrError::NotRemoteEligible { message });
+        match resource.resource_type.as_str() {
+            "Condition" if is_encounter_diagnosis(tree) => {
+                let (Some(id), Some(rt)) = (
+                    reference_id(tree.get("encounter"), "Encounter"),
+                    self.defs.resource_type("Encounter"),
+                ) else {
+                    return Ok(());
+                };
+                let encounter = current(self.read_in(tx, rt, id).await?);
+                if encounter.is_some_and(|e| is_remote_examination(&e))
+                    && let Some(message) = refusal(tree, eligible)
+                {
+                    return refused(message);
+                }
+            }
+            "Encounter" if is_remote_examination(tree) => {
+                let Some(rt) = self.defs.resource_type("Condition") else {
+                    return Ok(());
+                };
+                let diagnoses = tree.get("diagnosis").and_then(serde_json::Value::as_array);
+                for diagnosis in diagnoses.into_iter().flatten() {
+                    let Some(id) = reference_id(diagnosis.get("condition"), "Condition") else {
+                        continue;
+                    };
+                    if let Some(condition) = current(self.read_in(tx, rt, id).await?)
+                        && let Some(message) = refusal(&condition, eligible)
+                    {
+                        return refused(message);
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(())
     }
 
     /// Updates (or creates with the client's id) a resource, retrying when a concurrent
@@ -266,6 +317,7 @@ impl ResourceStore {
             refuse_changing_audit(rt)?;
         }
         check_if_match(if_match, current.as_ref())?;
+        self.check_remote(tx, resource).await?;
         let now = now_micros();
         let number = current.as_ref().map_or(1, |c| c.version + 1);
         let version = Version {

@@ -423,6 +423,93 @@ on_both_backends!(
     appointments_that_cannot_hold_a_consultation_are_refused_clearly,
 );
 
+/// Circular 30/2023/TT-BYT: an encounter diagnosis recorded on a remote examination (class
+/// `VR`) must be a condition the circular lists by ICD-10 code; refused with a clear 422
+/// otherwise — on create, update and in a Bundle, and when the examination names it as a
+/// diagnosis — unless the encounter is typed advice only. Nothing is written when refused.
+async fn diagnoses_of_remote_examinations_are_held_to_circular_30(app: TestApp) {
+    let icd10 = "http://hl7.org/fhir/sid/icd-10";
+    let vr = json!({"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "VR"});
+    let (patient_id, _) = app.create(&patient("079012345678")).await;
+    let subject = json!({"reference": format!("Patient/{patient_id}")});
+    let (remote, _) = app
+        .create(&json!({"resourceType": "Encounter", "status": "in-progress", "class": vr, "subject": subject}))
+        .await;
+    let (advice, _) = app
+        .create(&json!({"resourceType": "Encounter", "status": "in-progress", "class": vr, "subject": subject,
+            "type": [{"coding": [{"system": "http://fhir.sen.vn/CodeSystem/encounter-type", "code": "advice-only"}]}]}))
+        .await;
+    let diagnosis = |encounter: &str, code: &str| {
+        json!({"resourceType": "Condition", "subject": subject,
+            "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-category", "code": "encounter-diagnosis"}]}],
+            "code": {"coding": [{"system": icd10, "code": code}]},
+            "encounter": {"reference": format!("Encounter/{encounter}")}})
+    };
+    let before = app.history_rows().await;
+
+    // Listed: obesity (E66 covers E66.0), chronic rhinitis.
+    app.create(&diagnosis(&remote, "E66.0")).await;
+    app.create(&diagnosis(&remote, "J31.1")).await;
+    // Not listed: an acute myocardial infarction is not examined remotely.
+    let refused = app
+        .post_raw("/fhir/Condition", &diagnosis(&remote, "I21.0").to_string())
+        .await;
+    assert_eq!(refused.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let outcome: Value = refused.json().await.unwrap();
+    assert_eq!(outcome["resourceType"], "OperationOutcome");
+    assert_eq!(outcome["issue"][0]["code"], "business-rule", "{outcome}");
+    let text = outcome["issue"][0]["diagnostics"].as_str().unwrap();
+    assert!(text.contains("I21.0") && text.contains("30/2023"), "{text}");
+    // No ICD-10 code at all: the list cannot be checked.
+    let mut snomed = diagnosis(&remote, "I21.0");
+    snomed["code"] = json!({"coding": [{"system": "http://snomed.info/sct", "code": "22298006"}]});
+    let refused = app.post_raw("/fhir/Condition", &snomed.to_string()).await;
+    assert_eq!(refused.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    // Advice only: any condition may be discussed.
+    app.create(&diagnosis(&advice, "I21.0")).await;
+    assert_eq!(
+        app.history_rows().await,
+        before + 3,
+        "nothing written by a refusal"
+    );
+
+    // An update is held to it too.
+    let (listed, _) = app.create(&diagnosis(&remote, "M25.5")).await;
+    let mut changed = diagnosis(&remote, "I21.0");
+    changed["id"] = json!(listed);
+    let refused = app
+        .put(&format!("/fhir/Condition/{listed}"), &changed)
+        .await;
+    assert_eq!(refused.status(), StatusCode::UNPROCESSABLE_ENTITY);
+
+    // In a transaction, whole: the refused entry takes the Bundle with it.
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": "urn:uuid:6f1c3a52-6c4d-4a53-9a43-0d7f0a3c1e01",
+         "resource": {"resourceType": "Encounter", "status": "in-progress", "class": vr, "subject": subject},
+         "request": {"method": "POST", "url": "Encounter"}},
+        {"resource": {"resourceType": "Condition", "subject": subject,
+            "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-category", "code": "encounter-diagnosis"}]}],
+            "code": {"coding": [{"system": icd10, "code": "C34.9"}]},
+            "encounter": {"reference": "urn:uuid:6f1c3a52-6c4d-4a53-9a43-0d7f0a3c1e01"}},
+         "request": {"method": "POST", "url": "Condition"}}]});
+    let rows = app.history_rows().await;
+    let refused = app.post_raw("/fhir", &bundle.to_string()).await;
+    assert_eq!(refused.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(app.history_rows().await, rows, "the Bundle wrote nothing");
+
+    // The examination itself cannot name an unlisted condition as its diagnosis.
+    let (other, _) = app
+        .create(&json!({"resourceType": "Condition", "subject": subject,
+            "code": {"coding": [{"system": icd10, "code": "I21.0"}]}}))
+        .await;
+    let named = json!({"resourceType": "Encounter", "id": remote, "status": "in-progress", "class": vr,
+        "subject": subject, "diagnosis": [{"condition": {"reference": format!("Condition/{other}")}}]});
+    let refused = app.put(&format!("/fhir/Encounter/{remote}"), &named).await;
+    assert_eq!(refused.status(), StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+on_both_backends!(diagnoses_of_remote_examinations_are_held_to_circular_30);
+
 mod media;
 mod peer;
 mod signaling;
