@@ -65,8 +65,8 @@ const TOPIC: &str = "telehealth:room:";
 
 /// The rooms of this node, one broadcast channel each (dropped with its last connection),
 /// and the relay of every room's events between nodes: participants of one consultation
-/// who reached different nodes still see each other's events. (Media will live on one node
-/// per room; signaling meets through this relay.)
+/// who reached different nodes still see each other's events. (A room's media lives on one
+/// node; the forwarding unit's answers reach participants through this relay.)
 pub struct Hub {
     rooms: Mutex<HashMap<String, broadcast::Sender<Event>>>,
     kv: Arc<dyn KeyValueStore>,

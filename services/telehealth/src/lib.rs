@@ -16,7 +16,7 @@
 //! - [`turn`]: TURN credentials in coturn's `use-auth-secret` scheme.
 //!
 //! - [`signaling`]: the WebSocket protocol (join with a grant, waiting room, admit, deny,
-//!   remove, end, chat, mute, ping), one node for now.
+//!   remove, end, chat, mute, ping, media negotiation), across nodes through the hub.
 //!
 //! - the Encounter's progress (`in-progress` when the patient is admitted, `finished` with
 //!   its period and practitioners when the consultation ends), as the service itself;
