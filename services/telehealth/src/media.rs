@@ -56,7 +56,6 @@ use webrtc::{
         RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceCandidateType,
         RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription,
         RTCStatsReportEntry, Registry, SettingEngineBuilder, StatsSelector,
-        register_default_interceptors,
     },
     rtp_transceiver::RtpSender,
 };
@@ -66,6 +65,10 @@ pub(crate) const MEDIA_TOPIC: &str = "telehealth:media:";
 
 /// Least time between two keyframe requests sent to one publisher.
 pub const KEYFRAME_GAP: Duration = Duration::from_millis(500);
+
+/// Packets of each forwarded stream kept to answer NACKs: a power of two; 256 is about 4 s
+/// of 500 kbit/s video, far more than a retransmission can be late.
+const NACK_HISTORY: u16 = 256;
 
 /// How often each participant's quality is measured (and told to it).
 pub const QUALITY_EVERY: Duration = Duration::from_secs(5);
@@ -526,9 +529,28 @@ fn media_engine() -> Result<(MediaEngine, Registry), String> {
             .register_codec(codec, kind)
             .map_err(|e| e.to_string())?;
     }
-    let registry = register_default_interceptors(Registry::new(), &mut media)
-        .map_err(|e| e.to_string())?
-        .with(Slot::from(14_000usize), KeyframeRequests::default());
+    // The default chain (NACK both ways, simulcast header extensions, transport-wide
+    // congestion feedback received, RTCP reports), but a send history of NACK_HISTORY packets
+    // per leg instead of 1,024: the history keeps every forwarded packet alive, and with
+    // hundreds of legs it was most of the memory. The codecs above carry the NACK feedback.
+    use rtc::peer_connection::configuration::interceptor_registry::{
+        configure_rtcp_reports, configure_simulcast_extension_headers, configure_twcc_receiver_only,
+    };
+    let registry = Registry::new()
+        .with(
+            Slot::NackResponder,
+            rtc::interceptor::NackResponderBuilder::new()
+                .with_size(NACK_HISTORY)
+                .build(),
+        )
+        .with(
+            Slot::NackGenerator,
+            rtc::interceptor::NackGeneratorBuilder::new().build(),
+        );
+    configure_simulcast_extension_headers(&mut media).map_err(|e| e.to_string())?;
+    let registry = configure_twcc_receiver_only(registry, &mut media).map_err(|e| e.to_string())?;
+    let registry =
+        configure_rtcp_reports(registry).with(Slot::from(14_000usize), KeyframeRequests::default());
     Ok((media, registry))
 }
 
