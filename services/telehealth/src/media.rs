@@ -152,8 +152,6 @@ pub(crate) struct Sfu {
     next_port: AtomicU32,
     rooms: Mutex<HashMap<String, Arc<MediaRoom>>>,
     out: mpsc::UnboundedSender<Outgoing>,
-    /// Packets forwarded (one per receiving leg), for the benchmark and `/metrics`.
-    pub forwarded: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Sfu {
@@ -243,7 +241,6 @@ impl Sfu {
             settings,
             rooms: Mutex::default(),
             out,
-            forwarded: std::sync::atomic::AtomicU64::new(0),
         });
         (sfu, receiver)
     }
@@ -834,10 +831,9 @@ impl Peer {
                 other.renegotiate().await;
             }
         }
-        let sfu = self.sfu.clone();
         let owner = Arc::downgrade(self);
         tokio::spawn(async move {
-            forward(&publication, &sfu).await;
+            forward(&publication).await;
             // The track ended: its legs go.
             if let Some(owner) = owner.upgrade() {
                 lock(&owner.publications).retain(|p| p.id != publication.id);
@@ -923,7 +919,7 @@ impl Publication {
 }
 
 /// Forwards a publication's packets to its legs until the track ends.
-async fn forward(publication: &Publication, sfu: &Weak<Sfu>) {
+async fn forward(publication: &Publication) {
     let mut legs: Vec<Arc<LegWriter>> = Vec::new();
     while let Some(event) = publication.track.poll().await {
         let packet = match event {
@@ -954,9 +950,8 @@ async fn forward(publication: &Publication, sfu: &Weak<Sfu>) {
                 lock(&publication.legs).retain(|l| !Arc::ptr_eq(l, leg));
             }
         }
-        if let Some(sfu) = sfu.upgrade() {
-            sfu.forwarded.fetch_add(sent, Ordering::Relaxed);
-        }
+        // On `/metrics`: what the forwarding unit of this node sends (one per receiving leg).
+        metrics::counter!("telehealth_forwarded_packets_total").increment(sent);
     }
 }
 

@@ -240,6 +240,12 @@ async fn patient_and_doctor_exchange_audio_video_and_data(app: TestApp) {
     let mut call = call(&app, &app).await;
     call.crossed().await;
     call.hang_up().await;
+    // The operations team sees the forwarding unit work.
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains("telehealth_forwarded_packets_total"),
+        "{metrics}"
+    );
 }
 
 /// Two nodes of one deployment (one database, one Redis): the doctor reaches one, the
