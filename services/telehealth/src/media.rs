@@ -19,6 +19,11 @@
 //! reached another node has its negotiation relayed there ([`MEDIA_TOPIC`]), and the answers
 //! come back as room events; its media flows straight to the room's node.
 
+mod engine;
+mod quality;
+
+pub use quality::{QUALITY_EVERY, Quality};
+
 use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
@@ -30,16 +35,11 @@ use std::{
 };
 
 use rtc::{
-    interceptor::{Attribute, Interceptor, Packet, Slot, StreamInfo, TaggedPacket},
     peer_connection::configuration::RTCOfferOptions,
-    rtcp::payload_feedbacks::{
-        full_intra_request::FullIntraRequest, picture_loss_indication::PictureLossIndication,
-    },
+    rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication,
     rtp_transceiver::rtp_sender::{
-        RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
-        RtpCodecKind,
+        RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
     },
-    sansio::Protocol,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -52,10 +52,9 @@ use webrtc::{
         track_remote::{TrackRemote, TrackRemoteEvent},
     },
     peer_connection::{
-        MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
-        RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceCandidateType,
-        RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription,
-        RTCStatsReportEntry, Registry, SettingEngineBuilder, StatsSelector,
+        PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
+        RTCIceCandidateInit, RTCIceCandidateType, RTCPeerConnectionIceEvent,
+        RTCPeerConnectionState, RTCSessionDescription, SettingEngineBuilder,
     },
     rtp_transceiver::RtpSender,
 };
@@ -65,16 +64,6 @@ pub(crate) const MEDIA_TOPIC: &str = "telehealth:media:";
 
 /// Least time between two keyframe requests sent to one publisher.
 pub const KEYFRAME_GAP: Duration = Duration::from_millis(500);
-
-/// Packets of each forwarded stream kept to answer NACKs: a power of two; 256 is about 4 s
-/// of 500 kbit/s video, far more than a retransmission can be late.
-const NACK_HISTORY: u16 = 256;
-
-/// How often each participant's quality is measured (and told to it).
-pub const QUALITY_EVERY: Duration = Duration::from_secs(5);
-
-/// Every how many measurements one goes to the operations center (30 s).
-const REPORT_EVERY: u64 = 6;
 
 /// Where media sockets bind and what they announce.
 #[derive(Debug, Clone)]
@@ -128,22 +117,6 @@ pub(crate) struct Outgoing {
     pub participant: String,
     pub message: Value,
     pub report: bool,
-}
-
-/// What a quality measurement found, for the participant and the operations center.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Quality {
-    /// Of the packets the participant sent, the share lost on the way (percent).
-    pub uplink_loss_pct: f64,
-    /// Interarrival jitter of what the participant sends, in milliseconds.
-    pub uplink_jitter_ms: f64,
-    /// Of the packets forwarded to the participant, the share it reported lost (percent).
-    pub downlink_loss_pct: f64,
-    /// Interarrival jitter the participant reported, in milliseconds.
-    pub downlink_jitter_ms: f64,
-    /// Round-trip time between server and participant, from RTCP, in milliseconds.
-    pub rtt_ms: Option<f64>,
 }
 
 /// The forwarding unit of this node.
@@ -227,6 +200,8 @@ struct Leg {
 struct LegWriter {
     track: Arc<TrackLocalStaticRTP>,
     ssrc: u32,
+    /// The publication's codec, whose payload type on this leg the negotiation decides.
+    mime: String,
     /// The payload type negotiated on this leg; 0 until negotiated (packets wait unsent).
     payload_type: std::sync::atomic::AtomicU8,
 }
@@ -439,7 +414,7 @@ impl Sfu {
             }
         }
         let quality = Arc::downgrade(&peer);
-        tokio::spawn(async move { measure(quality).await });
+        tokio::spawn(async move { quality::measure(quality).await });
         Ok(())
     }
 
@@ -451,7 +426,7 @@ impl Sfu {
         for _ in 0..span.min(64) {
             let offset = self.next_port.fetch_add(1, Ordering::Relaxed) % span;
             let port = low + u16::try_from(offset).unwrap_or(0);
-            let (media, registry) = media_engine()?;
+            let (media, registry) = engine::media_engine()?;
             let built = PeerConnectionBuilder::new()
                 .with_configuration(RTCConfigurationBuilder::new().build())
                 .with_media_engine(media)
@@ -482,99 +457,6 @@ impl Sfu {
             settings = settings.with_include_loopback_candidate(true);
         }
         settings.build()
-    }
-}
-
-/// The codecs forwarded (Opus; VP8 and H.264 video, with NACK, PLI and FIR feedback) and the
-/// interceptors: NACK both ways, RTCP reports, and keyframe requests handed to the forwarder.
-fn media_engine() -> Result<(MediaEngine, Registry), String> {
-    use rtc::peer_connection::configuration::media_engine::{
-        MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_VP8,
-    };
-    let mut media = MediaEngine::default();
-    let video_feedback = || {
-        vec![
-            feedback("goog-remb", ""),
-            feedback("ccm", "fir"),
-            feedback("nack", ""),
-            feedback("nack", "pli"),
-        ]
-    };
-    let opus = codec(
-        MIME_TYPE_OPUS,
-        48_000,
-        2,
-        "minptime=10;useinbandfec=1",
-        vec![],
-        111,
-    );
-    let vp8 = codec(MIME_TYPE_VP8, 90_000, 0, "", video_feedback(), 96);
-    let h264 = codec(
-        MIME_TYPE_H264,
-        90_000,
-        0,
-        "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f",
-        video_feedback(),
-        102,
-    );
-    for (kind, codec) in [
-        (RtpCodecKind::Audio, opus),
-        (RtpCodecKind::Video, vp8),
-        (RtpCodecKind::Video, h264),
-    ] {
-        media
-            .register_codec(codec, kind)
-            .map_err(|e| e.to_string())?;
-    }
-    // The default chain (NACK both ways, simulcast header extensions, transport-wide
-    // congestion feedback received, RTCP reports), but a send history of NACK_HISTORY packets
-    // per leg instead of 1,024: the history keeps every forwarded packet alive, and with
-    // hundreds of legs it was most of the memory. The codecs above carry the NACK feedback.
-    use rtc::peer_connection::configuration::interceptor_registry::{
-        configure_rtcp_reports, configure_simulcast_extension_headers, configure_twcc_receiver_only,
-    };
-    let registry = Registry::new()
-        .with(
-            Slot::NackResponder,
-            rtc::interceptor::NackResponderBuilder::new()
-                .with_size(NACK_HISTORY)
-                .build(),
-        )
-        .with(
-            Slot::NackGenerator,
-            rtc::interceptor::NackGeneratorBuilder::new().build(),
-        );
-    configure_simulcast_extension_headers(&mut media).map_err(|e| e.to_string())?;
-    let registry = configure_twcc_receiver_only(registry, &mut media).map_err(|e| e.to_string())?;
-    let registry =
-        configure_rtcp_reports(registry).with(Slot::from(14_000usize), KeyframeRequests::default());
-    Ok((media, registry))
-}
-
-fn feedback(typ: &str, parameter: &str) -> rtc::rtp_transceiver::rtp_sender::RTCPFeedback {
-    rtc::rtp_transceiver::rtp_sender::RTCPFeedback {
-        typ: typ.to_string(),
-        parameter: parameter.to_string(),
-    }
-}
-
-fn codec(
-    mime: &str,
-    clock_rate: u32,
-    channels: u16,
-    fmtp: &str,
-    rtcp_feedback: Vec<rtc::rtp_transceiver::rtp_sender::RTCPFeedback>,
-    payload_type: u8,
-) -> RTCRtpCodecParameters {
-    RTCRtpCodecParameters {
-        rtp_codec: RTCRtpCodec {
-            mime_type: mime.to_string(),
-            clock_rate,
-            channels,
-            sdp_fmtp_line: fmtp.to_string(),
-            rtcp_feedback,
-        },
-        payload_type,
     }
 }
 
@@ -665,6 +547,7 @@ impl Peer {
         let writer = Arc::new(LegWriter {
             track: track.clone(),
             ssrc,
+            mime: publication.codec.mime_type.clone(),
             payload_type: std::sync::atomic::AtomicU8::new(0),
         });
         // The receiver's keyframe requests go to the publisher.
@@ -674,7 +557,10 @@ impl Peer {
                 let Some(publication) = requests.upgrade() else {
                     return;
                 };
-                if packets.iter().any(|p| is_keyframe_request(p.as_ref())) {
+                if packets
+                    .iter()
+                    .any(|p| engine::is_keyframe_request(p.as_ref()))
+                {
                     publication.request_keyframe().await;
                 }
             }
@@ -777,15 +663,12 @@ impl Peer {
             let Ok(parameters) = sender.get_parameters().await else {
                 continue;
             };
-            let mime = writer.track.track().await.codings()[0]
-                .codec
-                .mime_type
-                .clone();
+            let mime = &writer.mime;
             let negotiated = parameters
                 .rtp_parameters
                 .codecs
                 .iter()
-                .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(&mime))
+                .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(mime))
                 .map(|c| c.payload_type);
             if let Some(payload_type) = negotiated {
                 writer.payload_type.store(payload_type, Ordering::Relaxed);
@@ -955,83 +838,6 @@ async fn forward(publication: &Publication) {
     }
 }
 
-/// Measures the participant's quality every [`QUALITY_EVERY`] while its peer lives: sent
-/// to the participant, and every [`REPORT_EVERY`]th to the operations center.
-async fn measure(peer: Weak<Peer>) {
-    let mut previous: Option<(u64, i64)> = None;
-    for round in 1u64.. {
-        tokio::time::sleep(QUALITY_EVERY).await;
-        let Some(peer) = peer.upgrade() else { return };
-        if peer.closed.load(Ordering::Relaxed) {
-            return;
-        }
-        let report = peer.pc.get_stats(Instant::now(), StatsSelector::None).await;
-        let (mut received, mut lost, mut jitter_up) = (0u64, 0i64, 0f64);
-        let (mut fraction_down, mut jitter_down, mut rtt, mut downs) = (0f64, 0f64, None, 0u32);
-        for entry in report.iter() {
-            match entry {
-                RTCStatsReportEntry::InboundRtp(inbound) => {
-                    let r = &inbound.received_rtp_stream_stats;
-                    received += r.packets_received;
-                    lost += r.packets_lost;
-                    jitter_up = jitter_up.max(r.jitter);
-                }
-                RTCStatsReportEntry::RemoteInboundRtp(remote) => {
-                    let r = &remote.received_rtp_stream_stats;
-                    fraction_down = fraction_down.max(remote.fraction_lost);
-                    jitter_down = jitter_down.max(r.jitter);
-                    if remote.round_trip_time_measurements > 0 {
-                        rtt = Some(remote.round_trip_time.max(rtt.unwrap_or(0.0)));
-                    }
-                    downs += 1;
-                }
-                _ => {}
-            }
-        }
-        // Loss over the last interval, not since the start.
-        let (interval_received, interval_lost) = match previous {
-            Some((r, l)) => (received.saturating_sub(r), (lost - l).max(0)),
-            None => (received, lost.max(0)),
-        };
-        previous = Some((received, lost));
-        let expected = interval_received as f64 + interval_lost as f64;
-        let quality = Quality {
-            uplink_loss_pct: round2(if expected > 0.0 {
-                100.0 * interval_lost as f64 / expected
-            } else {
-                0.0
-            }),
-            uplink_jitter_ms: round2(jitter_up * 1_000.0),
-            downlink_loss_pct: round2(if downs > 0 {
-                100.0 * fraction_down
-            } else {
-                0.0
-            }),
-            downlink_jitter_ms: round2(jitter_down * 1_000.0),
-            rtt_ms: rtt.map(|s| round2(s * 1_000.0)),
-        };
-        let mut message = serde_json::to_value(&quality).unwrap_or_default();
-        message["type"] = json!("quality");
-        if let Some(sfu) = peer.sfu() {
-            let _ = sfu.out.send(Outgoing {
-                room: peer.room.clone(),
-                participant: peer.participant.clone(),
-                message,
-                report: round % REPORT_EVERY == 0,
-            });
-        }
-    }
-}
-
-fn round2(value: f64) -> f64 {
-    (value * 100.0).round() / 100.0
-}
-
-fn is_keyframe_request(packet: &dyn rtc::rtcp::Packet) -> bool {
-    let any = packet.as_any();
-    any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
-}
-
 /// The peer connection's events.
 struct Handler {
     peer: OnceLock<Weak<Peer>>,
@@ -1088,58 +894,4 @@ impl PeerConnectionEventHandler for Handler {
             peer.channel_opened(channel);
         }
     }
-}
-
-/// Passes inbound keyframe requests (PLI, FIR) on to the application, which relays them to
-/// the publisher; the rest of the inbound RTCP stays with the other interceptors. Last in
-/// the chain, so they have all seen it.
-#[derive(Default)]
-struct KeyframeRequests {
-    read: std::collections::VecDeque<TaggedPacket>,
-    write: std::collections::VecDeque<TaggedPacket>,
-}
-
-impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequests {
-    type Rout = TaggedPacket;
-    type Wout = TaggedPacket;
-    type Eout = ();
-    type Error = rtc::shared::error::Error;
-    type Time = Instant;
-
-    fn handle_read(&mut self, mut message: TaggedPacket) -> Result<(), Self::Error> {
-        if let Packet::Rtcp(packets) = &message.message.packet {
-            let requests: Vec<_> = packets
-                .iter()
-                .filter(|p| is_keyframe_request(p.as_ref()))
-                .cloned()
-                .collect();
-            if requests.is_empty() {
-                return Ok(());
-            }
-            message.message.packet = Packet::Rtcp(requests);
-            message.message.add(Attribute::DeliverToApplication);
-        }
-        self.read.push_back(message);
-        Ok(())
-    }
-
-    fn poll_read(&mut self) -> Option<TaggedPacket> {
-        self.read.pop_front()
-    }
-
-    fn handle_write(&mut self, message: TaggedPacket) -> Result<(), Self::Error> {
-        self.write.push_back(message);
-        Ok(())
-    }
-
-    fn poll_write(&mut self) -> Option<TaggedPacket> {
-        self.write.pop_front()
-    }
-}
-
-impl Interceptor for KeyframeRequests {
-    fn bind_local_stream(&mut self, _info: &StreamInfo) {}
-    fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
-    fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
-    fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
 }
