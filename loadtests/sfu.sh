@@ -23,6 +23,9 @@ mkdir -p "$OUT"
 cargo build --release --bin sen -p sen-server
 cargo build --release --bin sen-sfu-load -p sen-loadtests
 SEN="${BENCH_SEN:-$CARGO_TARGET_DIR/release/sen}"
+# The server's own hop is read off a capture of loopback (needs root and tcpdump).
+command -v tcpdump >/dev/null || echo "== tcpdump is missing (apt install tcpdump): the server's hop is not measured"
+export SFU_CAPTURE_DIR="$OUT"
 LOAD="$CARGO_TARGET_DIR/release/sen-sfu-load"
 
 pid=""

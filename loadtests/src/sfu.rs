@@ -6,13 +6,18 @@
 //! - loss: packets sent in the measured window that never arrived at the other side;
 //! - latency from the sender's write to the receiver's read (through the server and both
 //!   client stacks: an upper bound of what the server adds), p50/p99;
+//! - the server's own hop, p50/p99: from a packet's arrival on loopback to its forwarded copy's
+//!   departure, from the kernel's timestamps in a `tcpdump` capture of the window ([`hop`]);
 //! - join time: from the signaling socket's opening to the first packet of the other side;
 //! - the server's resident memory.
 //!
 //! Set up by `loadtests/sfu.sh`, which starts the server and mints the tokens:
 //!   sen-sfu-load <base URL> <server pid> <levels: 10,50,100> <seconds per level>
 //! with SYSTEM_TOKEN, DOCTOR_TOKEN (Practitioner/bench-doctor), PATIENT_TOKEN
-//! (Patient/bench-patient) in the environment.
+//! (Patient/bench-patient) in the environment, and SFU_CAPTURE_DIR where the captures go
+//! (without it, or without tcpdump, the hop is not measured).
+
+mod hop;
 
 use std::{
     net::{IpAddr, Ipv4Addr},
@@ -149,7 +154,14 @@ impl Bench {
 }
 
 /// A packet carrying its send time and whether it counts (sent in the measured window).
-fn packet(ssrc: u32, payload_type: u8, n: u16, sent_us: u64, counted: bool, size: usize) -> Packet {
+fn packet(
+    ssrc: u32,
+    payload_type: u8,
+    (sequence_number, timestamp): (u16, u32),
+    sent_us: u64,
+    counted: bool,
+    size: usize,
+) -> Packet {
     let mut payload = Vec::with_capacity(size);
     payload.extend_from_slice(&sent_us.to_be_bytes());
     payload.push(u8::from(counted));
@@ -158,8 +170,8 @@ fn packet(ssrc: u32, payload_type: u8, n: u16, sent_us: u64, counted: bool, size
         header: Header {
             version: 2,
             payload_type,
-            sequence_number: n,
-            timestamp: u32::from(n).wrapping_mul(1_800),
+            sequence_number,
+            timestamp,
             ssrc,
             marker: true,
             ..Default::default()
@@ -179,10 +191,20 @@ fn play(
 ) {
     let (audio, video) = (peer.audio.clone(), peer.video.clone());
     let (audio_ssrc, video_ssrc) = (peer.audio_ssrc, peer.video_ssrc);
+    // Each stream starts at a random sequence number and timestamp, as real senders do (and
+    // as the hop's capture needs to tell packets apart).
+    let start = || -> (u16, u32) { (rand::random(), rand::random()) };
+    let (audio_start, video_start) = (start(), start());
+    let at = |(sequence, timestamp): (u16, u32), n: u16| {
+        (
+            sequence.wrapping_add(n),
+            timestamp.wrapping_add(u32::from(n).wrapping_mul(1_800)),
+        )
+    };
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(TICK);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        for n in 0u16.. {
+        for n in (0..=u16::MAX).cycle() {
             ticks.tick().await;
             if stop.load(Ordering::Relaxed) {
                 return;
@@ -190,10 +212,24 @@ fn play(
             let counted = counting.load(Ordering::Relaxed);
             let now = bench.micros();
             let a = audio
-                .write_rtp(packet(audio_ssrc, 111, n, now, counted, AUDIO_BYTES))
+                .write_rtp(packet(
+                    audio_ssrc,
+                    111,
+                    at(audio_start, n),
+                    now,
+                    counted,
+                    AUDIO_BYTES,
+                ))
                 .await;
             let v = video
-                .write_rtp(packet(video_ssrc, 96, n, now, counted, VIDEO_BYTES))
+                .write_rtp(packet(
+                    video_ssrc,
+                    96,
+                    at(video_start, n),
+                    now,
+                    counted,
+                    VIDEO_BYTES,
+                ))
                 .await;
             if counted {
                 tally.sent.fetch_add(
@@ -373,6 +409,16 @@ async fn level(bench: &Arc<Bench>, pid: u32, consultations: usize, seconds: u64)
     }
     let opening = started.elapsed();
     tokio::time::sleep(WARM_UP).await;
+    let capture = match std::env::var_os("SFU_CAPTURE_DIR") {
+        Some(dir) => match hop::Capture::start(dir.as_ref(), &format!("level-{consultations}")) {
+            Ok(capture) => Some(capture),
+            Err(e) => {
+                eprintln!("the server's hop is not measured: {e:#}");
+                None
+            }
+        },
+        None => None,
+    };
     let cpu_before = cpu_seconds(pid);
     let window = Instant::now();
     counting.store(true, Ordering::Relaxed);
@@ -380,6 +426,10 @@ async fn level(bench: &Arc<Bench>, pid: u32, consultations: usize, seconds: u64)
     counting.store(false, Ordering::Relaxed);
     let elapsed = window.elapsed().as_secs_f64();
     let cpu = cpu_seconds(pid) - cpu_before;
+    let hops = match capture {
+        Some(capture) => Some(tokio::task::spawn_blocking(move || capture.finish()).await??),
+        None => None,
+    };
     // Stragglers of the window arrive.
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::Relaxed);
@@ -410,6 +460,11 @@ async fn level(bench: &Arc<Bench>, pid: u32, consultations: usize, seconds: u64)
         "forwarded_per_core_s": if cores > 0.0 { (forwarded / cores).round() } else { 0.0 },
         "latency_p50_ms": f64::from(percentile(&latencies, 0.50)) / 1_000.0,
         "latency_p99_ms": f64::from(percentile(&latencies, 0.99)) / 1_000.0,
+        "hop_samples": hops.as_ref().map(|h| h.micros.len()),
+        "hop_captured": hops.as_ref().map(|h| h.captured),
+        "hop_p50_ms": hops.as_ref().map(|h| f64::from(percentile(&h.micros, 0.50)) / 1_000.0),
+        "hop_p99_ms": hops.as_ref().map(|h| f64::from(percentile(&h.micros, 0.99)) / 1_000.0),
+        "hop_p999_ms": hops.as_ref().map(|h| f64::from(percentile(&h.micros, 0.999)) / 1_000.0),
         "join_p50_ms": percentile(&joins, 0.50),
         "join_p99_ms": percentile(&joins, 0.99),
         "server_rss_mib": (rss * 10.0).round() / 10.0,
