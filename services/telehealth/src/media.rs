@@ -21,6 +21,7 @@
 
 mod engine;
 mod quality;
+mod shards;
 
 pub use quality::{QUALITY_EVERY, Quality};
 
@@ -125,6 +126,8 @@ pub(crate) struct Sfu {
     next_port: AtomicU32,
     rooms: Mutex<HashMap<String, Arc<MediaRoom>>>,
     out: mpsc::UnboundedSender<Outgoing>,
+    /// The threads rooms' media run on.
+    shards: shards::Shards,
 }
 
 impl std::fmt::Debug for Sfu {
@@ -216,6 +219,7 @@ impl Sfu {
             settings,
             rooms: Mutex::default(),
             out,
+            shards: shards::Shards::new(),
         });
         (sfu, receiver)
     }
@@ -260,8 +264,16 @@ impl Sfu {
         lock(&self.rooms).keys().cloned().collect()
     }
 
-    /// Handles a participant's negotiation message.
+    /// Handles a participant's negotiation message, on the room's media thread.
     pub(crate) async fn handle(self: &Arc<Self>, relayed: Relayed) {
+        let shard = self.shards.of(&relayed.room);
+        let sfu = self.clone();
+        shard
+            .run(async move { sfu.handle_here(relayed).await })
+            .await;
+    }
+
+    async fn handle_here(self: &Arc<Self>, relayed: Relayed) {
         let Relayed {
             room,
             participant,
@@ -357,7 +369,7 @@ impl Sfu {
             peer: OnceLock::new(),
         });
         let pc = self
-            .build(handler.clone())
+            .build(room, handler.clone())
             .await
             .map_err(|e| format!("no media connection could be made: {e}"))?;
         let pc: Arc<dyn PeerConnection> = Arc::new(pc);
@@ -418,7 +430,11 @@ impl Sfu {
         Ok(())
     }
 
-    async fn build(&self, handler: Arc<Handler>) -> Result<impl PeerConnection, String> {
+    async fn build(
+        &self,
+        room: &str,
+        handler: Arc<Handler>,
+    ) -> Result<impl PeerConnection, String> {
         let (low, high) = self.settings.ports;
         let span = u32::from(high - low) + 1;
         // The next free port of the range, from where the last one was taken.
@@ -433,6 +449,8 @@ impl Sfu {
                 .with_setting_engine(self.setting_engine())
                 .with_interceptor_registry(registry)
                 .with_handler(handler.clone() as Arc<dyn PeerConnectionEventHandler>)
+                // The connection's driver, and what its events spawn, on the room's thread.
+                .with_runtime(self.shards.of(room))
                 .with_udp_addrs(vec![SocketAddr::new(self.settings.bind, port)])
                 .build()
                 .await;
@@ -804,12 +822,20 @@ impl Publication {
 /// Forwards a publication's packets to its legs until the track ends.
 async fn forward(publication: &Publication) {
     let mut legs: Vec<Arc<LegWriter>> = Vec::new();
+    // On `/metrics`: what the forwarding unit of this node sends (one per receiving leg).
+    let forwarded = metrics::counter!("telehealth_forwarded_packets_total");
     while let Some(event) = publication.track.poll().await {
-        let packet = match event {
+        let mut packet = match event {
             TrackRemoteEvent::OnRtpPacket(packet) => packet,
             TrackRemoteEvent::OnEnded => break,
             _ => continue,
         };
+        // The publisher's extension ids mean nothing on the legs (dropped once, so that no
+        // leg's copy allocates).
+        packet.header.extension = false;
+        packet.header.extension_profile = 0;
+        packet.header.extensions.clear();
+        packet.header.extensions_padding = 0;
         legs.clear();
         legs.extend(lock(&publication.legs).iter().cloned());
         let mut sent = 0;
@@ -821,11 +847,6 @@ async fn forward(publication: &Publication) {
             let mut packet = packet.clone();
             packet.header.ssrc = leg.ssrc;
             packet.header.payload_type = payload_type;
-            // The publisher's extension ids mean nothing on this leg.
-            packet.header.extension = false;
-            packet.header.extension_profile = 0;
-            packet.header.extensions.clear();
-            packet.header.extensions_padding = 0;
             if leg.track.write_rtp(packet).await.is_ok() {
                 sent += 1;
             } else {
@@ -833,8 +854,7 @@ async fn forward(publication: &Publication) {
                 lock(&publication.legs).retain(|l| !Arc::ptr_eq(l, leg));
             }
         }
-        // On `/metrics`: what the forwarding unit of this node sends (one per receiving leg).
-        metrics::counter!("telehealth_forwarded_packets_total").increment(sent);
+        forwarded.increment(sent);
     }
 }
 
