@@ -137,6 +137,8 @@ pub struct Peer {
     pub video_ssrc: u32,
     pub channel: Arc<dyn DataChannel>,
     pub seen: mpsc::UnboundedReceiver<Seen>,
+    /// Video packets a [`Peer::losing`] peer lost on their way out (first sendings only).
+    pub lost: Arc<std::sync::atomic::AtomicU64>,
     /// Its gathered candidates, for the signaling connection that drives it (one at a time).
     ice: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<RTCIceCandidateInit>>>,
     events: Arc<Events>,
@@ -174,10 +176,37 @@ impl Peer {
     /// A peer on `bind` (an address of this machine: `127.0.0.1` on loopback) with an Opus
     /// and a VP8 track and a data channel `chat`, not yet offered.
     pub async fn new(bind: std::net::IpAddr) -> Result<Peer, String> {
+        Self::build(bind, None).await
+    }
+
+    /// A peer on a lossy path: the first sending of every video packet whose sequence number
+    /// is a multiple of `every` never reaches the wire (its NACK responder still keeps it, so
+    /// a NACK brings it). Counts them in [`Peer::lost`].
+    pub async fn losing(bind: std::net::IpAddr, every: u16) -> Result<Peer, String> {
+        Self::build(bind, Some(every.max(1))).await
+    }
+
+    async fn build(bind: std::net::IpAddr, losing: Option<u16>) -> Result<Peer, String> {
         let mut media = MediaEngine::default();
         media.register_default_codecs().map_err(|e| e.to_string())?;
-        let registry = register_default_interceptors(Registry::new(), &mut media)
+        let mut registry = register_default_interceptors(Registry::new(), &mut media)
             .map_err(|e| e.to_string())?;
+        let (audio_ssrc, video_ssrc) = (rand::random::<u32>(), rand::random::<u32>());
+        let lost = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        if let Some(every) = losing {
+            registry = registry.with(
+                // Wire-ward of the NACK responder (4_000): lost after it kept the packet.
+                rtc::interceptor::Slot::from(500usize),
+                Losing {
+                    ssrc: video_ssrc,
+                    every,
+                    lost: lost.clone(),
+                    sent: std::collections::HashSet::new(),
+                    read: std::collections::VecDeque::new(),
+                    write: std::collections::VecDeque::new(),
+                },
+            );
+        }
         let settings = SettingEngineBuilder::new()
             .with_include_loopback_candidate(true)
             .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
@@ -200,7 +229,6 @@ impl Peer {
             .await
             .map_err(|e| e.to_string())?;
         let pc: Arc<dyn PeerConnection> = Arc::new(pc);
-        let (audio_ssrc, video_ssrc) = (rand::random::<u32>(), rand::random::<u32>());
         let audio = track(RtpCodecKind::Audio, "audio/opus", 48_000, 2, audio_ssrc);
         let video = track(RtpCodecKind::Video, "video/VP8", 90_000, 0, video_ssrc);
         let failed = |e: webrtc::error::Error| e.to_string();
@@ -229,6 +257,7 @@ impl Peer {
             video_ssrc,
             channel,
             seen,
+            lost,
             ice: Arc::new(tokio::sync::Mutex::new(ice)),
             events,
         })
@@ -363,4 +392,57 @@ pub async fn next_within(ws: &mut Ws, wait: std::time::Duration) -> Option<Value
             Ok(_) => return None,
         }
     }
+}
+
+/// The lossy path of [`Peer::losing`]: drops the first sending of the chosen video packets.
+struct Losing {
+    ssrc: u32,
+    every: u16,
+    lost: Arc<std::sync::atomic::AtomicU64>,
+    /// Sequence numbers lost once already: their retransmissions pass.
+    sent: std::collections::HashSet<u16>,
+    read: std::collections::VecDeque<rtc::interceptor::TaggedPacket>,
+    write: std::collections::VecDeque<rtc::interceptor::TaggedPacket>,
+}
+
+impl rtc::sansio::Protocol<rtc::interceptor::TaggedPacket, rtc::interceptor::TaggedPacket, ()>
+    for Losing
+{
+    type Rout = rtc::interceptor::TaggedPacket;
+    type Wout = rtc::interceptor::TaggedPacket;
+    type Eout = ();
+    type Error = rtc::shared::error::Error;
+    type Time = std::time::Instant;
+
+    fn handle_read(&mut self, message: rtc::interceptor::TaggedPacket) -> Result<(), Self::Error> {
+        self.read.push_back(message);
+        Ok(())
+    }
+
+    fn poll_read(&mut self) -> Option<rtc::interceptor::TaggedPacket> {
+        self.read.pop_front()
+    }
+
+    fn handle_write(&mut self, message: rtc::interceptor::TaggedPacket) -> Result<(), Self::Error> {
+        if let rtc::interceptor::Packet::Rtp(packet) = &message.message.packet {
+            let n = packet.header.sequence_number;
+            if packet.header.ssrc == self.ssrc && n % self.every == 0 && self.sent.insert(n) {
+                self.lost.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Ok(());
+            }
+        }
+        self.write.push_back(message);
+        Ok(())
+    }
+
+    fn poll_write(&mut self) -> Option<rtc::interceptor::TaggedPacket> {
+        self.write.pop_front()
+    }
+}
+
+impl rtc::interceptor::Interceptor for Losing {
+    fn bind_local_stream(&mut self, _info: &rtc::interceptor::StreamInfo) {}
+    fn unbind_local_stream(&mut self, _info: &rtc::interceptor::StreamInfo) {}
+    fn bind_remote_stream(&mut self, _info: &rtc::interceptor::StreamInfo) {}
+    fn unbind_remote_stream(&mut self, _info: &rtc::interceptor::StreamInfo) {}
 }

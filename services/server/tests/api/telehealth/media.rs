@@ -127,6 +127,12 @@ struct Call {
 /// Opens a consultation with the doctor on `doctor_node` and the patient on `patient_node`
 /// (the same deployment), and starts both sides' media.
 async fn call(doctor_node: &TestApp, patient_node: &TestApp) -> Call {
+    call_losing(doctor_node, patient_node, None).await
+}
+
+/// [`call`], with the patient's path losing the first sending of every `losing`-th video
+/// packet.
+async fn call_losing(doctor_node: &TestApp, patient_node: &TestApp, losing: Option<u16>) -> Call {
     let (c, room) = room(doctor_node).await;
     let (doctor_grant, doctor_id) = grant(doctor_node, &c.doctor, &room, "{}").await;
     let (patient_grant, patient_id) = grant(patient_node, &c.patient, &room, "{}").await;
@@ -135,7 +141,10 @@ async fn call(doctor_node: &TestApp, patient_node: &TestApp) -> Call {
     assert_eq!(next(&mut doctor_ws).await["event"], "waiting");
 
     // Waiting: no media yet.
-    let patient = Peer::new(LOOPBACK).await.unwrap();
+    let patient = match losing {
+        Some(every) => Peer::losing(LOOPBACK, every).await.unwrap(),
+        None => Peer::new(LOOPBACK).await.unwrap(),
+    };
     patient.offer(&mut patient_ws).await.unwrap();
     assert_eq!(next(&mut patient_ws).await["code"], "waiting");
 
@@ -297,6 +306,63 @@ async fn a_dropped_patient_resumes_with_an_ice_restart(app: TestApp) {
     call.hang_up().await;
 }
 
+/// The patient's path loses every tenth video packet the first time it is sent. The server
+/// notices the gap, asks the patient again (NACK), and forwards what comes back: the doctor
+/// still gets every packet, intact, the lost ones after their successors.
+async fn lost_packets_are_asked_again_and_still_arrive(app: TestApp) {
+    const EVERY: u16 = 10;
+    let mut call = call_losing(&app, &app, Some(EVERY)).await;
+    // Arrival order of the patient's video at the doctor.
+    let mut arrived: Vec<u16> = Vec::new();
+    let patient_id = call.patient_id.clone();
+    let gathered = tokio::time::timeout(WAIT, async {
+        while arrived.len() < 300 {
+            let Some(Seen::Rtp {
+                kind,
+                stream,
+                packet,
+            }) = call.doctor.seen.recv().await
+            else {
+                continue;
+            };
+            if kind != RtpCodecKind::Video {
+                continue;
+            }
+            assert_eq!(stream, patient_id);
+            let n = check(&packet.payload, "patient", SIZE);
+            assert_eq!(packet.header.sequence_number, n);
+            arrived.push(n);
+        }
+    })
+    .await;
+    assert!(
+        gathered.is_ok(),
+        "300 video packets within {WAIT:?}: {}",
+        arrived.len()
+    );
+    // After the start-up (packets sent before the legs were negotiated never cross), a window
+    // of 200 packets must be complete, the lost ones included.
+    let first = *arrived.iter().min().unwrap();
+    let window = (first + 2 * EVERY)..(first + 2 * EVERY + 200);
+    let position = |n: u16| arrived.iter().position(|&a| a == n);
+    for n in window.clone() {
+        let Some(at) = position(n) else {
+            panic!(
+                "packet {n} never arrived (lost on the way: {})",
+                n % EVERY == 0
+            );
+        };
+        if n % EVERY == 0 {
+            // It was sent again on request: it came after the packet that followed it.
+            let next = position(n + 1).expect("the next packet arrived");
+            assert!(at > next, "packet {n} arrived late, after {}", n + 1);
+        }
+    }
+    let lost = call.patient.lost.load(Ordering::Relaxed);
+    assert!(lost >= 20, "the patient's path lost packets: {lost}");
+    call.hang_up().await;
+}
+
 /// Bad negotiation gets an error message, and the session goes on.
 async fn bad_negotiation_gets_errors_and_the_session_goes_on(app: TestApp) {
     let (c, room) = room(&app).await;
@@ -351,5 +417,6 @@ on_both_backends!(
     patient_and_doctor_exchange_audio_video_and_data,
     patient_and_doctor_on_two_nodes_still_talk,
     a_dropped_patient_resumes_with_an_ice_restart,
+    lost_packets_are_asked_again_and_still_arrive,
     bad_negotiation_gets_errors_and_the_session_goes_on,
 );
