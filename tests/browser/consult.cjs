@@ -100,6 +100,13 @@ async function open(browser, grant) {
     });
     expect(shown.stream && shown.width > 0, `the doctor's video in the patient's remote video element, got ${JSON.stringify(shown)}`);
 
+    // Quality from RTCP (every 5 s): the round trip is measured, not unknown ("?").
+    const measured = (page) =>
+      page
+        .waitForFunction(() => /\d ms$/.test(document.getElementById("quality").textContent), null, { timeout: WAIT })
+        .then(() => page.textContent("#quality"));
+    const [doctorQuality, patientQuality] = await Promise.all([measured(doctor.page), measured(patient.page)]);
+
     const message = "Chào bác sĩ, tôi bị sốt từ hôm qua.";
     await patient.page.fill("#chat-input", message);
     await patient.page.click("#chat-form button[type=submit]");
@@ -130,7 +137,7 @@ async function open(browser, grant) {
 
     const errors = [...doctor.errors, ...patient.errors];
     expect(errors.length === 0, `no script errors, got ${errors.join("; ")}`);
-    console.log(JSON.stringify({ ok: true, chat: message, ended: over, doctorFrames, patientFrames }));
+    console.log(JSON.stringify({ ok: true, chat: message, ended: over, doctorFrames, patientFrames, doctorQuality, patientQuality }));
   } finally {
     await browser.close();
   }

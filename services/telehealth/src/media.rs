@@ -170,6 +170,8 @@ struct Peer {
     /// has been sent (a client cannot use a candidate before the description it belongs to).
     held: Mutex<Option<Vec<Value>>>,
     closed: AtomicBool,
+    /// What the participant reports about the legs it receives.
+    receptions: engine::Receptions,
 }
 
 #[derive(Default)]
@@ -205,6 +207,8 @@ struct LegWriter {
     ssrc: u32,
     /// The publication's codec, whose payload type on this leg the negotiation decides.
     mime: String,
+    /// The codec's RTP clock (what the receiver's jitter is counted in).
+    clock_rate: u32,
     /// The payload type negotiated on this leg; 0 until negotiated (packets wait unsent).
     payload_type: std::sync::atomic::AtomicU8,
 }
@@ -368,7 +372,7 @@ impl Sfu {
         let handler = Arc::new(Handler {
             peer: OnceLock::new(),
         });
-        let pc = self
+        let (pc, receptions) = self
             .build(room, handler.clone())
             .await
             .map_err(|e| format!("no media connection could be made: {e}"))?;
@@ -384,6 +388,7 @@ impl Sfu {
             negotiation: tokio::sync::Mutex::default(),
             channel: Mutex::default(),
             held: Mutex::new(Some(Vec::new())),
+            receptions,
             closed: AtomicBool::new(false),
         });
         let _ = handler.peer.set(Arc::downgrade(&peer));
@@ -434,7 +439,7 @@ impl Sfu {
         &self,
         room: &str,
         handler: Arc<Handler>,
-    ) -> Result<impl PeerConnection, String> {
+    ) -> Result<(impl PeerConnection, engine::Receptions), String> {
         let (low, high) = self.settings.ports;
         let span = u32::from(high - low) + 1;
         // The next free port of the range, from where the last one was taken.
@@ -442,7 +447,7 @@ impl Sfu {
         for _ in 0..span.min(64) {
             let offset = self.next_port.fetch_add(1, Ordering::Relaxed) % span;
             let port = low + u16::try_from(offset).unwrap_or(0);
-            let (media, registry) = engine::media_engine()?;
+            let (media, registry, receptions) = engine::media_engine()?;
             let built = PeerConnectionBuilder::new()
                 .with_configuration(RTCConfigurationBuilder::new().build())
                 .with_media_engine(media)
@@ -455,7 +460,7 @@ impl Sfu {
                 .build()
                 .await;
             match built {
-                Ok(pc) => return Ok(pc),
+                Ok(pc) => return Ok((pc, receptions)),
                 Err(e) => last = e.to_string(),
             }
         }
@@ -566,6 +571,7 @@ impl Peer {
             track: track.clone(),
             ssrc,
             mime: publication.codec.mime_type.clone(),
+            clock_rate: publication.codec.clock_rate,
             payload_type: std::sync::atomic::AtomicU8::new(0),
         });
         // The receiver's keyframe requests go to the publisher.

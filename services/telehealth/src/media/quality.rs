@@ -3,6 +3,7 @@
 //! RTCP reports); told to the participant, and now and then to the operations center.
 
 use std::{
+    collections::HashMap,
     sync::{Weak, atomic::Ordering},
     time::{Duration, Instant},
 };
@@ -11,7 +12,7 @@ use serde::Serialize;
 use serde_json::json;
 use webrtc::peer_connection::{RTCStatsReportEntry, StatsSelector};
 
-use super::{Outgoing, Peer};
+use super::{Outgoing, Peer, lock};
 
 /// How often each participant's quality is measured (and told to it).
 pub const QUALITY_EVERY: Duration = Duration::from_secs(5);
@@ -46,27 +47,41 @@ pub(super) async fn measure(peer: Weak<Peer>) {
             return;
         }
         let report = peer.pc.get_stats(Instant::now(), StatsSelector::None).await;
+        // Jitter comes in RTP clock units: each stream's clock turns it into time.
+        let clocks: HashMap<u32, u32> = lock(&peer.publications)
+            .iter()
+            .map(|p| (p.ssrc, p.codec.clock_rate))
+            .collect();
         let (mut received, mut lost, mut jitter_up) = (0u64, 0i64, 0f64);
-        let (mut fraction_down, mut jitter_down, mut rtt, mut downs) = (0f64, 0f64, None, 0u32);
         for entry in report.iter() {
-            match entry {
-                RTCStatsReportEntry::InboundRtp(inbound) => {
-                    let r = &inbound.received_rtp_stream_stats;
-                    received += r.packets_received;
-                    lost += r.packets_lost;
-                    jitter_up = jitter_up.max(r.jitter);
+            if let RTCStatsReportEntry::InboundRtp(inbound) = entry {
+                let r = &inbound.received_rtp_stream_stats;
+                received += r.packets_received;
+                lost += r.packets_lost;
+                if let Some(&clock) = clocks.get(&r.rtp_stream_stats.ssrc) {
+                    jitter_up = jitter_up.max(r.jitter / f64::from(clock.max(1)));
                 }
-                RTCStatsReportEntry::RemoteInboundRtp(remote) => {
-                    let r = &remote.received_rtp_stream_stats;
-                    fraction_down = fraction_down.max(remote.fraction_lost);
-                    jitter_down = jitter_down.max(r.jitter);
-                    if remote.round_trip_time_measurements > 0 {
-                        rtt = Some(remote.round_trip_time.max(rtt.unwrap_or(0.0)));
-                    }
-                    downs += 1;
-                }
-                _ => {}
             }
+        }
+        // What the participant reported about the legs it receives now.
+        let legs: Vec<(u32, u32)> = peer
+            .legs
+            .lock()
+            .await
+            .values()
+            .map(|leg| (leg.writer.ssrc, leg.writer.clock_rate))
+            .collect();
+        let (mut fraction_down, mut jitter_down, mut rtt, mut downs) = (0f64, 0f64, None, 0u32);
+        for (ssrc, clock) in legs {
+            let Some(reception) = peer.receptions.of(ssrc) else {
+                continue;
+            };
+            fraction_down = fraction_down.max(reception.fraction_lost);
+            jitter_down = jitter_down.max(f64::from(reception.jitter) / f64::from(clock.max(1)));
+            if let Some(seconds) = reception.rtt {
+                rtt = Some(seconds.max(rtt.unwrap_or(0.0)));
+            }
+            downs += 1;
         }
         // Loss over the last interval, not since the start.
         let (interval_received, interval_lost) = match previous {

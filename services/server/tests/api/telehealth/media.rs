@@ -248,6 +248,28 @@ impl Call {
 async fn patient_and_doctor_exchange_audio_video_and_data(app: TestApp) {
     let mut call = call(&app, &app).await;
     call.crossed().await;
+    // Each side is told its quality from RTCP: loss, jitter in milliseconds (the test's
+    // packets advance their RTP clocks faster than real time, so some tens of ms) and, once
+    // a report about the server's sender report has come back, the round trip.
+    for driving in [&mut call.doctor_driving, &mut call.patient_driving] {
+        let quality = tokio::time::timeout(WAIT, async {
+            loop {
+                let message = driving.incoming.recv().await.expect("the session goes on");
+                if message["type"] == "quality" && message["rttMs"].is_number() {
+                    return message;
+                }
+            }
+        })
+        .await
+        .expect("a quality message with a round trip");
+        let ms = |name: &str| quality[name].as_f64().expect(name);
+        assert!((0.0..100.0).contains(&ms("rttMs")), "{quality}");
+        for jitter in ["uplinkJitterMs", "downlinkJitterMs"] {
+            assert!((0.0..200.0).contains(&ms(jitter)), "{quality}");
+        }
+        assert_eq!(ms("uplinkLossPct"), 0.0, "{quality}");
+        assert_eq!(ms("downlinkLossPct"), 0.0, "{quality}");
+    }
     call.hang_up().await;
     // The operations team sees the forwarding unit work.
     let metrics = app.get("/metrics").await.text().await.unwrap();
