@@ -7,6 +7,9 @@
 // expectation. Run inside a private network namespace (Chromium ignores loopback candidates).
 //
 //   node consult.cjs <base URL> <room> <doctor grant> <patient grant> <output dir>
+//
+// With EXPECT_MOVED=1 the room is held by a node that died: both pages must have opened their
+// media connection again (told `media` `moved` by the node that took the room).
 "use strict";
 
 const path = require("path");
@@ -86,6 +89,12 @@ async function open(browser, grant) {
       decodes(doctor.page, "the doctor"),
       decodes(patient.page, "the patient"),
     ]);
+    const [doctorOpened, patientOpened] = await Promise.all(
+      [doctor.page, patient.page].map((page) => page.evaluate(() => window.senMediaOpened())),
+    );
+    if (process.env.EXPECT_MOVED) {
+      expect(doctorOpened >= 2 && patientOpened >= 2, `media opened again after the move, got ${doctorOpened} and ${patientOpened}`);
+    }
     await patient.page
       .waitForFunction(() => document.getElementById("remote").videoWidth > 0, null, { timeout: WAIT })
       .catch(() => {});
@@ -137,7 +146,7 @@ async function open(browser, grant) {
 
     const errors = [...doctor.errors, ...patient.errors];
     expect(errors.length === 0, `no script errors, got ${errors.join("; ")}`);
-    console.log(JSON.stringify({ ok: true, chat: message, ended: over, doctorFrames, patientFrames, doctorQuality, patientQuality }));
+    console.log(JSON.stringify({ ok: true, chat: message, ended: over, doctorFrames, patientFrames, doctorQuality, patientQuality, doctorOpened, patientOpened }));
   } finally {
     await browser.close();
   }

@@ -50,6 +50,11 @@ pub(crate) enum Event {
         participant: String,
         message: serde_json::Value,
     },
+    /// The room was placed again on `node` (its node stopped renewing: it died): media
+    /// connections must be opened anew, there.
+    Moved {
+        node: String,
+    },
 }
 
 /// An event as it travels between nodes.
@@ -123,7 +128,12 @@ impl Hub {
                                 }
                             }
                         }
-                        crate::placement::renew(hub.kv.as_ref(), &hub.node, &rooms).await;
+                        let moved =
+                            crate::placement::renew(hub.kv.as_ref(), &hub.node, &rooms).await;
+                        for room in moved {
+                            let node = hub.node.clone();
+                            hub.publish(&room, Event::Moved { node }).await;
+                        }
                     }
                 });
                 let hub = Arc::downgrade(self);

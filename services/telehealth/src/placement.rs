@@ -38,15 +38,23 @@ pub(crate) async fn place(
 }
 
 /// Renews `node`'s leases on `rooms` (those it has participants of); a room whose holder
-/// stopped renewing (its node died) is placed again, here if it is free.
-pub(crate) async fn renew(kv: &dyn KeyValueStore, node: &str, rooms: &[String]) {
+/// stopped renewing (its node died) is placed again, here if it is free. Answers the rooms
+/// placed here again: their media has to be opened anew.
+pub(crate) async fn renew(kv: &dyn KeyValueStore, node: &str, rooms: &[String]) -> Vec<String> {
+    let mut moved = Vec::new();
     for room in rooms {
         match kv.extend_if(&key(room), node.as_bytes(), LEASE).await {
             Ok(true) => {}
             Ok(false) => {
-                let _ = place(kv, node, room).await;
+                if place(kv, node, room)
+                    .await
+                    .is_ok_and(|holder| holder == node)
+                {
+                    moved.push(room.clone());
+                }
             }
             Err(e) => tracing::warn!(error = %e, "telehealth: a room's placement was not renewed"),
         }
     }
+    moved
 }

@@ -32,7 +32,9 @@
 //! - `{"type":"chat","from":"p-…","text":"…"}`, `{"type":"muted","participant":"p-…","audio":…,"video":…}`
 //! - `{"type":"answer","sdp":"…"}`, `{"type":"offer","sdp":"…"}` (forwarded tracks changed, or
 //!   an ICE restart: answer it), `{"type":"ice","candidate":{…}}`
-//! - `{"type":"media","state":"connecting"|"connected"|"disconnected"|"failed"|"closed"}`
+//! - `{"type":"media","state":"connecting"|"connected"|"disconnected"|"failed"|"closed"}`;
+//!   `{"type":"media","state":"moved","node":"…"}` when the room's node died and the room was
+//!   placed again: its media connection is gone, open a new one (a fresh `offer`)
 //! - `{"type":"quality","uplinkLossPct":…,"uplinkJitterMs":…,"downlinkLossPct":…,
 //!   "downlinkJitterMs":…,"rttMs":…}` every 5 s
 //! - `{"type":"error","code":"…","message":"…"}` (media: `bad-sdp`, `bad-candidate`,
@@ -638,6 +640,10 @@ impl Connection {
                 video,
             } if participant != me => {
                 self.send(json!({"type": "muted", "participant": participant, "audio": audio, "video": video})).await?;
+            }
+            Event::Moved { node } => {
+                self.send(json!({"type": "media", "state": "moved", "node": node}))
+                    .await?;
             }
             _ => {}
         }

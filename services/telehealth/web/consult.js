@@ -126,6 +126,7 @@ let reconnectUntil = 0;
 let ahead = null; // the place in the waiting room, while waiting
 let closedCode = null; // how the connection ended, once it has
 let pc = null; // the media connection to the server
+let mediaOpened = 0; // media connections opened (more than one: the server lost one)
 let iceServers = [];
 let mediaQueue = Promise.resolve(); // negotiation messages, handled one after the other
 const remotes = new Map(); // participant -> its video element
@@ -275,6 +276,7 @@ function startMedia() {
   }
   if (pc) pc.close();
   pc = new RTCPeerConnection({ iceServers });
+  mediaOpened += 1;
   if (stream) {
     for (const track of stream.getTracks()) pc.addTrack(track, stream);
   } else {
@@ -315,6 +317,13 @@ function startMedia() {
   });
 }
 
+// Drops the media connection and opens a new one (the server lost the old one).
+function reopenMedia() {
+  pc.close();
+  for (const video of remotes.values()) video.srcObject = null;
+  startMedia();
+}
+
 // One negotiation message of the server's, after those before it.
 function negotiate(m) {
   mediaQueue = mediaQueue
@@ -340,8 +349,10 @@ function forget(participant) {
   remotes.delete(participant);
 }
 
-// For tests and support: the media connection, and the video frames decoded of the others.
+// For tests and support: the media connection, how many were opened, and the video frames
+// decoded of the others.
 window.senMedia = () => pc;
+window.senMediaOpened = () => mediaOpened;
 window.senFramesDecoded = async () => {
   let frames = 0;
   if (pc) {
@@ -405,11 +416,18 @@ function connect() {
         break;
       case "media":
         if (m.state === "connected") status("status_admitted");
+        // The room's node died and another took the room: the connection is gone, open anew.
+        if (m.state === "moved" && pc) reopenMedia();
         break;
       case "quality":
         $("quality").textContent = t().quality(m);
         break;
       case "error":
+        // The server has no media connection of ours (the room moved while we were away).
+        if (m.code === "no-media" && pc) {
+          reopenMedia();
+          break;
+        }
         statusRaw(m.message, true);
         break;
     }

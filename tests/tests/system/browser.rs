@@ -78,9 +78,62 @@ async fn posted(base: &str, bearer: &str, path: &str, body: &Value) -> Value {
 pub async fn the_consultation_page_works_in_a_real_browser(test: &str) {
     let Some(module) = playwright() else { return };
     if inside_netns() {
-        return in_the_namespace(module).await;
+        return in_the_namespace(module, false).await;
     }
     rerun_in_netns(test).await;
+}
+
+/// The same consultation, with the room held by a node that died (its lease, held by a node
+/// that never answers, lapses 10 s after the room is opened; the server keeps its state in a
+/// Redis of the namespace's own): the pages' first media offers go nowhere, the server takes
+/// the room and says `moved`, and both pages open their media again and see each other.
+pub async fn the_consultation_page_follows_its_room_to_another_node(test: &str) {
+    let Some(module) = playwright() else { return };
+    if inside_netns() {
+        return in_the_namespace(module, true).await;
+    }
+    rerun_in_netns(test).await;
+}
+
+/// A `redis-server` of the test's own (in its network namespace), stopped when dropped.
+struct Redis(std::process::Child);
+
+impl Redis {
+    const URL: &str = "redis://127.0.0.1:6391";
+
+    fn start() -> Option<Self> {
+        let child = Command::new("redis-server")
+            .args(["--port", "6391", "--bind", "127.0.0.1", "--save", ""])
+            .args(["--appendonly", "no"])
+            .stdout(std::process::Stdio::piped())
+            .spawn();
+        let mut child = match child {
+            Ok(child) => child,
+            Err(e) => {
+                let what = format!("no redis-server ({e}; apt install redis-server)");
+                assert!(
+                    !ci(),
+                    "{what} under CI=true: the moved-room browser test must run"
+                );
+                eprintln!("NOTICE: {what}; skipping the moved-room browser test");
+                return None;
+            }
+        };
+        // Ready once it says so.
+        let stdout = child.stdout.take().expect("redis-server's stdout");
+        let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+        let ready = lines.any(|l| l.is_ok_and(|l| l.contains("Ready to accept connections")));
+        std::thread::spawn(move || for _ in lines {});
+        assert!(ready, "redis-server started");
+        Some(Redis(child))
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// A clinic, its patient and doctor, a booked appointment, the doctor's room on it, and the
@@ -152,15 +205,40 @@ pub async fn consultation(client: &reqwest::Client, base: &str) -> (String, Stri
     (room, grant(&doctor_grant), grant(&patient_grant))
 }
 
-async fn in_the_namespace(module: PathBuf) {
+async fn in_the_namespace(module: PathBuf, moved: bool) {
     let store = Store::sqlite();
-    let sen = Sen::start(&store.url());
+    let redis = if moved {
+        let Some(redis) = Redis::start() else { return };
+        Some(redis)
+    } else {
+        None
+    };
+    let sen = match redis {
+        Some(_) => Sen::start_env(&store.url(), &[("SEN_REDIS_URL", Redis::URL)]),
+        None => Sen::start(&store.url()),
+    };
     let base = sen.base.clone();
     let (room, doctor_grant, patient_grant) = consultation(&http(), &base).await;
+    if redis.is_some() {
+        // The room's node (a node that died) holds it for 10 s more: longer than the pages
+        // take to offer their media.
+        let kv = sen_platform::kv::connect(Some(Redis::URL), "sen")
+            .await
+            .expect("the namespace's Redis");
+        let held = kv
+            .set_if_absent(
+                &format!("room:{room}:node"),
+                b"a-node-that-died",
+                std::time::Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        assert!(held, "the room held by the dead node");
+    }
 
     let artifacts = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join("browser-artifacts")
-        .join(store.name());
+        .join(if moved { "moved" } else { store.name() });
     std::fs::create_dir_all(&artifacts).unwrap();
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("browser/consult.cjs");
     let output = tokio::task::spawn_blocking(move || {
@@ -175,6 +253,7 @@ async fn in_the_namespace(module: PathBuf) {
             .arg(&artifacts)
             .env("PLAYWRIGHT_CORE", module)
             .env("CHROMIUM", CHROMIUM)
+            .env("EXPECT_MOVED", if moved { "1" } else { "" })
             .output()
             .expect("run node")
     })
@@ -192,4 +271,5 @@ async fn in_the_namespace(module: PathBuf) {
     assert!(result["patientFrames"].as_u64() > Some(100), "{result}");
     println!("browser: {result}");
     drop(sen);
+    drop(redis);
 }

@@ -73,6 +73,17 @@ mod the_consultation_page_works_in_a_real_browser {
     }
 }
 
+/// In a network namespace of its own, with a Redis of its own (see `browser`).
+mod the_consultation_page_follows_its_room_to_another_node {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn in_a_network_namespace() {
+        super::browser::the_consultation_page_follows_its_room_to_another_node(
+            "the_consultation_page_follows_its_room_to_another_node::in_a_network_namespace",
+        )
+        .await;
+    }
+}
+
 /// In a network namespace of its own, on the embedded store (see `aiortc`).
 mod aiortc_and_a_rust_peer_talk_through_the_server {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

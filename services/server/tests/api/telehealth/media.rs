@@ -385,6 +385,71 @@ async fn lost_packets_are_asked_again_and_still_arrive(app: TestApp) {
     call.hang_up().await;
 }
 
+/// The room's node dies mid-call. Here the room is held by a node that never answers (its
+/// lease, 3 s, lapses as a dead node's 15 s would): the node the participants reached places
+/// the room again on its next renewal and tells them (`media` `moved`); they open new media
+/// connections, and their media crosses through it.
+async fn media_follows_the_room_when_its_node_dies(app: TestApp) {
+    let (c, room) = room(&app).await;
+    let placed = app
+        .kv
+        .set_if_absent(
+            &format!("room:{room}:node"),
+            b"a-node-that-died",
+            Duration::from_secs(3),
+        )
+        .await
+        .unwrap();
+    assert!(placed);
+    let (doctor_grant, doctor_id) = grant(&app, &c.doctor, &room, "{}").await;
+    let (patient_grant, patient_id) = grant(&app, &c.patient, &room, "{}").await;
+    let (mut doctor_ws, joined) = join(&app, &room, &doctor_grant).await;
+    assert_eq!(joined["node"], "a-node-that-died", "{joined}");
+    assert_eq!(joined["here"], false, "{joined}");
+    let (mut patient_ws, _) = join(&app, &room, &patient_grant).await;
+    assert_eq!(next(&mut doctor_ws).await["event"], "waiting");
+    send(
+        &mut doctor_ws,
+        json!({"type": "admit", "participant": patient_id}),
+    )
+    .await;
+    assert_eq!(next(&mut patient_ws).await["type"], "admitted");
+
+    // Both are told the room moved here, once this node has placed it again.
+    for ws in [&mut doctor_ws, &mut patient_ws] {
+        let moved = loop {
+            let message = next(ws).await;
+            if message["type"] == "media" {
+                break message;
+            }
+        };
+        assert_eq!(moved["state"], "moved", "{moved}");
+        assert_ne!(moved["node"], "a-node-that-died", "{moved}");
+    }
+    let doctor = Peer::new(LOOPBACK).await.unwrap();
+    let patient = Peer::new(LOOPBACK).await.unwrap();
+    doctor.offer(&mut doctor_ws).await.unwrap();
+    patient.offer(&mut patient_ws).await.unwrap();
+    let doctor_driving = doctor.drive(doctor_ws);
+    let patient_driving = patient.drive(patient_ws);
+    let stop = Arc::new(AtomicBool::new(false));
+    play(&doctor, "doctor", stop.clone());
+    play(&patient, "patient", stop.clone());
+    let mut call = Call {
+        doctor,
+        patient,
+        doctor_id,
+        patient_id,
+        doctor_driving,
+        patient_driving,
+        room,
+        patient_grant,
+        stop,
+    };
+    call.crossed().await;
+    call.hang_up().await;
+}
+
 /// Bad negotiation gets an error message, and the session goes on.
 async fn bad_negotiation_gets_errors_and_the_session_goes_on(app: TestApp) {
     let (c, room) = room(&app).await;
@@ -440,5 +505,6 @@ on_both_backends!(
     patient_and_doctor_on_two_nodes_still_talk,
     a_dropped_patient_resumes_with_an_ice_restart,
     lost_packets_are_asked_again_and_still_arrive,
+    media_follows_the_room_when_its_node_dies,
     bad_negotiation_gets_errors_and_the_session_goes_on,
 );
