@@ -20,8 +20,11 @@
 //! come back as room events; its media flows straight to the room's node.
 
 mod engine;
+mod forward;
 mod quality;
 mod shards;
+
+use forward::{Leg, LegWriter, PUBLICATIONS, Publication, forward};
 
 pub use quality::{QUALITY_EVERY, Quality};
 
@@ -32,15 +35,12 @@ use std::{
         Arc, Mutex, OnceLock, Weak,
         atomic::{AtomicBool, AtomicU32, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use rtc::{
     peer_connection::configuration::RTCOfferOptions,
-    rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication,
-    rtp_transceiver::rtp_sender::{
-        RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
-    },
+    rtp_transceiver::rtp_sender::{RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind},
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -50,7 +50,7 @@ use webrtc::{
     media_stream::{
         MediaStreamTrack,
         track_local::{TrackLocal, TrackLocalEvent, static_rtp::TrackLocalStaticRTP},
-        track_remote::{TrackRemote, TrackRemoteEvent},
+        track_remote::TrackRemote,
     },
     peer_connection::{
         PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
@@ -182,38 +182,6 @@ struct Negotiation {
     again: bool,
     restart: bool,
 }
-
-/// A track a participant publishes, and the legs it is forwarded on.
-struct Publication {
-    id: u64,
-    publisher: String,
-    kind: RtpCodecKind,
-    codec: RTCRtpCodec,
-    track: Arc<dyn TrackRemote>,
-    ssrc: u32,
-    legs: Mutex<Vec<Arc<LegWriter>>>,
-    last_keyframe_request: Mutex<Option<Instant>>,
-}
-
-/// A forwarded track on one receiving peer.
-struct Leg {
-    sender: Arc<dyn RtpSender>,
-    writer: Arc<LegWriter>,
-}
-
-/// The sending half of a leg: the local track and what each packet is rewritten to.
-struct LegWriter {
-    track: Arc<TrackLocalStaticRTP>,
-    ssrc: u32,
-    /// The publication's codec, whose payload type on this leg the negotiation decides.
-    mime: String,
-    /// The codec's RTP clock (what the receiver's jitter is counted in).
-    clock_rate: u32,
-    /// The payload type negotiated on this leg; 0 until negotiated (packets wait unsent).
-    payload_type: std::sync::atomic::AtomicU8,
-}
-
-static PUBLICATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl Sfu {
     pub(crate) fn new(settings: MediaSettings) -> (Arc<Self>, mpsc::UnboundedReceiver<Outgoing>) {
@@ -802,65 +770,6 @@ impl Peer {
                 other.renegotiate().await;
             }
         }
-    }
-}
-
-impl Publication {
-    /// Asks the publisher for a keyframe, at most once per [`KEYFRAME_GAP`].
-    async fn request_keyframe(&self) {
-        {
-            let mut last = lock(&self.last_keyframe_request);
-            if last.is_some_and(|at| at.elapsed() < KEYFRAME_GAP) {
-                return;
-            }
-            *last = Some(Instant::now());
-        }
-        let _ = self
-            .track
-            .write_rtcp(vec![Box::new(PictureLossIndication {
-                sender_ssrc: 0,
-                media_ssrc: self.ssrc,
-            })])
-            .await;
-    }
-}
-
-/// Forwards a publication's packets to its legs until the track ends.
-async fn forward(publication: &Publication) {
-    let mut legs: Vec<Arc<LegWriter>> = Vec::new();
-    // On `/metrics`: what the forwarding unit of this node sends (one per receiving leg).
-    let forwarded = metrics::counter!("telehealth_forwarded_packets_total");
-    while let Some(event) = publication.track.poll().await {
-        let mut packet = match event {
-            TrackRemoteEvent::OnRtpPacket(packet) => packet,
-            TrackRemoteEvent::OnEnded => break,
-            _ => continue,
-        };
-        // The publisher's extension ids mean nothing on the legs (dropped once, so that no
-        // leg's copy allocates).
-        packet.header.extension = false;
-        packet.header.extension_profile = 0;
-        packet.header.extensions.clear();
-        packet.header.extensions_padding = 0;
-        legs.clear();
-        legs.extend(lock(&publication.legs).iter().cloned());
-        let mut sent = 0;
-        for leg in &legs {
-            let payload_type = leg.payload_type.load(Ordering::Relaxed);
-            if payload_type == 0 {
-                continue;
-            }
-            let mut packet = packet.clone();
-            packet.header.ssrc = leg.ssrc;
-            packet.header.payload_type = payload_type;
-            if leg.track.write_rtp(packet).await.is_ok() {
-                sent += 1;
-            } else {
-                // Unbound: the leg was removed; forget it.
-                lock(&publication.legs).retain(|l| !Arc::ptr_eq(l, leg));
-            }
-        }
-        forwarded.increment(sent);
     }
 }
 

@@ -16,7 +16,7 @@ use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use serde_json::json;
 use webrtc::media_stream::track_local::TrackLocal;
 
-use sen_telehealth::client::{Driving, Peer, Seen, next_within};
+use sen_telehealth::client::{Driving, Peer, Seen, Ws, next_within};
 
 use super::{
     peer::{check, packet},
@@ -157,6 +157,25 @@ async fn call_losing(doctor_node: &TestApp, patient_node: &TestApp, losing: Opti
     assert_eq!(next(&mut doctor_ws).await["event"], "joined");
 
     let doctor = Peer::new(LOOPBACK).await.unwrap();
+    let ids = (doctor_id, patient_id);
+    start(
+        (doctor, doctor_ws),
+        (patient, patient_ws),
+        ids,
+        room,
+        patient_grant,
+    )
+    .await
+}
+
+/// Both peers offer over their sockets and are driven, both start sending: a call.
+async fn start(
+    (doctor, mut doctor_ws): (Peer, Ws),
+    (patient, mut patient_ws): (Peer, Ws),
+    (doctor_id, patient_id): (String, String),
+    room: String,
+    patient_grant: String,
+) -> Call {
     doctor.offer(&mut doctor_ws).await.unwrap();
     patient.offer(&mut patient_ws).await.unwrap();
     let doctor_driving = doctor.drive(doctor_ws);
@@ -428,24 +447,9 @@ async fn media_follows_the_room_when_its_node_dies(app: TestApp) {
     }
     let doctor = Peer::new(LOOPBACK).await.unwrap();
     let patient = Peer::new(LOOPBACK).await.unwrap();
-    doctor.offer(&mut doctor_ws).await.unwrap();
-    patient.offer(&mut patient_ws).await.unwrap();
-    let doctor_driving = doctor.drive(doctor_ws);
-    let patient_driving = patient.drive(patient_ws);
-    let stop = Arc::new(AtomicBool::new(false));
-    play(&doctor, "doctor", stop.clone());
-    play(&patient, "patient", stop.clone());
-    let mut call = Call {
-        doctor,
-        patient,
-        doctor_id,
-        patient_id,
-        doctor_driving,
-        patient_driving,
-        room,
-        patient_grant,
-        stop,
-    };
+    let ids = (doctor_id, patient_id);
+    let sides = ((doctor, doctor_ws), (patient, patient_ws));
+    let mut call = start(sides.0, sides.1, ids, room, patient_grant).await;
     call.crossed().await;
     call.hang_up().await;
 }
