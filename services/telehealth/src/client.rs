@@ -176,17 +176,28 @@ impl Peer {
     /// A peer on `bind` (an address of this machine: `127.0.0.1` on loopback) with an Opus
     /// and a VP8 track and a data channel `chat`, not yet offered.
     pub async fn new(bind: std::net::IpAddr) -> Result<Peer, String> {
-        Self::build(bind, None).await
+        Self::build(bind, None, &Value::Null).await
+    }
+
+    /// A peer that reaches the server only through the TURN servers of `ice_servers` (the
+    /// `iceServers` of `joined`: `[{urls, username, credential}]`): relay candidates only, as
+    /// behind a firewall that lets nothing else out.
+    pub async fn relayed(bind: std::net::IpAddr, ice_servers: &Value) -> Result<Peer, String> {
+        Self::build(bind, None, ice_servers).await
     }
 
     /// A peer on a lossy path: the first sending of every video packet whose sequence number
     /// is a multiple of `every` never reaches the wire (its NACK responder still keeps it, so
     /// a NACK brings it). Counts them in [`Peer::lost`].
     pub async fn losing(bind: std::net::IpAddr, every: u16) -> Result<Peer, String> {
-        Self::build(bind, Some(every.max(1))).await
+        Self::build(bind, Some(every.max(1)), &Value::Null).await
     }
 
-    async fn build(bind: std::net::IpAddr, losing: Option<u16>) -> Result<Peer, String> {
+    async fn build(
+        bind: std::net::IpAddr,
+        losing: Option<u16>,
+        relay_through: &Value,
+    ) -> Result<Peer, String> {
         let mut media = MediaEngine::default();
         media.register_default_codecs().map_err(|e| e.to_string())?;
         let mut registry = register_default_interceptors(Registry::new(), &mut media)
@@ -218,8 +229,28 @@ impl Peer {
             seen: seen_tx,
             keyframes_ms: std::sync::atomic::AtomicU64::new(0),
         });
+        let mut configuration = RTCConfigurationBuilder::new();
+        if let Some(servers) = relay_through.as_array() {
+            let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+            let servers = servers
+                .iter()
+                .map(|server| rtc::peer_connection::transport::RTCIceServer {
+                    urls: match &server["urls"] {
+                        Value::Array(urls) => urls.iter().map(text).collect(),
+                        url => vec![text(url)],
+                    },
+                    username: text(&server["username"]),
+                    credential: text(&server["credential"]),
+                })
+                .collect();
+            configuration = configuration
+                .with_ice_servers(servers)
+                .with_ice_transport_policy(
+                    rtc::peer_connection::configuration::RTCIceTransportPolicy::Relay,
+                );
+        }
         let pc = PeerConnectionBuilder::new()
-            .with_configuration(RTCConfigurationBuilder::new().build())
+            .with_configuration(configuration.build())
             .with_media_engine(media)
             .with_setting_engine(settings)
             .with_interceptor_registry(registry)

@@ -454,6 +454,141 @@ async fn media_follows_the_room_when_its_node_dies(app: TestApp) {
     call.hang_up().await;
 }
 
+/// A real coturn (`turnserver`, Debian `coturn`) on 127.0.0.1 with `use-auth-secret`, stopped
+/// when dropped. `None` (a notice) without the binary; under CI=true that fails.
+struct Coturn {
+    child: std::process::Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+const TURN_SECRET: &str = "the-secret-sen-and-coturn-share";
+
+impl Coturn {
+    fn start() -> Option<Self> {
+        use std::io::BufRead;
+        // A free UDP port for its listener (and, from it, a relay range of its own).
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let relay_low = 50_000 + (port % 150) * 100;
+        let dir = tempfile::tempdir().unwrap();
+        let started = std::process::Command::new("turnserver")
+            .args(["-n", "--listening-ip=127.0.0.1", "--relay-ip=127.0.0.1"])
+            .arg(format!("--listening-port={port}"))
+            .arg(format!("--min-port={relay_low}"))
+            .arg(format!("--max-port={}", relay_low + 99))
+            .args([
+                "--use-auth-secret",
+                "--realm=sen.test",
+                "--no-tls",
+                "--no-dtls",
+            ])
+            .arg(format!("--static-auth-secret={TURN_SECRET}"))
+            // The server's media is on loopback here; coturn refuses such peers by default.
+            .args(["--allow-loopback-peers", "--no-cli", "--log-file=stdout"])
+            .arg(format!(
+                "--pidfile={}",
+                dir.path().join("turn.pid").display()
+            ))
+            .arg(format!("--db={}", dir.path().join("turndb").display()))
+            .stdout(std::process::Stdio::piped())
+            .spawn();
+        let mut child = match started {
+            Ok(child) => child,
+            Err(e) => {
+                let what = format!("no turnserver ({e}; apt install coturn)");
+                assert!(
+                    std::env::var("CI").as_deref() != Ok("true"),
+                    "{what} under CI=true: the TURN test must run"
+                );
+                eprintln!("NOTICE: {what}; skipping the TURN test");
+                return None;
+            }
+        };
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let ready = lines.any(|l| l.is_ok_and(|l| l.contains("Total General servers")));
+        std::thread::spawn(move || for _ in lines {});
+        assert!(ready, "turnserver started");
+        Some(Coturn {
+            child,
+            url: format!("turn:127.0.0.1:{port}?transport=udp"),
+            _dir: dir,
+        })
+    }
+}
+
+impl Drop for Coturn {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The patient can only reach the server through TURN (relay candidates only): with the
+/// ephemeral credentials `joined` gives it (coturn's `use-auth-secret` scheme), a real coturn
+/// relays its media, and the consultation goes on as usual. TURN involves no database: one
+/// backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_crosses_a_real_coturn_with_the_joined_credentials() {
+    let Some(coturn) = Coturn::start() else {
+        return;
+    };
+    let app = TestApp::sqlite_with(|config| {
+        config.telehealth.turn_urls = vec![coturn.url.clone()];
+        config.telehealth.turn_secret =
+            Some(sen_platform::config::Secret::new(TURN_SECRET.to_string()));
+    })
+    .await;
+    let (c, room) = room(&app).await;
+    let (doctor_grant, doctor_id) = grant(&app, &c.doctor, &room, "{}").await;
+    let (patient_grant, patient_id) = grant(&app, &c.patient, &room, "{}").await;
+    let (mut doctor_ws, _) = join(&app, &room, &doctor_grant).await;
+    let (mut patient_ws, joined) = join(&app, &room, &patient_grant).await;
+    let servers = joined["iceServers"].clone();
+    assert_eq!(servers[0]["urls"][0], json!(coturn.url), "{joined}");
+    assert_eq!(next(&mut doctor_ws).await["event"], "waiting");
+    send(
+        &mut doctor_ws,
+        json!({"type": "admit", "participant": patient_id}),
+    )
+    .await;
+    assert_eq!(next(&mut patient_ws).await["type"], "admitted");
+
+    let patient = Peer::relayed(LOOPBACK, &servers).await.unwrap();
+    let doctor = Peer::new(LOOPBACK).await.unwrap();
+    let ids = (doctor_id, patient_id);
+    let sides = ((doctor, doctor_ws), (patient, patient_ws));
+    let mut call = start(sides.0, sides.1, ids, room, patient_grant).await;
+    call.crossed().await;
+    // It went through the relay: the patient had relay candidates only.
+    let stats = call
+        .patient
+        .pc
+        .get_stats(
+            std::time::Instant::now(),
+            webrtc::peer_connection::StatsSelector::None,
+        )
+        .await;
+    let types: Vec<String> = stats
+        .iter()
+        .filter_map(|entry| match entry {
+            webrtc::peer_connection::RTCStatsReportEntry::LocalCandidate(c) => {
+                Some(format!("{:?}", c.candidate_type).to_lowercase())
+            }
+            _ => None,
+        })
+        .collect();
+    assert!(
+        !types.is_empty() && types.iter().all(|t| t.contains("relay")),
+        "the patient's candidates are relayed: {types:?}"
+    );
+    call.hang_up().await;
+}
+
 /// Bad negotiation gets an error message, and the session goes on.
 async fn bad_negotiation_gets_errors_and_the_session_goes_on(app: TestApp) {
     let (c, room) = room(&app).await;
