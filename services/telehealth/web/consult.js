@@ -127,6 +127,7 @@ let ahead = null; // the place in the waiting room, while waiting
 let closedCode = null; // how the connection ended, once it has
 let pc = null; // the media connection to the server
 let mediaOpened = 0; // media connections opened (more than one: the server lost one)
+let lastReopen = 0; // when a no-media error last made the page open its media again
 let iceServers = [];
 let mediaQueue = Promise.resolve(); // negotiation messages, handled one after the other
 const remotes = new Map(); // participant -> its video element
@@ -424,7 +425,9 @@ function connect() {
         break;
       case "error":
         // The server has no media connection of ours (the room moved while we were away).
-        if (m.code === "no-media" && pc) {
+        // Once per 10 s at most: a server that cannot open one must not be asked in a loop.
+        if (m.code === "no-media" && pc && Date.now() - lastReopen > 10000) {
+          lastReopen = Date.now();
           reopenMedia();
           break;
         }
