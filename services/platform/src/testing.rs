@@ -20,6 +20,54 @@ pub fn required_env(var: &str, what: &str) -> Option<String> {
     }
 }
 
+/// A program a test runs beside the server (a Redis, a coturn), killed when dropped.
+#[derive(Debug)]
+pub struct Helper(std::process::Child);
+
+impl Helper {
+    /// Starts `command` and returns once a line of its standard output contains `ready`.
+    /// Without the program: `None` with a notice naming `install`, for the `what` test; a
+    /// panic under `CI=true`, where that test must run.
+    pub fn start(
+        mut command: std::process::Command,
+        ready: &str,
+        install: &str,
+        what: &str,
+    ) -> Option<Self> {
+        use std::io::BufRead;
+        let child = command.stdout(std::process::Stdio::piped()).spawn();
+        let mut child = match child {
+            Ok(child) => Helper(child),
+            Err(e) => {
+                let program = command.get_program().to_string_lossy().into_owned();
+                let missing = format!("no {program} ({e}; {install})");
+                if std::env::var("CI").is_ok_and(|v| v == "true") {
+                    panic!("{missing} under CI=true: the {what} test must run");
+                }
+                eprintln!("NOTICE: {missing}; skipping the {what} test");
+                return None;
+            }
+        };
+        let stdout = child.0.stdout.take().expect("piped stdout");
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let started = lines.any(|line| line.is_ok_and(|line| line.contains(ready)));
+        // Kept draining, so that it never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        assert!(
+            started,
+            "{what}: the helper stopped before saying {ready:?}"
+        );
+        Some(child)
+    }
+}
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A PostgreSQL database created for one test and dropped when this guard is dropped.
 #[derive(Debug)]
 pub struct TestDatabase {

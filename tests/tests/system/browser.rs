@@ -96,43 +96,22 @@ pub async fn the_consultation_page_follows_its_room_to_another_node(test: &str) 
 }
 
 /// A `redis-server` of the test's own (in its network namespace), stopped when dropped.
-struct Redis(std::process::Child);
+struct Redis;
 
 impl Redis {
     const URL: &str = "redis://127.0.0.1:6391";
 
-    fn start() -> Option<Self> {
-        let child = Command::new("redis-server")
+    fn start() -> Option<sen_platform::testing::Helper> {
+        let mut command = Command::new("redis-server");
+        command
             .args(["--port", "6391", "--bind", "127.0.0.1", "--save", ""])
-            .args(["--appendonly", "no"])
-            .stdout(std::process::Stdio::piped())
-            .spawn();
-        let mut child = match child {
-            Ok(child) => child,
-            Err(e) => {
-                let what = format!("no redis-server ({e}; apt install redis-server)");
-                assert!(
-                    !ci(),
-                    "{what} under CI=true: the moved-room browser test must run"
-                );
-                eprintln!("NOTICE: {what}; skipping the moved-room browser test");
-                return None;
-            }
-        };
-        // Ready once it says so.
-        let stdout = child.stdout.take().expect("redis-server's stdout");
-        let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
-        let ready = lines.any(|l| l.is_ok_and(|l| l.contains("Ready to accept connections")));
-        std::thread::spawn(move || for _ in lines {});
-        assert!(ready, "redis-server started");
-        Some(Redis(child))
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+            .args(["--appendonly", "no"]);
+        sen_platform::testing::Helper::start(
+            command,
+            "Ready to accept connections",
+            "apt install redis-server",
+            "moved-room browser",
+        )
     }
 }
 

@@ -13,7 +13,7 @@ use std::{
 };
 
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
-use serde_json::json;
+use serde_json::{Value, json};
 use webrtc::media_stream::track_local::TrackLocal;
 
 use sen_telehealth::client::{Driving, Peer, Seen, Ws, next_within};
@@ -404,6 +404,37 @@ async fn lost_packets_are_asked_again_and_still_arrive(app: TestApp) {
     call.hang_up().await;
 }
 
+/// Doctor and patient of `room` joined through `app`, the patient admitted by the doctor.
+struct Admitted {
+    doctor_ws: Ws,
+    patient_ws: Ws,
+    ids: (String, String),
+    patient_grant: String,
+    /// What `joined` told the doctor and the patient.
+    joined: (Value, Value),
+}
+
+async fn admitted(app: &TestApp, c: &super::Clinic, room: &str) -> Admitted {
+    let (doctor_grant, doctor_id) = grant(app, &c.doctor, room, "{}").await;
+    let (patient_grant, patient_id) = grant(app, &c.patient, room, "{}").await;
+    let (mut doctor_ws, doctor_joined) = join(app, room, &doctor_grant).await;
+    let (mut patient_ws, patient_joined) = join(app, room, &patient_grant).await;
+    assert_eq!(next(&mut doctor_ws).await["event"], "waiting");
+    send(
+        &mut doctor_ws,
+        json!({"type": "admit", "participant": patient_id}),
+    )
+    .await;
+    assert_eq!(next(&mut patient_ws).await["type"], "admitted");
+    Admitted {
+        doctor_ws,
+        patient_ws,
+        ids: (doctor_id, patient_id),
+        patient_grant,
+        joined: (doctor_joined, patient_joined),
+    }
+}
+
 /// The room's node dies mid-call. Here the room is held by a node that never answers (its
 /// lease, 3 s, lapses as a dead node's 15 s would): the node the participants reached places
 /// the room again on its next renewal and tells them (`media` `moved`); they open new media
@@ -420,22 +451,13 @@ async fn media_follows_the_room_when_its_node_dies(app: TestApp) {
         .await
         .unwrap();
     assert!(placed);
-    let (doctor_grant, doctor_id) = grant(&app, &c.doctor, &room, "{}").await;
-    let (patient_grant, patient_id) = grant(&app, &c.patient, &room, "{}").await;
-    let (mut doctor_ws, joined) = join(&app, &room, &doctor_grant).await;
+    let mut a = admitted(&app, &c, &room).await;
+    let joined = &a.joined.0;
     assert_eq!(joined["node"], "a-node-that-died", "{joined}");
     assert_eq!(joined["here"], false, "{joined}");
-    let (mut patient_ws, _) = join(&app, &room, &patient_grant).await;
-    assert_eq!(next(&mut doctor_ws).await["event"], "waiting");
-    send(
-        &mut doctor_ws,
-        json!({"type": "admit", "participant": patient_id}),
-    )
-    .await;
-    assert_eq!(next(&mut patient_ws).await["type"], "admitted");
 
     // Both are told the room moved here, once this node has placed it again.
-    for ws in [&mut doctor_ws, &mut patient_ws] {
+    for ws in [&mut a.doctor_ws, &mut a.patient_ws] {
         let moved = loop {
             let message = next(ws).await;
             if message["type"] == "media" {
@@ -447,9 +469,8 @@ async fn media_follows_the_room_when_its_node_dies(app: TestApp) {
     }
     let doctor = Peer::new(LOOPBACK).await.unwrap();
     let patient = Peer::new(LOOPBACK).await.unwrap();
-    let ids = (doctor_id, patient_id);
-    let sides = ((doctor, doctor_ws), (patient, patient_ws));
-    let mut call = start(sides.0, sides.1, ids, room, patient_grant).await;
+    let sides = ((doctor, a.doctor_ws), (patient, a.patient_ws));
+    let mut call = start(sides.0, sides.1, a.ids, room, a.patient_grant).await;
     call.crossed().await;
     call.hang_up().await;
 }
@@ -457,7 +478,7 @@ async fn media_follows_the_room_when_its_node_dies(app: TestApp) {
 /// A real coturn (`turnserver`, Debian `coturn`) on 127.0.0.1 with `use-auth-secret`, stopped
 /// when dropped. `None` (a notice) without the binary; under CI=true that fails.
 struct Coturn {
-    child: std::process::Child,
+    _process: sen_platform::testing::Helper,
     url: String,
     _dir: tempfile::TempDir,
 }
@@ -466,7 +487,6 @@ const TURN_SECRET: &str = "the-secret-sen-and-coturn-share";
 
 impl Coturn {
     fn start() -> Option<Self> {
-        use std::io::BufRead;
         // A free UDP port for its listener (and, from it, a relay range of its own).
         let port = std::net::UdpSocket::bind("127.0.0.1:0")
             .unwrap()
@@ -475,7 +495,8 @@ impl Coturn {
             .port();
         let relay_low = 50_000 + (port % 150) * 100;
         let dir = tempfile::tempdir().unwrap();
-        let started = std::process::Command::new("turnserver")
+        let mut command = std::process::Command::new("turnserver");
+        command
             .args(["-n", "--listening-ip=127.0.0.1", "--relay-ip=127.0.0.1"])
             .arg(format!("--listening-port={port}"))
             .arg(format!("--min-port={relay_low}"))
@@ -493,38 +514,18 @@ impl Coturn {
                 "--pidfile={}",
                 dir.path().join("turn.pid").display()
             ))
-            .arg(format!("--db={}", dir.path().join("turndb").display()))
-            .stdout(std::process::Stdio::piped())
-            .spawn();
-        let mut child = match started {
-            Ok(child) => child,
-            Err(e) => {
-                let what = format!("no turnserver ({e}; apt install coturn)");
-                assert!(
-                    std::env::var("CI").as_deref() != Ok("true"),
-                    "{what} under CI=true: the TURN test must run"
-                );
-                eprintln!("NOTICE: {what}; skipping the TURN test");
-                return None;
-            }
-        };
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = std::io::BufReader::new(stdout).lines();
-        let ready = lines.any(|l| l.is_ok_and(|l| l.contains("Total General servers")));
-        std::thread::spawn(move || for _ in lines {});
-        assert!(ready, "turnserver started");
+            .arg(format!("--db={}", dir.path().join("turndb").display()));
+        let process = sen_platform::testing::Helper::start(
+            command,
+            "Total General servers",
+            "apt install coturn",
+            "TURN",
+        )?;
         Some(Coturn {
-            child,
+            _process: process,
             url: format!("turn:127.0.0.1:{port}?transport=udp"),
             _dir: dir,
         })
-    }
-}
-
-impl Drop for Coturn {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -544,25 +545,14 @@ async fn media_crosses_a_real_coturn_with_the_joined_credentials() {
     })
     .await;
     let (c, room) = room(&app).await;
-    let (doctor_grant, doctor_id) = grant(&app, &c.doctor, &room, "{}").await;
-    let (patient_grant, patient_id) = grant(&app, &c.patient, &room, "{}").await;
-    let (mut doctor_ws, _) = join(&app, &room, &doctor_grant).await;
-    let (mut patient_ws, joined) = join(&app, &room, &patient_grant).await;
-    let servers = joined["iceServers"].clone();
-    assert_eq!(servers[0]["urls"][0], json!(coturn.url), "{joined}");
-    assert_eq!(next(&mut doctor_ws).await["event"], "waiting");
-    send(
-        &mut doctor_ws,
-        json!({"type": "admit", "participant": patient_id}),
-    )
-    .await;
-    assert_eq!(next(&mut patient_ws).await["type"], "admitted");
+    let a = admitted(&app, &c, &room).await;
+    let servers = a.joined.1["iceServers"].clone();
+    assert_eq!(servers[0]["urls"][0], json!(coturn.url), "{}", a.joined.1);
 
     let patient = Peer::relayed(LOOPBACK, &servers).await.unwrap();
     let doctor = Peer::new(LOOPBACK).await.unwrap();
-    let ids = (doctor_id, patient_id);
-    let sides = ((doctor, doctor_ws), (patient, patient_ws));
-    let mut call = start(sides.0, sides.1, ids, room, patient_grant).await;
+    let sides = ((doctor, a.doctor_ws), (patient, a.patient_ws));
+    let mut call = start(sides.0, sides.1, a.ids, room, a.patient_grant).await;
     call.crossed().await;
     // It went through the relay: the patient had relay candidates only.
     let stats = call
