@@ -436,7 +436,7 @@ async fn admitted(app: &TestApp, c: &super::Clinic, room: &str) -> Admitted {
 }
 
 /// The room's node dies mid-call. Here the room is held by a node that never answers (its
-/// lease, 3 s, lapses as a dead node's 15 s would): the node the participants reached places
+/// lease, 3 s, lapses as a dead node's 8 s would): the node the participants reached places
 /// the room again on its next renewal and tells them (`media` `moved`); they open new media
 /// connections, and their media crosses through it.
 async fn media_follows_the_room_when_its_node_dies(app: TestApp) {

@@ -419,7 +419,7 @@ async fn participants_on_two_nodes_still_meet(app: TestApp) {
     send(&mut doctor, json!({"type": "chat", "text": "Chào em"})).await;
     assert_eq!(next(&mut patient).await["from"], json!(doctor_id));
 
-    // The first node dies (its lease lapses, as 15 s without renewal would): the next
+    // The first node dies (its lease lapses, as 8 s without renewal would): the next
     // participant to arrive through the other node places the room there.
     assert!(app.kv.delete(&format!("room:{room}:node")).await.unwrap());
     let (family_grant, _) = grant(&other, &c.patient, &room, r#"{"invite": "family"}"#).await;
