@@ -4,6 +4,7 @@
 mod aiortc;
 mod browser;
 mod conformance;
+mod failover;
 mod fhirpath_js;
 mod fhirpy;
 mod support;
@@ -92,6 +93,16 @@ mod aiortc_and_a_rust_peer_talk_through_the_server {
             "aiortc_and_a_rust_peer_talk_through_the_server::in_a_network_namespace",
         )
         .await;
+    }
+}
+
+/// Two nodes share their database: PostgreSQL only (see `failover`).
+mod a_call_goes_on_when_its_media_node_is_killed {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn on_postgres() {
+        if let Some(store) = super::Store::postgres().await {
+            super::failover::a_call_goes_on_when_its_media_node_is_killed(store).await;
+        }
     }
 }
 
