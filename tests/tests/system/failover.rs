@@ -120,6 +120,9 @@ struct Call {
     patient: Peer,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     patient_signals: tokio::sync::mpsc::UnboundedReceiver<Value>,
+    /// Kept (not read) so that the doctor's socket stays open: its driver closes it when
+    /// this is dropped.
+    _doctor_signals: tokio::sync::mpsc::UnboundedReceiver<Value>,
     stop: Arc<AtomicBool>,
 }
 
@@ -138,13 +141,12 @@ impl Call {
             play(&doctor, "doctor", stop.clone()),
             play(&patient, "patient", stop.clone()),
         ];
-        // (The doctor's other messages are not needed; its driver keeps running.)
-        std::mem::forget(doctor_driving.incoming);
         Self {
             doctor,
             patient,
             tasks,
             patient_signals: patient_driving.incoming,
+            _doctor_signals: doctor_driving.incoming,
             stop,
         }
     }
