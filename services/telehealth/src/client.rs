@@ -425,6 +425,45 @@ pub async fn next_within(ws: &mut Ws, wait: std::time::Duration) -> Option<Value
     }
 }
 
+/// A numbered test packet: sequence number `n`, a payload saying who sent it and `n`, then
+/// `size` bytes of a pattern [`check_numbered`] verifies byte for byte.
+pub fn numbered(ssrc: u32, payload_type: u8, n: u16, who: &str, size: usize) -> Packet {
+    let mut payload = bytes::BytesMut::from(format!("{who}:{n}:").as_bytes());
+    payload.extend((0..size).map(|i| (i as u16).wrapping_add(n) as u8));
+    Packet {
+        header: rtc::rtp::header::Header {
+            version: 2,
+            payload_type,
+            sequence_number: n,
+            timestamp: u32::from(n).wrapping_mul(3_000),
+            ssrc,
+            marker: true,
+            ..Default::default()
+        },
+        payload: payload.freeze(),
+    }
+}
+
+/// Checks a received payload is one [`numbered`]`(…, who, size)` made, and returns its `n`;
+/// panics (these are test and load-tool peers) when it is not.
+pub fn check_numbered(payload: &[u8], who: &str, size: usize) -> u16 {
+    let head = payload.len().checked_sub(size).unwrap_or_else(|| {
+        panic!("a payload of {who}'s, got {} bytes", payload.len());
+    });
+    let text = String::from_utf8_lossy(&payload[..head]).into_owned();
+    let n: u16 = text
+        .strip_prefix(&format!("{who}:"))
+        .and_then(|rest| rest.strip_suffix(':'))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("a payload of {who}'s, got {text:?}"));
+    let intact = payload[head..]
+        .iter()
+        .enumerate()
+        .all(|(i, b)| *b == (i as u16).wrapping_add(n) as u8);
+    assert!(intact, "payload {n} of {who}'s intact");
+    n
+}
+
 /// The lossy path of [`Peer::losing`]: drops the first sending of the chosen video packets.
 struct Losing {
     ssrc: u32,

@@ -14,12 +14,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bytes::{Bytes, BytesMut};
-use rtc::{
-    rtp::{Packet, header::Header},
-    rtp_transceiver::rtp_sender::RtpCodecKind,
-};
-use sen_telehealth::client::{Peer, Seen, Ws, join, next_within, send};
+use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
+use sen_telehealth::client::{Peer, Seen, Ws, join, next_within, numbered, send};
 use serde_json::{Value, json};
 use webrtc::media_stream::track_local::TrackLocal;
 
@@ -210,26 +206,8 @@ fn play(peer: &Peer, who: &'static str, stop: Arc<AtomicBool>) -> tokio::task::J
                 return;
             }
             ticks.tick().await;
-            let _ = audio.write_rtp(packet(audio_ssrc, 111, n, who)).await;
-            let _ = video.write_rtp(packet(video_ssrc, 96, n, who)).await;
+            let _ = audio.write_rtp(numbered(audio_ssrc, 111, n, who, 80)).await;
+            let _ = video.write_rtp(numbered(video_ssrc, 96, n, who, 400)).await;
         }
     })
-}
-
-fn packet(ssrc: u32, payload_type: u8, n: u16, who: &str) -> Packet {
-    let mut payload = BytesMut::from(format!("{who}:{n}:").as_bytes());
-    payload.extend(std::iter::repeat_n(0x5a, 400));
-    let payload: Bytes = payload.freeze();
-    Packet {
-        header: Header {
-            version: 2,
-            payload_type,
-            sequence_number: n,
-            timestamp: u32::from(n).wrapping_mul(3_000),
-            ssrc,
-            marker: true,
-            ..Default::default()
-        },
-        payload,
-    }
 }

@@ -511,5 +511,4 @@ async fn diagnoses_of_remote_examinations_are_held_to_circular_30(app: TestApp) 
 on_both_backends!(diagnoses_of_remote_examinations_are_held_to_circular_30);
 
 mod media;
-mod peer;
 mod signaling;

@@ -16,12 +16,11 @@ use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use serde_json::{Value, json};
 use webrtc::media_stream::track_local::TrackLocal;
 
-use sen_telehealth::client::{Driving, Peer, Seen, Ws, next_within};
-
-use super::{
-    peer::{check, packet},
-    signaling::{grant, join, next, room, send},
+use sen_telehealth::client::{
+    Driving, Peer, Seen, Ws, check_numbered as check, next_within, numbered as packet,
 };
+
+use super::signaling::{grant, join, next, room, send};
 use crate::support::TestApp;
 
 const LOOPBACK: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
