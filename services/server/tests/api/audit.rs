@@ -360,9 +360,79 @@ async fn a_read_whose_access_cannot_be_recorded_shows_nothing(app: TestApp) {
     );
 }
 
+/// An outbox row relayed a second time (as an older version could leave one) adds nothing and
+/// does not stop the relay: the record stays one AuditEvent and the row leaves the outbox.
+async fn a_record_relayed_twice_stays_one_audit_event(app: TestApp) {
+    let (p, _) = app.create(&patient("087090000341")).await;
+    let postgres = app.db.backend() == sen_platform::Backend::Postgres;
+    let (outbox, copy) = if postgres {
+        ("ehr.audit_outbox", "ehr.outbox_copy")
+    } else {
+        ("ehr_audit_outbox", "outbox_copy")
+    };
+    let db = &app.db;
+    let run = |sql: String| async move {
+        sqlx::raw_sql(&sql).execute(db.writer()).await.unwrap();
+    };
+    // Every outbox row written from now on is copied aside.
+    run(format!("CREATE TABLE {copy} (records TEXT NOT NULL)")).await;
+    if postgres {
+        run(format!(
+            "CREATE FUNCTION ehr.copy_outbox() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN INSERT INTO {copy} VALUES (NEW.records); RETURN NEW; END $$; \
+             CREATE TRIGGER copy_outbox AFTER INSERT ON {outbox} \
+             FOR EACH ROW EXECUTE FUNCTION ehr.copy_outbox()"
+        ))
+        .await;
+    } else {
+        run(format!(
+            "CREATE TRIGGER copy_outbox AFTER INSERT ON {outbox} \
+             BEGIN INSERT INTO {copy} VALUES (NEW.records); END"
+        ))
+        .await;
+    }
+    let system = app.token(Role::System, None, None);
+    let read = format!("/fhir/Patient/{p}");
+    let status = send(&app, &system, Method::GET, &read, "read-twice", None).await;
+    assert_eq!(status, StatusCode::OK);
+    // An AuditEvent search relays every record made before it.
+    let events = audit_events(&app, "/fhir/AuditEvent?_count=1000").await;
+    of_request(&events, "read-twice");
+    if postgres {
+        run(format!("DROP TRIGGER copy_outbox ON {outbox}")).await;
+    } else {
+        run("DROP TRIGGER copy_outbox".to_string()).await;
+    }
+    let copied: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {copy}"))
+        .fetch_one(db.writer())
+        .await
+        .unwrap();
+    assert!(copied > 0, "the read's record was copied");
+    run(format!(
+        "INSERT INTO {outbox} (records) SELECT records FROM {copy}"
+    ))
+    .await;
+
+    let again = audit_events(&app, "/fhir/AuditEvent?_count=1000").await;
+    of_request(&again, "read-twice");
+    assert_eq!(
+        again.len(),
+        events.len() + 1,
+        "only the first search's own access was added"
+    );
+    let left: i64 = sqlx::query_scalar(&format!(
+        "SELECT COUNT(*) FROM {outbox} WHERE records IN (SELECT records FROM {copy})"
+    ))
+    .fetch_one(db.writer())
+    .await
+    .unwrap();
+    assert_eq!(left, 0, "the rows relayed again left the outbox");
+}
+
 on_both_backends!(
     every_access_is_recorded_with_who_what_which_patient_and_outcome,
     a_patient_lists_who_accessed_its_records,
     a_transaction_and_its_audit_event_commit_together,
     a_read_whose_access_cannot_be_recorded_shows_nothing,
+    a_record_relayed_twice_stays_one_audit_event,
 );
