@@ -448,6 +448,7 @@ async fn read(
         }
         .into());
     }
+    // A read names one AuditEvent: a record not relayed yet is simply not found.
     catch_up_audit(&ehr, rt).await?;
     let version = ehr
         .store

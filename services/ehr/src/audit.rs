@@ -330,6 +330,8 @@ pub struct Audit {
     /// One relay batch at a time in this process (the background relay and catch-ups).
     relay_turn: tokio::sync::Mutex<()>,
     per_second: u32,
+    /// How long an AuditEvent search or read waits for the relay (see [`Ehr::audit_catch_up`]).
+    pub(crate) catch_up: Duration,
     /// Records handed to the group committer so far (how busy the server is).
     arrivals: std::sync::atomic::AtomicU64,
 }
@@ -342,7 +344,7 @@ impl std::fmt::Debug for Pending {
 
 impl Audit {
     /// Starts the group committer on `db` (a task that ends when the service is dropped).
-    pub fn start(db: sen_platform::Database, per_second: u32) -> Self {
+    pub fn start(db: sen_platform::Database, per_second: u32, catch_up: Duration) -> Self {
         let (queue, receiver) = mpsc::channel(QUEUE);
         let wake = Arc::new(Notify::new());
         tokio::spawn(group_committer(db, receiver, wake.clone()));
@@ -351,6 +353,7 @@ impl Audit {
             wake,
             relay_turn: tokio::sync::Mutex::new(()),
             per_second: per_second.max(1),
+            catch_up,
             arrivals: std::sync::atomic::AtomicU64::new(0),
         }
     }
@@ -458,7 +461,3 @@ async fn insert(
     }
     Ok(())
 }
-
-/// How long a search or read of AuditEvents waits for the relay to catch up with the records
-/// made before it, at most.
-pub const CATCH_UP: Duration = Duration::from_secs(10);

@@ -99,7 +99,11 @@ impl Ehr {
             .unwrap_or_default();
         let capability =
             capability::capability_statement(defs, env!("CARGO_PKG_VERSION"), &started).to_string();
-        let audit = audit::Audit::start(db.clone(), fhir.audit_relay_per_second);
+        let audit = audit::Audit::start(
+            db.clone(),
+            fhir.audit_relay_per_second,
+            std::time::Duration::from_millis(fhir.audit_catch_up_ms),
+        );
         let store = ResourceStore::new(db, defs);
         let _ = store.remote_eligible.set(remote::Eligible::new(
             profiles.value_set_codes(remote::VALUE_SET, remote::ICD10),

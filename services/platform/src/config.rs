@@ -161,6 +161,9 @@ pub struct FhirConfig {
     /// recorded at once (an outbox row); this paces only the indexing of those rows, so a
     /// burst of reads costs the burst little. A search of AuditEvents catches up first.
     pub audit_relay_per_second: u32,
+    /// Longest a search or read of AuditEvents waits for the relay to turn the records made
+    /// before it into AuditEvents; past it, a search answers what is there with a warning.
+    pub audit_catch_up_ms: u64,
 }
 
 impl Default for FhirConfig {
@@ -172,6 +175,7 @@ impl Default for FhirConfig {
             profile_dir: None,
             required_profiles: Default::default(),
             audit_relay_per_second: 2_000,
+            audit_catch_up_ms: 10_000,
         }
     }
 }
@@ -431,6 +435,11 @@ const ENV_KEYS: &[(&str, &str, Kind)] = &[
     (
         "SEN_FHIR_AUDIT_RELAY_PER_SECOND",
         "fhir.audit_relay_per_second",
+        Kind::Int,
+    ),
+    (
+        "SEN_FHIR_AUDIT_CATCH_UP_MS",
+        "fhir.audit_catch_up_ms",
         Kind::Int,
     ),
     (

@@ -52,6 +52,8 @@ pub enum IssueCode {
     TooCostly,
     Throttled,
     Transient,
+    /// Not every source answered in time: what is returned may not be complete.
+    Incomplete,
     Informational,
     BusinessRule,
 }

@@ -304,7 +304,7 @@ pub(super) async fn search_within(
     let count = parse_count(ehr, &params)?;
     let mut request = SearchRequest::parse(rt, &params, strict_handling(headers))?;
     crate::audit::note_query(rt.as_str(), &params);
-    catch_up_audit(ehr, rt).await?;
+    let complete = catch_up_audit(ehr, rt).await?;
     if let Some((compartment, id)) = &compartment {
         request.in_compartment(*compartment, id)?;
     }
@@ -412,18 +412,21 @@ pub(super) async fn search_within(
         (None, Total::None) if !count_only => None,
         (None, _) => Some(ehr.store.search_count(&request).await? as usize),
     };
+    if !complete {
+        // Nothing is lost (every access is in the outbox); it is not searchable yet.
+        entries.push(outcome_entry(OutcomeIssue::warning(
+            sen_platform::IssueCode::Incomplete,
+            "some accesses recorded before this search are not AuditEvents yet and are missing from it; repeat the search shortly",
+        )));
+    }
     if !request.ignored.is_empty() {
-        let outcome = OperationOutcome::new(vec![OutcomeIssue::warning(
+        entries.push(outcome_entry(OutcomeIssue::warning(
             sen_platform::IssueCode::NotSupported,
             format!(
                 "ignored parameters that are not search parameters of {rt}: {} (send Prefer: handling=strict to have them refused)",
                 request.ignored.join(", ")
             ),
-        )]);
-        entries.push(format!(
-            "{{\"resource\":{},\"search\":{{\"mode\":\"outcome\"}}}}",
-            outcome.to_json()
-        ));
+        )));
     }
     Ok(body_response(
         StatusCode::OK,
@@ -432,11 +435,21 @@ pub(super) async fn search_within(
     ))
 }
 
+/// A searchset entry holding an OperationOutcome of one issue (search mode `outcome`).
+fn outcome_entry(issue: OutcomeIssue) -> String {
+    format!(
+        "{{\"resource\":{},\"search\":{{\"mode\":\"outcome\"}}}}",
+        OperationOutcome::new(vec![issue]).to_json()
+    )
+}
+
 /// Before AuditEvents are searched or read, the relay turns every access recorded so far into
-/// one, so that what was answered before shows (see [`crate::audit`]).
-pub(super) async fn catch_up_audit(ehr: &Ehr, rt: ResourceType) -> Result<()> {
-    if rt.as_str() == "AuditEvent" && !ehr.audit_catch_up(crate::audit::CATCH_UP).await? {
+/// one, so that what was answered before shows (see [`crate::audit`]). Answers false when it
+/// could not within `fhir.audit_catch_up_ms`: the AuditEvents do not show every access yet.
+pub(super) async fn catch_up_audit(ehr: &Ehr, rt: ResourceType) -> Result<bool> {
+    if rt.as_str() == "AuditEvent" && !ehr.audit_catch_up(ehr.audit.catch_up).await? {
         tracing::warn!("audit relay did not catch up before an AuditEvent search");
+        return Ok(false);
     }
-    Ok(())
+    Ok(true)
 }

@@ -35,6 +35,9 @@ const BUSY: f64 = 1_000.0;
 /// are relayed at full pace whatever the load.
 const MAX_DEFERRAL: Duration = Duration::from_secs(60);
 
+/// How often a catch-up looks again at outbox rows another process's relay holds.
+const HELD: Duration = Duration::from_millis(20);
+
 /// How often a deferring relay looks at the load again.
 const RECHECK: Duration = Duration::from_millis(250);
 
@@ -122,21 +125,39 @@ pub(crate) async fn run(ehr: Weak<Ehr>, wake: Arc<Notify>) {
 impl Ehr {
     /// Relays every record made before this call (within `deadline`): what a search or read
     /// of AuditEvents does first, so that it sees every access answered before it. Returns
-    /// whether it caught up.
+    /// whether it caught up. Rows another process's relay holds (PostgreSQL skips locked
+    /// rows) count as not caught up until that relay has committed them.
     pub async fn audit_catch_up(&self, deadline: Duration) -> Result<bool, EhrError> {
         let table = outbox_table(self.store.database().backend());
+        let db = self.store.database().writer();
         let last: Option<i64> = sqlx::query(&format!("SELECT MAX(seq) FROM {table}"))
-            .fetch_one(self.store.database().writer())
+            .fetch_one(db)
             .await?
             .try_get(0)?;
         let Some(last) = last else { return Ok(true) };
         let until = Instant::now() + deadline;
-        while Instant::now() < until {
+        loop {
             if self.audit_relay_once(Some(last)).await? == 0 {
-                return Ok(true);
+                let left: i64 = sqlx::query(&format!(
+                    "SELECT COUNT(*) FROM (SELECT 1 FROM {table} WHERE seq <= $1 LIMIT 1) x"
+                ))
+                .bind(last)
+                .fetch_one(db)
+                .await?
+                .try_get(0)?;
+                if left == 0 {
+                    return Ok(true);
+                }
+                // Held by another relay (or unreadable, reported by the relay): look again
+                // shortly, until the deadline.
+                if Instant::now() >= until {
+                    return Ok(false);
+                }
+                tokio::time::sleep(HELD).await;
+            } else if Instant::now() >= until {
+                return Ok(false);
             }
         }
-        Ok(false)
     }
 
     /// One relay transaction: the oldest outbox rows (only those up to `upto`) holding up to

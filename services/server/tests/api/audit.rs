@@ -39,6 +39,11 @@ pub async fn audit_events(app: &TestApp, first: &str) -> Vec<Value> {
     events
 }
 
+/// Runs SQL straight on the test's database (outside the server).
+async fn execute(app: &TestApp, sql: &str) {
+    sqlx::raw_sql(sql).execute(app.db.writer()).await.unwrap();
+}
+
 /// The `X-Request-Id` an AuditEvent records.
 pub fn request_id(event: &Value) -> Option<String> {
     event["entity"]
@@ -371,9 +376,8 @@ async fn a_record_relayed_twice_stays_one_audit_event(app: TestApp) {
         ("ehr_audit_outbox", "outbox_copy")
     };
     let db = &app.db;
-    let run = |sql: String| async move {
-        sqlx::raw_sql(&sql).execute(db.writer()).await.unwrap();
-    };
+    let on = &app;
+    let run = |sql: String| async move { execute(on, &sql).await };
     // Every outbox row written from now on is copied aside.
     run(format!("CREATE TABLE {copy} (records TEXT NOT NULL)")).await;
     if postgres {
@@ -427,6 +431,86 @@ async fn a_record_relayed_twice_stays_one_audit_event(app: TestApp) {
     .await
     .unwrap();
     assert_eq!(left, 0, "the rows relayed again left the outbox");
+}
+
+/// An AuditEvent search that cannot see every access made before it says so: a warning
+/// outcome in the searchset while outbox rows up to it are left (here a row no relay can read;
+/// on PostgreSQL, rows another node's relay holds take the same path). Once the rows are
+/// gone, the search is complete again and says nothing.
+async fn an_audit_search_that_is_not_complete_says_so(app: TestApp) {
+    let outbox = match app.db.backend() {
+        sen_platform::Backend::Postgres => "ehr.audit_outbox",
+        sen_platform::Backend::Sqlite => "ehr_audit_outbox",
+    };
+    let (p, _) = app.create(&patient("087090000351")).await;
+    let system = app.token(Role::System, None, None);
+    let status = send(
+        &app,
+        &system,
+        Method::GET,
+        &format!("/fhir/Patient/{p}"),
+        "seen",
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let warned = |page: &Value| {
+        page["entry"].as_array().into_iter().flatten().any(|e| {
+            e["search"]["mode"] == "outcome"
+                && e["resource"]["issue"][0]["code"] == "incomplete"
+                && e["resource"]["issue"][0]["severity"] == "warning"
+        })
+    };
+    let search = || async {
+        let response = app.get("/fhir/AuditEvent?_count=1000").await;
+        assert_eq!(response.status(), StatusCode::OK);
+        response.json::<Value>().await.unwrap()
+    };
+    let complete = search().await;
+    assert!(!warned(&complete), "{complete}");
+
+    // A row this version cannot read stays in the outbox (the relay reports it).
+    let bad = "not records";
+    execute(
+        &app,
+        &format!("INSERT INTO {outbox} (records) VALUES ('{bad}')"),
+    )
+    .await;
+    let page = search().await;
+    assert!(warned(&page), "{page}");
+    let events: Vec<Value> = page["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["search"]["mode"] == "match")
+        .map(|e| e["resource"].clone())
+        .collect();
+    of_request(&events, "seen");
+    execute(
+        &app,
+        &format!("DELETE FROM {outbox} WHERE records = '{bad}'"),
+    )
+    .await;
+
+    let page = search().await;
+    assert!(!warned(&page), "{page}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_audit_search_that_is_not_complete_says_so_on_sqlite() {
+    an_audit_search_that_is_not_complete_says_so(TestApp::sqlite_with(short_catch_up).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_audit_search_that_is_not_complete_says_so_on_postgres() {
+    if let Some(app) = TestApp::postgres_with(short_catch_up).await {
+        an_audit_search_that_is_not_complete_says_so(app).await;
+    }
+}
+
+/// AuditEvent searches wait a fifth of a second for the relay instead of ten.
+fn short_catch_up(config: &mut sen_platform::Config) {
+    config.fhir.audit_catch_up_ms = 200;
 }
 
 on_both_backends!(
