@@ -137,26 +137,27 @@ impl Ehr {
         let Some(last) = last else { return Ok(true) };
         let until = Instant::now() + deadline;
         loop {
-            if self.audit_relay_once(Some(last)).await? == 0 {
-                let left: i64 = sqlx::query(&format!(
-                    "SELECT COUNT(*) FROM (SELECT 1 FROM {table} WHERE seq <= $1 LIMIT 1) x"
-                ))
-                .bind(last)
-                .fetch_one(db)
-                .await?
-                .try_get(0)?;
-                if left == 0 {
-                    return Ok(true);
-                }
-                // Held by another relay (or unreadable, reported by the relay): look again
-                // shortly, until the deadline.
-                if Instant::now() >= until {
-                    return Ok(false);
-                }
-                tokio::time::sleep(HELD).await;
-            } else if Instant::now() >= until {
+            let relayed = self.audit_relay_once(Some(last)).await?;
+            let late = Instant::now() >= until;
+            if relayed > 0 && !late {
+                continue;
+            }
+            let left: i64 = sqlx::query(&format!(
+                "SELECT COUNT(*) FROM (SELECT 1 FROM {table} WHERE seq <= $1 LIMIT 1) x"
+            ))
+            .bind(last)
+            .fetch_one(db)
+            .await?
+            .try_get(0)?;
+            if left == 0 {
+                return Ok(true);
+            }
+            if late {
                 return Ok(false);
             }
+            // Held by another relay (or unreadable, reported by the relay): look again
+            // shortly, until the deadline.
+            tokio::time::sleep(HELD).await;
         }
     }
 
