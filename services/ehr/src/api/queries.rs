@@ -141,8 +141,6 @@ pub(super) async fn history_instance(
     history(&ehr, HistoryScope::Instance(rt, id), &path, query, &headers).await
 }
 
-/// Basic search: `_id` and `identifier`, paged by id. Other parameters are refused rather
-/// than ignored, so a query never silently returns more than it asked for.
 /// `GET /fhir/Patient/{id}/{type}`: a search inside a patient's compartment.
 pub(super) async fn compartment_search(
     State(ehr): State<Arc<Ehr>>,

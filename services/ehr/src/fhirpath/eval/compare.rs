@@ -197,18 +197,11 @@ impl Moment {
         }
     }
 
-    /// Minutes since 0000-03-01 in UTC (days from the civil calendar), for date-times that
-    /// carry at least minutes.
+    /// Minutes since 1970-01-01 in UTC, for date-times that carry at least minutes.
     fn utc_minutes(&self) -> i64 {
         let [y, m, d, h, min, _] = self.parts;
-        let y = if m <= 2 { y - 1 } else { y };
-        let era = y.div_euclid(400);
-        let yoe = y - era * 400;
-        let mp = (m + 9) % 12;
-        let doy = (153 * mp + 2) / 5 + d - 1;
-        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-        let days = era * 146_097 + doe;
-        days * 1440 + h * 60 + min - self.offset.unwrap_or(0)
+        crate::search::dates::days_from_civil(y, m, d) * 1440 + h * 60 + min
+            - self.offset.unwrap_or(0)
     }
 }
 
