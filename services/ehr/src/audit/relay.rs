@@ -311,12 +311,29 @@ async fn patients_of(
                 Backend::Sqlite => "(?, ?)".to_string(),
             })
             .collect();
-        let sql = format!(
-            "SELECT s.resource_type, s.id, s.code, s.target_id FROM {res} r \
-             JOIN {refs} s ON s.rid = r.rid \
-             WHERE s.target_type = 'Patient' AND (r.resource_type, r.id) IN (VALUES {})",
-            pairs.join(", ")
-        );
+        // Each named resource by its key, then that resource's own reference rows, whatever
+        // the statistics say: without them (a new database, autovacuum behind) PostgreSQL
+        // started from every Patient reference of the store, on a generic plan the
+        // connection then kept — a second a statement at 150,000 resources, and growing.
+        // So PostgreSQL gets no other way in (lateral subqueries fenced by OFFSET 0, the
+        // target type tested here, not in SQL); SQLite keeps a CROSS JOIN's left side outer.
+        let sql = match backend {
+            Backend::Postgres => format!(
+                "SELECT s.resource_type, s.id, s.code, s.target_type, s.target_id \
+                 FROM (VALUES {}) w (rt, id) \
+                 CROSS JOIN LATERAL (SELECT rid FROM {res} \
+                   WHERE resource_type = w.rt AND id = w.id OFFSET 0) r \
+                 CROSS JOIN LATERAL (SELECT resource_type, id, code, target_type, target_id \
+                   FROM {refs} WHERE rid = r.rid OFFSET 0) s",
+                pairs.join(", ")
+            ),
+            Backend::Sqlite => format!(
+                "SELECT s.resource_type, s.id, s.code, s.target_type, s.target_id FROM {res} r \
+                 CROSS JOIN {refs} s ON s.rid = r.rid \
+                 WHERE (r.resource_type, r.id) IN (VALUES {})",
+                pairs.join(", ")
+            ),
+        };
         let mut query = sqlx::query(&sql);
         for (rt, id) in chunk {
             query = query.bind(rt.as_str()).bind(id.as_str());
@@ -325,9 +342,11 @@ async fn patients_of(
             let rt: String = row.try_get(0)?;
             let id: String = row.try_get(1)?;
             let code: String = row.try_get(2)?;
-            let target: String = row.try_get(3)?;
-            let in_compartment = crate::search::query::compartment_params("Patient", &rt)
-                .is_some_and(|codes| codes.contains(&code));
+            let target_type: String = row.try_get(3)?;
+            let target: String = row.try_get(4)?;
+            let in_compartment = target_type == "Patient"
+                && crate::search::query::compartment_params("Patient", &rt)
+                    .is_some_and(|codes| codes.contains(&code));
             if in_compartment {
                 found.entry((rt, id)).or_default().push(target);
             }
