@@ -134,10 +134,14 @@ pub enum Deleted {
 struct Sql {
     read: String,
     read_for_update: String,
+    /// `{ids}` stands for the ids' placeholders (`($2), ($3), …` on PostgreSQL, `$2, $3, …`
+    /// on SQLite).
+    read_many_for_update: String,
     vread: String,
     insert_current: String,
     update_current: String,
-    insert_history: String,
+    /// The history row's own statement, where writing the current version does not write it.
+    insert_history: Option<String>,
     /// Index table name prefix: `ehr.` or `ehr_`.
     index_prefix: &'static str,
     /// A no-op clause that makes a subquery planned on its own (SQLite; none on PostgreSQL).
@@ -169,13 +173,28 @@ impl Sql {
             read_for_update: format!(
                 "SELECT {cols} FROM {res} WHERE resource_type = $1 AND id = $2{lock}"
             ),
+            // PostgreSQL looks each id up on its own (a fenced lateral subquery): an `IN`
+            // list let a generic plan made while the table was small scan the whole type.
+            read_many_for_update: match backend {
+                Backend::Postgres => format!(
+                    "SELECT r.* FROM (VALUES {{ids}}) w (id) CROSS JOIN LATERAL \
+                     (SELECT {cols} FROM {res} WHERE resource_type = $1 AND id = w.id \
+                     OFFSET 0{lock}) r"
+                ),
+                Backend::Sqlite => {
+                    format!("SELECT {cols} FROM {res} WHERE resource_type = $1 AND id IN ({{ids}})")
+                }
+            },
             vread: format!(
                 "SELECT {cols} FROM {hist} WHERE resource_type = $1 AND id = $2 AND version_id = $3"
             ),
+            // On PostgreSQL the version's history row is written by the same statement (one
+            // round trip per version written, its content sent once).
             insert_current: match backend {
                 Backend::Postgres => format!(
-                    "INSERT INTO {res} ({cols}) VALUES ($1, $2, $3, $4, $5, $6, $7) \
-                     ON CONFLICT (resource_type, id) DO NOTHING RETURNING {rid}"
+                    "WITH c AS (INSERT INTO {res} ({cols}) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                     ON CONFLICT (resource_type, id) DO NOTHING RETURNING {rid}, {cols}), \
+                     h AS (INSERT INTO {hist} ({cols}) SELECT {cols} FROM c) SELECT {rid} FROM c"
                 ),
                 // One writer: the next key is the largest so far plus one (an index lookup).
                 Backend::Sqlite => format!(
@@ -184,13 +203,25 @@ impl Sql {
                      ON CONFLICT (resource_type, id) DO NOTHING RETURNING {rid}"
                 ),
             },
-            update_current: format!(
-                "UPDATE {res} SET version_id = $3, last_updated = $4, method = $5, deleted = $6, content = $7 \
-                 WHERE resource_type = $1 AND id = $2 AND version_id = $8 RETURNING {rid}"
-            ),
-            insert_history: format!(
-                "INSERT INTO {hist} ({cols}) VALUES ($1, $2, $3, $4, $5, $6, $7)"
-            ),
+            update_current: {
+                let update = format!(
+                    "UPDATE {res} SET version_id = $3, last_updated = $4, method = $5, deleted = $6, content = $7 \
+                     WHERE resource_type = $1 AND id = $2 AND version_id = $8 RETURNING {rid}"
+                );
+                match backend {
+                    Backend::Postgres => format!(
+                        "WITH c AS ({update}, {cols}), \
+                         h AS (INSERT INTO {hist} ({cols}) SELECT {cols} FROM c) SELECT {rid} FROM c"
+                    ),
+                    Backend::Sqlite => update,
+                }
+            },
+            insert_history: match backend {
+                Backend::Postgres => None,
+                Backend::Sqlite => Some(format!(
+                    "INSERT INTO {hist} ({cols}) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+                )),
+            },
             index_prefix,
             plan_barrier: match backend {
                 // PostgreSQL plans the page as a whole: with conditions probing by resource
@@ -448,9 +479,11 @@ impl ResourceStore {
         rid: i64,
         indexed: bool,
     ) -> Result<(), EhrError> {
-        self.bind_version(sqlx::query(&self.sql.insert_history), version)
-            .execute(&mut **tx)
-            .await?;
+        if let Some(insert_history) = &self.sql.insert_history {
+            self.bind_version(sqlx::query(insert_history), version)
+                .execute(&mut **tx)
+                .await?;
+        }
         if let Some(rows) = &rows {
             tx.wrote(crate::audit::Written {
                 reference: write::versioned(version),

@@ -211,6 +211,18 @@ async fn run_transaction(
             map.insert(full_url.clone(), target);
         }
     }
+    // What the PUT entries replace, read (and locked) one statement per resource type.
+    let mut current: HashMap<ResourceType, HashMap<String, Version>> = HashMap::new();
+    let mut puts: HashMap<ResourceType, Vec<&str>> = HashMap::new();
+    for (i, entry) in entries.iter().enumerate() {
+        if let (Verb::Put, Some(id)) = (entry.verb, targets[i].as_deref()) {
+            puts.entry(entry.resource_type).or_default().push(id);
+        }
+    }
+    for (rt, ids) in puts {
+        let found = ehr.store.read_many_for_update(&mut tx, rt, &ids).await?;
+        current.insert(rt, found);
+    }
     for verbs in [&[Verb::Post][..], &[Verb::Put, Verb::Patch]] {
         let pending: Vec<usize> = (0..entries.len())
             .filter(|&i| verbs.contains(&entries[i].verb) && outcomes[i].is_none())
@@ -242,10 +254,26 @@ async fn run_transaction(
             let ready = prepared[i]
                 .take()
                 .filter(|_| Some(text.as_str()) == entry.resource.as_deref());
+            let replaced = match entry.verb {
+                Verb::Put => Some(id.as_deref().and_then(|id| {
+                    current
+                        .get_mut(&entry.resource_type)
+                        .and_then(|found| found.remove(id))
+                })),
+                _ => None,
+            };
             outcomes[i] = Some(
-                write(ehr, &mut tx, entry, &text, None, id, ready)
-                    .await
-                    .map_err(at(i))?,
+                write(
+                    ehr,
+                    &mut tx,
+                    entry,
+                    &text,
+                    None,
+                    id,
+                    Known { ready, replaced },
+                )
+                .await
+                .map_err(at(i))?,
             );
         }
     }
@@ -288,7 +316,7 @@ async fn batch_entry(ehr: &Ehr, entry: &Entry) -> Result<Outcome, EhrError> {
         Verb::Put => {
             let text = entry.resource.as_deref().unwrap_or_default();
             let id = put_id(entry, target);
-            write(ehr, &mut tx, entry, text, None, Some(id), None).await?
+            write(ehr, &mut tx, entry, text, None, Some(id), Known::default()).await?
         }
         Verb::Post => {
             let text = entry.resource.as_deref().unwrap_or_default();
@@ -299,7 +327,7 @@ async fn batch_entry(ehr: &Ehr, entry: &Entry) -> Result<Outcome, EhrError> {
                 text,
                 entry.if_none_exist.as_ref(),
                 None,
-                None,
+                Known::default(),
             )
             .await?
         }
@@ -368,6 +396,16 @@ fn conditional_entry(
 /// Writes a POST or PUT entry's resource (`text`), or `prepared` — the same resource already
 /// accepted, when it is given.
 #[allow(clippy::too_many_arguments)]
+/// What a Bundle already knows of an entry it writes.
+#[derive(Default)]
+struct Known {
+    /// The resource parsed and checked before references were rewritten (still valid when
+    /// none was).
+    ready: Option<IncomingResource>,
+    /// For a PUT: the current version it replaces (`Some(None)`: none), read in advance.
+    replaced: Option<Option<Version>>,
+}
+
 async fn write(
     ehr: &Ehr,
     tx: &mut Tx,
@@ -375,8 +413,12 @@ async fn write(
     text: &str,
     condition: Option<&Criteria>,
     id: Option<String>,
-    prepared: Option<IncomingResource>,
+    known: Known,
 ) -> Result<Outcome, EhrError> {
+    let Known {
+        ready: prepared,
+        replaced,
+    } = known;
     if entry.verb != Verb::Put {
         let resource = match prepared {
             Some(resource) => resource,
@@ -402,10 +444,25 @@ async fn write(
             None => ehr.accept(text.as_bytes(), entry.resource_type, Some(&target))?,
         }
     };
-    let updated = ehr
-        .store
-        .update_in(tx, entry.resource_type, &target, &resource, entry.if_match)
-        .await?;
+    let updated = match replaced {
+        Some(current) => {
+            ehr.store
+                .update_from(
+                    tx,
+                    entry.resource_type,
+                    &target,
+                    &resource,
+                    entry.if_match,
+                    current,
+                )
+                .await?
+        }
+        None => {
+            ehr.store
+                .update_in(tx, entry.resource_type, &target, &resource, entry.if_match)
+                .await?
+        }
+    };
     Ok(Outcome::Updated(updated.version, updated.created))
 }
 

@@ -2,6 +2,8 @@
 //! inside a caller's transaction (`*_in`), which is how a transaction Bundle commits many
 //! entries at once.
 
+use std::collections::HashMap;
+
 use sqlx::{Any, Row, Transaction};
 
 use super::{
@@ -31,6 +33,9 @@ pub struct Tx {
 
 /// Held-back index rows beyond which they are written at once (bounds memory and statement size).
 const PENDING_ROWS: usize = 4_000;
+
+/// Ids read by one statement of [`ResourceStore::read_many_for_update`].
+const READ_MANY: usize = 500;
 
 impl std::ops::Deref for Tx {
     type Target = sqlx::AnyConnection;
@@ -313,6 +318,52 @@ impl ResourceStore {
             .await?
             .map(|r| version_from_row(&r, 0))
             .transpose()?;
+        self.update_from(tx, rt, id, resource, if_match, current)
+            .await
+    }
+
+    /// The current versions of resources of one type, locked until `tx` ends (PostgreSQL): a
+    /// Bundle's PUT entries read what they replace in one statement.
+    pub(crate) async fn read_many_for_update(
+        &self,
+        tx: &mut Tx,
+        rt: ResourceType,
+        ids: &[&str],
+    ) -> Result<HashMap<String, Version>, EhrError> {
+        let mut found = HashMap::with_capacity(ids.len());
+        for chunk in ids.chunks(READ_MANY) {
+            let placeholders: Vec<String> = (2..chunk.len() + 2)
+                .map(|n| match tx.backend {
+                    sen_platform::Backend::Postgres => format!("(${n})"),
+                    sen_platform::Backend::Sqlite => format!("${n}"),
+                })
+                .collect();
+            let sql = self
+                .sql
+                .read_many_for_update
+                .replace("{ids}", &placeholders.join(", "));
+            let mut query = sqlx::query(&sql).bind(rt.as_str());
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            for row in query.fetch_all(&mut **tx).await? {
+                let version = version_from_row(&row, 0)?;
+                found.insert(version.id.clone(), version);
+            }
+        }
+        Ok(found)
+    }
+
+    /// [`ResourceStore::update_in`] with the current version already read (and locked) in `tx`.
+    pub(crate) async fn update_from(
+        &self,
+        tx: &mut Tx,
+        rt: ResourceType,
+        id: &str,
+        resource: &IncomingResource,
+        if_match: Option<i64>,
+        current: Option<Version>,
+    ) -> Result<Updated, EhrError> {
         if current.is_some() {
             refuse_changing_audit(rt)?;
         }

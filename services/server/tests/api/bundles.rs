@@ -17,6 +17,7 @@ on_both_backends!(
     a_transaction_may_not_write_one_resource_twice,
     conditional_urls_and_patch_entries_act_on_their_match,
     a_conditional_entry_with_several_matches_refuses_the_transaction,
+    put_entries_create_replace_and_revive_with_their_versions,
 );
 
 async fn post_bundle(app: &TestApp, bundle: &Value) -> reqwest::Response {
@@ -476,4 +477,100 @@ fn base64_of(text: &str) -> String {
         }
     }
     out
+}
+
+/// A transaction's PUT entries read what they replace together; each still gets the version
+/// and history its own PUT would: new ids start at 1, existing ones go on, a deleted one comes
+/// back, and a stale If-Match refuses the whole Bundle.
+async fn put_entries_create_replace_and_revive_with_their_versions(app: TestApp) {
+    let (kept, _) = app.create(&patient("087090000231")).await;
+    let (gone, _) = app.create(&patient("087090000232")).await;
+    let response = app
+        .request(reqwest::Method::DELETE, &format!("/fhir/Patient/{gone}"))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+    let with_id = |id: &str, cccd: &str| {
+        let mut resource = patient(cccd);
+        resource["id"] = json!(id);
+        resource
+    };
+    let put = |id: &str, cccd: &str, if_match: Option<&str>| {
+        let mut request = json!({"method": "PUT", "url": format!("Patient/{id}")});
+        if let Some(tag) = if_match {
+            request["ifMatch"] = json!(tag);
+        }
+        json!({"resource": with_id(id, cccd), "request": request})
+    };
+    let observation = json!({"resource": {"resourceType": "Observation", "id": "put-obs-1", "status": "final",
+        "code": {"text": "mạch"}, "subject": {"reference": "Patient/put-new-1"}},
+        "request": {"method": "PUT", "url": "Observation/put-obs-1"}});
+    let entries = |kept_tag: &str| {
+        json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+            put("put-new-1", "087090000233", None),
+            put(&kept, "087090000234", Some(kept_tag)),
+            observation.clone(),
+            put(&gone, "087090000235", None),
+        ]})
+    };
+    let (resources, history) = (app.resource_rows().await, app.history_rows().await);
+    let refused = post_bundle(&app, &entries("W/\"7\"")).await;
+    assert_eq!(refused.status(), StatusCode::PRECONDITION_FAILED);
+    assert_eq!(app.resource_rows().await, resources);
+    assert_eq!(app.history_rows().await, history);
+
+    let response = post_bundle(&app, &entries("W/\"1\"")).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let result: Value = response.json().await.unwrap();
+    let statuses: Vec<(&str, &str)> = result["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["response"]["status"].as_str().unwrap(),
+                e["response"]["etag"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            ("201 Created", "W/\"1\""),
+            ("200 OK", "W/\"2\""),
+            ("201 Created", "W/\"1\""),
+            ("201 Created", "W/\"3\""),
+        ]
+    );
+    assert_eq!(app.resource_rows().await, resources + 2);
+    assert_eq!(app.history_rows().await, history + 4);
+    for (path, cccd, version) in [
+        (format!("Patient/{kept}"), "087090000234", "2"),
+        (format!("Patient/{gone}"), "087090000235", "3"),
+        ("Patient/put-new-1".to_string(), "087090000233", "1"),
+    ] {
+        let stored: Value = app
+            .get(&format!("/fhir/{path}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(stored["identifier"][0]["value"], cccd, "{path}");
+        assert_eq!(stored["meta"]["versionId"], version, "{path}");
+        let old: Value = app
+            .get(&format!("/fhir/{path}/_history/{version}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(old, stored, "{path}");
+    }
+    let found: Value = app
+        .get("/fhir/Observation?subject=Patient/put-new-1")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(found["entry"][0]["resource"]["id"], "put-obs-1");
 }
