@@ -115,6 +115,46 @@ impl Redis {
     }
 }
 
+/// Places `room` on a node that died (a lease far longer than the test) and watches what
+/// reaches that node; once both participants have offered their media there, the lease is
+/// left to run out (3 s): no guess at how long the pages take to get there.
+async fn hold_until_both_offered(room: &str) -> tokio::task::JoinHandle<()> {
+    const DEAD: &str = "a-node-that-died";
+    let kv = sen_platform::kv::connect(Some(Redis::URL), "sen")
+        .await
+        .expect("the namespace's Redis");
+    let mut relayed = kv
+        .subscribe(&format!("telehealth:media:{DEAD}"))
+        .await
+        .expect("watch the dead node's negotiation");
+    let key = format!("room:{room}:node");
+    let held = kv
+        .set_if_absent(&key, DEAD.as_bytes(), std::time::Duration::from_secs(600))
+        .await
+        .unwrap();
+    assert!(held, "the room held by the dead node");
+    tokio::spawn(async move {
+        let mut offered = std::collections::HashSet::new();
+        while offered.len() < 2 {
+            let Some((_, payload)) = relayed.recv().await else {
+                return;
+            };
+            let message: Value = serde_json::from_slice(&payload).unwrap_or_default();
+            if message["message"]["type"] == "offer"
+                && let Some(participant) = message["participant"].as_str()
+            {
+                offered.insert(participant.to_string());
+            }
+        }
+        // Its last renewal runs out a little later, as a node that died leaves its rooms.
+        let last = std::time::Duration::from_secs(3);
+        assert!(
+            kv.extend_if(&key, DEAD.as_bytes(), last).await.unwrap(),
+            "the dead node's lease"
+        );
+    })
+}
+
 /// A clinic, its patient and doctor, a booked appointment, the doctor's room on it, and the
 /// two join grants: (room, doctor's grant, patient's grant).
 pub async fn consultation(client: &reqwest::Client, base: &str) -> (String, String, String) {
@@ -198,22 +238,13 @@ async fn in_the_namespace(module: PathBuf, moved: bool) {
     };
     let base = sen.base.clone();
     let (room, doctor_grant, patient_grant) = consultation(&http(), &base).await;
-    if redis.is_some() {
-        // The room's node (a node that died) holds it for 10 s more: longer than the pages
-        // take to offer their media.
-        let kv = sen_platform::kv::connect(Some(Redis::URL), "sen")
-            .await
-            .expect("the namespace's Redis");
-        let held = kv
-            .set_if_absent(
-                &format!("room:{room}:node"),
-                b"a-node-that-died",
-                std::time::Duration::from_secs(10),
-            )
-            .await
-            .unwrap();
-        assert!(held, "the room held by the dead node");
-    }
+    // With Redis: the room is held by a node that died, whose lease runs out only after both
+    // pages have sent it their offers (nobody answers them): then the live node places the
+    // room again and the pages must open their media anew.
+    let dead_node = match redis {
+        Some(_) => Some(hold_until_both_offered(&room).await),
+        None => None,
+    };
 
     let artifacts = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join("browser-artifacts")
@@ -244,6 +275,9 @@ async fn in_the_namespace(module: PathBuf, moved: bool) {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
+    if let Some(dead_node) = dead_node {
+        dead_node.abort();
+    }
     let result: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(result["ended"], "Buổi khám đã kết thúc.");
     assert!(result["doctorFrames"].as_u64() > Some(100), "{result}");
