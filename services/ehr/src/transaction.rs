@@ -393,9 +393,6 @@ fn conditional_entry(
 /// Writes a POST or PUT entry inside `tx`: the resource is checked against the entry's URL and
 /// validated like any write, then created (with `id` when one was assigned) or updated (`id`
 /// is the PUT's target). A conditional update's resource may leave its id out.
-/// Writes a POST or PUT entry's resource (`text`), or `prepared` — the same resource already
-/// accepted, when it is given.
-#[allow(clippy::too_many_arguments)]
 /// What a Bundle already knows of an entry it writes.
 #[derive(Default)]
 struct Known {
@@ -406,6 +403,8 @@ struct Known {
     replaced: Option<Option<Version>>,
 }
 
+/// Writes a POST or PUT entry's resource (`text`), or `known.ready` — the same resource
+/// already accepted, when it is given.
 async fn write(
     ehr: &Ehr,
     tx: &mut Tx,
@@ -415,12 +414,9 @@ async fn write(
     id: Option<String>,
     known: Known,
 ) -> Result<Outcome, EhrError> {
-    let Known {
-        ready: prepared,
-        replaced,
-    } = known;
+    let Known { ready, replaced } = known;
     if entry.verb != Verb::Put {
-        let resource = match prepared {
+        let resource = match ready {
             Some(resource) => resource,
             None => ehr.accept(text.as_bytes(), entry.resource_type, None)?,
         };
@@ -439,7 +435,7 @@ async fn write(
         }
         resource
     } else {
-        match prepared.filter(|_| entry.id.as_deref() == Some(target.as_str())) {
+        match ready.filter(|_| entry.id.as_deref() == Some(target.as_str())) {
             Some(resource) => resource,
             None => ehr.accept(text.as_bytes(), entry.resource_type, Some(&target))?,
         }

@@ -311,15 +311,25 @@ impl ResourceStore {
         resource: &IncomingResource,
         if_match: Option<i64>,
     ) -> Result<Updated, EhrError> {
-        let current = sqlx::query(&self.sql.read_for_update)
+        let current = self.read_for_update(tx, rt, id).await?;
+        self.update_from(tx, rt, id, resource, if_match, current)
+            .await
+    }
+
+    /// The current version of a resource, locked until `tx` ends (PostgreSQL).
+    async fn read_for_update(
+        &self,
+        tx: &mut Tx,
+        rt: ResourceType,
+        id: &str,
+    ) -> Result<Option<Version>, EhrError> {
+        Ok(sqlx::query(&self.sql.read_for_update)
             .bind(rt.as_str())
             .bind(id)
             .fetch_optional(&mut **tx)
             .await?
             .map(|r| version_from_row(&r, 0))
-            .transpose()?;
-        self.update_from(tx, rt, id, resource, if_match, current)
-            .await
+            .transpose()?)
     }
 
     /// The current versions of resources of one type, locked until `tx` ends (PostgreSQL): a
@@ -425,14 +435,7 @@ impl ResourceStore {
         if_match: Option<i64>,
     ) -> Result<Deleted, EhrError> {
         refuse_changing_audit(rt)?;
-        let current = sqlx::query(&self.sql.read_for_update)
-            .bind(rt.as_str())
-            .bind(id)
-            .fetch_optional(&mut **tx)
-            .await?
-            .map(|r| version_from_row(&r, 0))
-            .transpose()?;
-        let Some(current) = current else {
+        let Some(current) = self.read_for_update(tx, rt, id).await? else {
             return Err(EhrError::NotFound {
                 resource_type: rt.as_str(),
                 id: id.to_string(),
