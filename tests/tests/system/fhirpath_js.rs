@@ -203,3 +203,39 @@ fn search_parameter_values_agree_with_fhirpath_js_on_every_example() {
         unexplained[..unexplained.len().min(30)].join("\n")
     );
 }
+
+/// The parameters the store keeps no rows of their own for (Observation's `combo-*`, the
+/// `patient` that is `subject` pointing at a Patient, …) are searched through other
+/// parameters' rows: on every R4 example, those rows must hold exactly the values the
+/// parameter's own expression yields (`sen_ehr::search::extract::stands_for`).
+#[test]
+fn shared_parameters_stand_for_their_own_values_on_every_example() {
+    let Some(examples) = super::conformance::package_dir() else {
+        return;
+    };
+    let defs = sen_ehr::definitions::Definitions::r4();
+    let (mut checked, mut wrong) = (0usize, Vec::new());
+    for entry in std::fs::read_dir(&examples).expect("the examples") {
+        let path = entry.expect("an entry").path();
+        if path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        let Ok(resource) = serde_json::from_str::<Value>(&std::fs::read_to_string(&path).unwrap())
+        else {
+            continue;
+        };
+        let Some(rt) = resource["resourceType"]
+            .as_str()
+            .and_then(|t| defs.resource_type(t))
+        else {
+            continue;
+        };
+        checked += 1;
+        for code in sen_ehr::search::extract::stands_for(rt, &resource) {
+            wrong.push(format!("{} {code}", path.display()));
+        }
+    }
+    eprintln!("shared parameters checked on {checked} examples");
+    assert!(checked > 2_000, "only {checked} examples");
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}

@@ -345,7 +345,8 @@ async fn patients_of(
             let target_type: String = row.try_get(3)?;
             let target: String = row.try_get(4)?;
             let in_compartment = target_type == "Patient"
-                && crate::search::query::compartment_params("Patient", &rt)
+                && !target.is_empty()
+                && crate::search::query::compartment_row_codes("Patient", &rt)
                     .is_some_and(|codes| codes.contains(&code));
             if in_compartment {
                 found.entry((rt, id)).or_default().push(target);

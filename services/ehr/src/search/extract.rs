@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::{
     dates,
-    params::{ParamType, SearchParams},
+    params::{ParamType, SearchParams, Stored},
     text::fold,
 };
 use crate::{
@@ -59,13 +59,26 @@ impl IndexRows {
     }
 }
 
-/// Every index row of `resource` (its stored JSON, with `id` and `meta`).
+/// Every index row of `resource` (its stored JSON, with `id` and `meta`) the store writes:
+/// none for a parameter whose values other parameters' rows hold (see [`Stored`]).
 pub fn extract(rt: ResourceType, resource: &Value) -> IndexRows {
-    extract_params(rt, resource, |_| true)
+    extract_params(rt, resource, true, |_| true)
 }
 
-/// The index rows of `resource` for the parameters whose code `wanted` accepts.
-fn extract_params(rt: ResourceType, resource: &Value, wanted: impl Fn(&str) -> bool) -> IndexRows {
+/// The rows of `resource` for each parameter under its own code, as if none were stored
+/// through another's: what [`extract`]'s rows stand for. For checking that they do.
+pub fn extract_unshared(rt: ResourceType, resource: &Value) -> IndexRows {
+    extract_params(rt, resource, false, |_| true)
+}
+
+/// The index rows of `resource` for the parameters whose code `wanted` accepts; with
+/// `stored`, only the rows the store writes.
+fn extract_params(
+    rt: ResourceType,
+    resource: &Value,
+    stored: bool,
+    wanted: impl Fn(&str) -> bool,
+) -> IndexRows {
     let mut rows = IndexRows::default();
     let root = fhirpath::resource_node(resource);
     let env = Env {
@@ -81,9 +94,24 @@ fn extract_params(rt: ResourceType, resource: &Value, wanted: impl Fn(&str) -> b
         if param.code == "_id" || param.code == "_lastUpdated" || !wanted(&param.code) {
             continue;
         }
+        let only_identifiers = match (&param.stored, stored) {
+            (Stored::Union(_), true) => continue,
+            (Stored::Targets { .. }, true) => true,
+            _ => false,
+        };
         let Ok(items) = param.expression.evaluate(std::slice::from_ref(&root), &env) else {
             continue;
         };
+        if only_identifiers {
+            let mut own = IndexRows::default();
+            for item in &items {
+                add(&mut own, &param.code, param.kind, 0, item, true);
+            }
+            let code = format!("{}:identifier", param.code);
+            rows.tokens
+                .extend(own.tokens.into_iter().filter(|row| row.0 == code));
+            continue;
+        }
         if param.kind == ParamType::Composite {
             // A group is indexed only when every component has a value: a search always
             // names all of them, so a partial group could never match.
@@ -113,8 +141,29 @@ fn extract_params(rt: ResourceType, resource: &Value, wanted: impl Fn(&str) -> b
             add(&mut rows, &param.code, param.kind, 0, item, true);
         }
     }
+    typed_contained(resource, &mut rows);
     dedup(&mut rows);
     rows
+}
+
+/// A reference to a contained resource (`#newborn`) gets that resource's type: it has no id
+/// in the store, but `subject` pointing at a contained Patient is a patient, as
+/// `.where(resolve() is Patient)` says (see [`Stored::Targets`]). Its target id stays empty.
+fn typed_contained(resource: &Value, rows: &mut IndexRows) {
+    let Some(contained) = resource.get("contained").and_then(Value::as_array) else {
+        return;
+    };
+    for (_, _, target_type, target_id, url) in &mut rows.references {
+        let Some(local) = url.strip_prefix('#') else {
+            continue;
+        };
+        if let Some(found) = contained.iter().find(|c| c["id"].as_str() == Some(local))
+            && let Some(rt) = found["resourceType"].as_str()
+        {
+            *target_type = rt.to_string();
+            target_id.clear();
+        }
+    }
 }
 
 /// Drops repeated rows (two names with the same family, say): sorted, then deduplicated.
@@ -466,13 +515,15 @@ pub fn compartment_patients(rt: &str, id: &str, rows: &IndexRows) -> Vec<String>
     if rt == "Patient" {
         return vec![id.to_string()];
     }
-    let Some(codes) = crate::search::query::compartment_params("Patient", rt) else {
+    let Some(codes) = crate::search::query::compartment_row_codes("Patient", rt) else {
         return Vec::new();
     };
     let mut patients: Vec<String> = rows
         .references
         .iter()
-        .filter(|(code, _, target_type, _, _)| target_type == "Patient" && codes.contains(code))
+        .filter(|(code, _, target_type, target_id, _)| {
+            target_type == "Patient" && !target_id.is_empty() && codes.contains(code)
+        })
         .map(|(_, _, _, target_id, _)| target_id.clone())
         .collect();
     patients.sort_unstable();
@@ -489,8 +540,98 @@ pub fn patients_of(rt: ResourceType, id: &str, resource: &Value) -> Vec<String> 
     if rt.as_str() != "Patient" && codes.is_empty() {
         return Vec::new();
     }
-    let rows = extract_params(rt, resource, |code| codes.iter().any(|c| c == code));
+    let rows = extract_params(rt, resource, false, |code| codes.iter().any(|c| c == code));
     compartment_patients(rt.as_str(), id, &rows)
+}
+
+/// One index row as [`stands_for`] compares them: code, group, target type (references),
+/// table and values.
+type FlatRow = (String, i64, Option<String>, String);
+
+fn flat(rows: &IndexRows) -> Vec<FlatRow> {
+    let mut out = Vec::with_capacity(rows.len());
+    for (c, g, folded, exact) in &rows.strings {
+        out.push((c.clone(), *g, None, format!("string {folded:?} {exact:?}")));
+    }
+    for (c, g, system, code) in &rows.tokens {
+        out.push((c.clone(), *g, None, format!("token {system:?} {code:?}")));
+    }
+    for (c, g, t, id, url) in &rows.references {
+        out.push((
+            c.clone(),
+            *g,
+            Some(t.clone()),
+            format!("reference {t:?} {id:?} {url:?}"),
+        ));
+    }
+    for (c, g, low, high) in &rows.dates {
+        out.push((c.clone(), *g, None, format!("date {low} {high}")));
+    }
+    for (c, g, v, system, unit) in &rows.numbers {
+        out.push((
+            c.clone(),
+            *g,
+            None,
+            format!("number {v:e} {system:?} {unit:?}"),
+        ));
+    }
+    for (c, g, v) in &rows.uris {
+        out.push((c.clone(), *g, None, format!("uri {v:?}")));
+    }
+    out
+}
+
+/// The values of the rows with one of `codes` (and `target`, if given), one set per
+/// composite group (a plain row is a group of its own), whatever the codes and group numbers.
+fn values_of(
+    rows: &[FlatRow],
+    codes: &[String],
+    target: Option<&str>,
+) -> std::collections::BTreeSet<Vec<String>> {
+    let mut groups: std::collections::BTreeMap<(String, i64), Vec<String>> = Default::default();
+    let mut out = std::collections::BTreeSet::new();
+    for (code, group, t, value) in rows {
+        if !codes.contains(code) || target.is_some_and(|target| t.as_deref() != Some(target)) {
+            continue;
+        }
+        if *group == 0 {
+            out.insert(vec![value.clone()]);
+        } else {
+            groups
+                .entry((code.clone(), *group))
+                .or_default()
+                .push(value.clone());
+        }
+    }
+    out.extend(groups.into_values().map(|mut g| {
+        g.sort();
+        g
+    }));
+    out
+}
+
+/// The parameters of `rt` whose values, searched through other parameters' rows in what the
+/// store writes for `resource` ([`extract`]), differ from what their own expressions yield
+/// ([`extract_unshared`]): empty when every shared parameter stands for exactly its values.
+pub fn stands_for(rt: ResourceType, resource: &Value) -> Vec<String> {
+    let stored = flat(&extract(rt, resource));
+    let own = flat(&extract_unshared(rt, resource));
+    let mut wrong = Vec::new();
+    let mut params: Vec<_> = SearchParams::r4()
+        .of(rt)
+        .filter(|p| p.stored != Stored::Own)
+        .collect();
+    params.sort_by(|a, b| a.code.cmp(&b.code));
+    for param in params {
+        for suffix in ["", ":text", ":of-type", ":identifier"] {
+            let mine = values_of(&own, &[format!("{}{suffix}", param.code)], None);
+            let (codes, target) = param.row_codes(suffix);
+            if mine != values_of(&stored, &codes, target) {
+                wrong.push(format!("{}{suffix}", param.code));
+            }
+        }
+    }
+    wrong
 }
 
 #[cfg(test)]
@@ -568,11 +709,9 @@ mod tests {
                 .iter()
                 .any(|r| r.0 == "subject" && r.3 == "p1")
         );
-        assert!(
-            rows.references
-                .iter()
-                .any(|r| r.0 == "patient" && r.3 == "p1")
-        );
+        // `patient` is `subject` pointing at a Patient: searched through subject's rows.
+        assert!(!rows.references.iter().any(|r| r.0 == "patient"));
+        assert!(stands_for(defs.resource_type("Observation").unwrap(), &observation).is_empty());
         assert!(rows.numbers.contains(&(
             "value-quantity".into(),
             0,
@@ -595,5 +734,97 @@ mod tests {
                     && r.1 == groups[0]
                     && r.2 == 120.0)
         );
+    }
+
+    #[test]
+    fn parameters_that_repeat_others_are_searched_through_their_rows() {
+        let defs = crate::definitions::Definitions::r4();
+        let params = SearchParams::r4();
+        let stored = |rt: &str, code: &str| {
+            params
+                .get(defs.resource_type(rt).unwrap(), code)
+                .unwrap()
+                .stored
+                .clone()
+        };
+        let union = |codes: &[&str]| Stored::Union(codes.iter().map(|c| c.to_string()).collect());
+        assert_eq!(
+            stored("Observation", "combo-code"),
+            union(&["code", "component-code"])
+        );
+        assert_eq!(
+            stored("Observation", "combo-value-quantity"),
+            union(&["component-value-quantity", "value-quantity"])
+        );
+        assert_eq!(
+            stored("Observation", "combo-code-value-quantity"),
+            union(&["code-value-quantity", "component-code-value-quantity"])
+        );
+        let patient_subject = Stored::Targets {
+            code: "subject".into(),
+            target: "Patient".into(),
+        };
+        assert_eq!(stored("Observation", "patient"), patient_subject);
+        assert_eq!(stored("Encounter", "patient"), patient_subject);
+        // Parameters of their own: different expressions, or one not in the other.
+        for (rt, code) in [
+            ("Observation", "code"),
+            ("Observation", "subject"),
+            ("Observation", "value-string"),
+            ("Patient", "name"),
+            ("Patient", "family"),
+            ("AllergyIntolerance", "patient"),
+        ] {
+            assert_eq!(stored(rt, code), Stored::Own, "{rt}.{code}");
+        }
+
+        // What the rows stand for, on values that could tell them apart: a Group subject
+        // (not a patient), an identifier-only performer, a component code with a text, a
+        // value concept.
+        let observation = json!({"resourceType": "Observation", "id": "o2", "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "85354-9"}], "text": "BP"},
+            "subject": {"reference": "Group/g1"},
+            "performer": [{"identifier": {"system": "urn:x", "value": "n1"}}],
+            "valueCodeableConcept": {"coding": [{"system": "urn:c", "code": "pos"}]},
+            "component": [
+                {"code": {"coding": [{"system": "http://loinc.org", "code": "8480-6", "display": "Systolic"}]},
+                    "valueQuantity": {"value": 120, "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}},
+                {"code": {"coding": [{"system": "http://loinc.org", "code": "8462-4"}]},
+                    "dataAbsentReason": {"coding": [{"system": "urn:d", "code": "error"}]}}]});
+        let rt = defs.resource_type("Observation").unwrap();
+        assert_eq!(stands_for(rt, &observation), Vec::<String>::new());
+        let rows = extract(rt, &observation);
+        assert!(!rows.references.iter().any(|r| r.0 == "patient"));
+        assert!(!rows.tokens.iter().any(|r| r.0.starts_with("combo-")));
+        let encounter = json!({"resourceType": "Encounter", "id": "e1", "status": "finished",
+            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+            "subject": {"reference": "Patient/p1", "identifier": {"system": "urn:pid", "value": "7"}}});
+        let rt = defs.resource_type("Encounter").unwrap();
+        assert_eq!(stands_for(rt, &encounter), Vec::<String>::new());
+        // The patient's identifier rows stay its own; its reference rows are subject's.
+        let rows = extract(rt, &encounter);
+        assert!(
+            rows.tokens
+                .iter()
+                .any(|r| r.0 == "patient:identifier" && r.3 == "7")
+        );
+        assert!(!rows.references.iter().any(|r| r.0 == "patient"));
+        assert_eq!(
+            compartment_patients("Encounter", "e1", &rows),
+            vec!["p1".to_string()]
+        );
+        // A contained patient is a patient (resolve() finds it) with no id in the store.
+        let newborn = json!({"resourceType": "Observation", "id": "o3", "status": "final",
+            "contained": [{"resourceType": "Patient", "id": "newborn"}],
+            "code": {"text": "Apgar"}, "subject": {"reference": "#newborn"}});
+        let rt = defs.resource_type("Observation").unwrap();
+        assert_eq!(stands_for(rt, &newborn), Vec::<String>::new());
+        let rows = extract(rt, &newborn);
+        assert!(
+            rows.references
+                .iter()
+                .any(|r| r.0 == "subject" && r.2 == "Patient" && r.3.is_empty())
+        );
+        assert!(compartment_patients("Observation", "o3", &rows).is_empty());
     }
 }

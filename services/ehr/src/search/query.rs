@@ -10,7 +10,7 @@ use std::sync::Arc;
 use super::{
     dates,
     keyset::{SortColumn, SortKind},
-    params::{Param, ParamType, SearchParams},
+    params::{Param, ParamType, SearchParams, Stored},
     text::fold,
 };
 use crate::{
@@ -22,8 +22,8 @@ mod parse;
 mod sql;
 
 use parse::*;
-pub use sql::compartment_params;
 use sql::*;
+pub use sql::{code_match, compartment_params, compartment_row_codes};
 
 /// A bind value of the generated SQL.
 #[derive(Debug, Clone, PartialEq)]
@@ -111,7 +111,7 @@ pub struct SortKey {
 #[derive(Debug, Clone)]
 pub struct Include {
     pub source: ResourceType,
-    pub param: Option<String>,
+    pub param: Option<Arc<Param>>,
     pub target: Option<ResourceType>,
     pub iterate: bool,
 }
@@ -271,7 +271,7 @@ impl SearchRequest {
     /// `Patient/123/Observation`. Types outside the compartment are refused.
     pub fn in_compartment(&mut self, compartment: ResourceType, id: &str) -> Result<(), EhrError> {
         let member = self.resource_type.as_str();
-        let codes = match compartment_params(compartment.as_str(), member) {
+        let codes = match compartment_row_codes(compartment.as_str(), member) {
             Some(codes) => codes,
             // The compartment's own type: the resource itself.
             None if member == compartment.as_str() => Vec::new(),
@@ -324,14 +324,16 @@ impl SearchRequest {
                 param,
                 modifier,
                 values,
-            } if plain(c) && values.len() == 1 => match (param.kind, modifier.as_deref()) {
-                (ParamType::Token, None) => !matches!(
-                    split_once_unescaped(&values[0], '|'),
-                    Some((_, code)) if code.is_empty()
-                ),
-                (ParamType::Reference, _) => true,
-                _ => false,
-            },
+            } if plain(c) && values.len() == 1 && !matches!(param.stored, Stored::Union(_)) => {
+                match (param.kind, modifier.as_deref()) {
+                    (ParamType::Token, None) => !matches!(
+                        split_once_unescaped(&values[0], '|'),
+                        Some((_, code)) if code.is_empty()
+                    ),
+                    (ParamType::Reference, _) => true,
+                    _ => false,
+                }
+            }
             _ => false,
         };
         let walked_name = |c: &Condition| match c {
@@ -495,9 +497,9 @@ impl SearchRequest {
                             _ => ("sp_token", "value"),
                         };
                         let aggregate = if key.descending { "MAX" } else { "MIN" };
-                        let code = bind(binds, Bind::Text(param.code.clone()));
+                        let code = code_match(param, "", "s", binds);
                         format!(
-                            "(SELECT {aggregate}(s.{column}) FROM {prefix}{table} s WHERE s.rid = r.rid AND s.code = {code})"
+                            "(SELECT {aggregate}(s.{column}) FROM {prefix}{table} s WHERE s.rid = r.rid AND {code})"
                         )
                     }
                     (None, None) => "r.id".to_string(),

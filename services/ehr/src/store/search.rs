@@ -10,7 +10,7 @@ use crate::{
     error::EhrError,
     search::{
         keyset::{Position, SortKind, SortValue, order_terms},
-        query::{Bind, Include, SearchRequest, SourceScan},
+        query::{Bind, Include, SearchRequest, SourceScan, code_match},
     },
 };
 
@@ -328,9 +328,9 @@ impl ResourceStore {
                      WHERE x.rid IN (SELECT s.rid FROM {table} s WHERE s.resource_type = $1 AND s.id IN ({}))",
                     ids.join(", ")
                 );
-                if let Some(code) = &include.param {
-                    binds.push(Bind::Text(code.clone()));
-                    sql.push_str(&format!(" AND x.code = ${}", binds.len()));
+                if let Some(param) = &include.param {
+                    let code = code_match(param, "", "x", &mut binds);
+                    sql.push_str(&format!(" AND {code}"));
                 }
                 if let Some(target) = include.target {
                     binds.push(Bind::Text(target.as_str().to_string()));
@@ -358,9 +358,9 @@ impl ResourceStore {
                     self.resource_table(),
                     targets.join(" OR ")
                 );
-                if let Some(code) = &include.param {
-                    binds.push(Bind::Text(code.clone()));
-                    sql.push_str(&format!(" AND x.code = ${}", binds.len()));
+                if let Some(param) = &include.param {
+                    let code = code_match(param, "", "x", &mut binds);
+                    sql.push_str(&format!(" AND {code}"));
                 }
                 next.extend(self.fetch_found(&sql, &binds).await?);
             }

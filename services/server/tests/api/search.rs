@@ -106,7 +106,28 @@ async fn load(app: &TestApp) {
     let mut o5 = observation("o5", "p-hoa", loinc("8867-4", "Heart rate"), "final");
     o5["effectivePeriod"] = json!({"start": "2026-11-01", "end": "2026-11-03"});
     o5["valueQuantity"] = quantity(72.5, "/min");
-    for resource in [an, hoa, duong, nguyet, doctor, o1, o2, o3, o4, o5] {
+    // A ward's observation: its subject is a Group, not a patient; its temperature is a
+    // component. It tells the parameters that repeat others' values (`patient`, `combo-*`)
+    // from those they are searched through.
+    let ward = json!({"resourceType": "Group", "id": "g-ward", "type": "person", "actual": true});
+    let mut o6 = observation(
+        "o6",
+        "p-hoa",
+        loinc("9279-1", "Respiratory rate"),
+        "registered",
+    );
+    o6["subject"] = json!({"reference": "Group/g-ward"});
+    o6["component"] = json!([{"code": loinc("8310-5", "Body temperature"), "valueQuantity": quantity(37.5, "Cel")}]);
+    let visit = json!({"resourceType": "Encounter", "id": "e1", "status": "finished",
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+        "subject": {"reference": "Patient/p-an", "identifier": {"system": CCCD, "value": "087080000001"}}});
+    let booked = json!({"resourceType": "Appointment", "id": "a1", "status": "booked",
+        "start": "2026-12-01T08:00:00+07:00", "end": "2026-12-01T08:30:00+07:00",
+        "participant": [{"actor": {"reference": "Patient/p-hoa"}, "status": "accepted"},
+            {"actor": {"reference": "Practitioner/d1"}, "status": "accepted"}]});
+    for resource in [
+        an, hoa, duong, nguyet, doctor, o1, o2, o3, o4, o5, ward, o6, visit, booked,
+    ] {
         let path = format!(
             "/fhir/{}/{}",
             resource["resourceType"].as_str().unwrap(),
@@ -255,6 +276,31 @@ async fn each_search_finds_exactly_what_the_rules_say(app: TestApp) {
             "Practitioner?_has:Patient:general-practitioner:_has:Observation:patient:code=8867-4",
             &["d1"],
         ),
+        // parameters searched through others' rows: `combo-*` (the code or a component's),
+        // `patient` (`subject` where it is a Patient), Appointment's `patient` and
+        // `practitioner` (`actor`), an Encounter's patient known by identifier too
+        ("Observation?combo-code=9279-1", &["o6"]),
+        ("Observation?combo-code=8310-5", &["o6"]),
+        ("Observation?combo-code=8480-6", &["o3", "o4"]),
+        ("Observation?combo-code:text=body", &["o6"]),
+        ("Observation?combo-code:text=systolic", &["o3", "o4"]),
+        ("Observation?combo-value-quantity=gt140", &["o4"]),
+        ("Observation?combo-value-quantity=37.5", &["o6"]),
+        ("Observation?subject=Group/g-ward", &["o6"]),
+        ("Observation?patient=g-ward", &[]),
+        ("Observation?patient:missing=true", &["o6"]),
+        (
+            "Observation?patient:missing=false",
+            &["o1", "o2", "o3", "o4", "o5"],
+        ),
+        ("Encounter?patient=p-an", &["e1"]),
+        ("Encounter?patient:identifier=087080000001", &["e1"]),
+        ("Appointment?patient=p-hoa", &["a1"]),
+        ("Appointment?practitioner=d1", &["a1"]),
+        ("Appointment?patient=d1", &[]),
+        ("Appointment?actor=Practitioner/d1", &["a1"]),
+        ("Patient?_has:Appointment:patient:status=booked", &["p-hoa"]),
+        ("Appointment?patient.name=tran", &["a1"]),
     ];
     let mut failures = Vec::new();
     for (query, expected) in cases {
@@ -285,6 +331,13 @@ async fn each_search_finds_exactly_what_the_rules_say(app: TestApp) {
         .await
         .unwrap();
     assert_eq!(ids(&posted, "match"), ["p-nguyet"]);
+    // `_include` through `patient` brings the patients, not the ward.
+    let included = search(&app, "Observation?_id=o3,o6&_include=Observation:patient").await;
+    assert_eq!(ids(&included, "include"), ["p-hoa"]);
+    let included = search(&app, "Observation?_id=o3,o6&_include=Observation:subject").await;
+    let mut subjects = ids(&included, "include");
+    subjects.sort();
+    assert_eq!(subjects, ["g-ward", "p-hoa"]);
 }
 
 async fn sorting_paging_includes_and_totals(app: TestApp) {

@@ -297,7 +297,7 @@ pub(super) fn parse_include(
     })?;
     let param = match parts.next() {
         None | Some("*") => None,
-        Some(code) => {
+        Some(code) => Some(
             SearchParams::r4()
                 .get(source, code)
                 .filter(|p| p.kind == ParamType::Reference)
@@ -306,9 +306,9 @@ pub(super) fn parse_include(
                         name,
                         format!("{code} is not a reference parameter of {source}"),
                     )
-                })?;
-            Some(code.to_string())
-        }
+                })?
+                .clone(),
+        ),
     };
     let target = match parts.next() {
         None => None,

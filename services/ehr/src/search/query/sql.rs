@@ -8,6 +8,29 @@ pub(super) fn bind(binds: &mut Vec<Bind>, value: Bind) -> String {
     format!("${}", binds.len())
 }
 
+/// `x.code = $n` over the index rows that hold `param`'s values of kind `suffix` (`""`,
+/// `":text"`, …): `x.code IN (…)` for a union of other parameters, with the target type for
+/// a reference parameter that is another's restricted to one target (see
+/// [`Param::row_codes`]).
+pub fn code_match(param: &Param, suffix: &str, x: &str, binds: &mut Vec<Bind>) -> String {
+    let (codes, target) = param.row_codes(suffix);
+    let mut out = match codes.as_slice() {
+        [one] => format!("{x}.code = {}", bind(binds, Bind::Text(one.clone()))),
+        many => {
+            let list: Vec<String> = many
+                .iter()
+                .map(|c| bind(binds, Bind::Text(c.clone())))
+                .collect();
+            format!("{x}.code IN ({})", list.join(", "))
+        }
+    };
+    if let Some(target) = target {
+        let t = bind(binds, Bind::Text(target.to_string()));
+        out.push_str(&format!(" AND {x}.target_type = {t}"));
+    }
+    out
+}
+
 /// Writes the predicate of `condition` on the row alias `row` (resources of type `rt`, or
 /// index rows standing in for them). With `probe`, parameter conditions are probes correlated
 /// on the resource key; otherwise id sets, `row.id IN (uncorrelated subquery)` (see
@@ -31,9 +54,9 @@ pub(super) fn predicate(
     match condition {
         Condition::Missing { param, missing } => {
             let table = table_of(param.kind);
-            let code = bind(binds, Bind::Text(param.code.clone()));
+            let code = code_match(param, "", &x, binds);
             sql.push_str(&format!(
-                "{row}.id {}IN (SELECT {x}.id FROM {prefix}{table} {x} WHERE {x}.resource_type = {own_type} AND {x}.code = {code})",
+                "{row}.id {}IN (SELECT {x}.id FROM {prefix}{table} {x} WHERE {x}.resource_type = {own_type} AND {code})",
                 if *missing { "NOT " } else { "" }
             ));
         }
@@ -58,12 +81,12 @@ pub(super) fn predicate(
             target,
             inner,
         } => {
-            let code = bind(binds, Bind::Text(param.code.clone()));
+            let code = code_match(param, "", &x, binds);
             let target_type = bind(binds, Bind::Text(target.as_str().to_string()));
             let t = format!("t{depth}");
             sql.push_str(&format!(
                 "{row}.id IN (SELECT {x}.id FROM {prefix}sp_reference {x} JOIN {prefix}resource {t} ON {t}.resource_type = {x}.target_type AND {t}.id = {x}.target_id AND {t}.deleted = 0 \
-                 WHERE {x}.resource_type = {own_type} AND {x}.code = {code} AND {x}.target_type = {target_type} AND "
+                 WHERE {x}.resource_type = {own_type} AND {code} AND {x}.target_type = {target_type} AND "
             ));
             predicate(
                 inner,
@@ -82,12 +105,12 @@ pub(super) fn predicate(
             param,
             inner,
         } => {
-            let code = bind(binds, Bind::Text(param.code.clone()));
+            let code = code_match(param, "", &x, binds);
             let source_type = bind(binds, Bind::Text(source.as_str().to_string()));
             let t = format!("t{depth}");
             sql.push_str(&format!(
                 "{row}.id IN (SELECT {x}.target_id FROM {prefix}sp_reference {x} JOIN {prefix}resource {t} ON {t}.resource_type = {x}.resource_type AND {t}.id = {x}.id AND {t}.deleted = 0 \
-                 WHERE {x}.resource_type = {source_type} AND {x}.code = {code} AND {x}.target_type = {own_type} AND "
+                 WHERE {x}.resource_type = {source_type} AND {code} AND {x}.target_type = {own_type} AND "
             ));
             predicate(
                 inner,
@@ -190,30 +213,32 @@ pub(super) fn index_rows(
     sql: &mut String,
     binds: &mut Vec<Bind>,
 ) -> Result<(), EhrError> {
-    let (table, code) = match (param.kind, modifier) {
-        (ParamType::Token, Some("text")) => ("sp_string", format!("{}:text", param.code)),
-        (ParamType::Token, Some("of-type")) => ("sp_token", format!("{}:of-type", param.code)),
-        (ParamType::Reference, Some("identifier")) => {
-            ("sp_token", format!("{}:identifier", param.code))
-        }
-        (kind, _) => (table_of(kind), param.code.clone()),
+    let (table, suffix) = match (param.kind, modifier) {
+        (ParamType::Token, Some("text")) => ("sp_string", ":text"),
+        (ParamType::Token, Some("of-type")) => ("sp_token", ":of-type"),
+        (ParamType::Reference, Some("identifier")) => ("sp_token", ":identifier"),
+        (kind, _) => (table_of(kind), ""),
     };
     let sqlite = !probes_by_key(prefix);
-    let walked = table == "sp_string" && WALKED_NAMES.contains(&code.as_str());
+    let name = param.code.as_str();
+    let walked = table == "sp_string"
+        && suffix.is_empty()
+        && param.stored == Stored::Own
+        && WALKED_NAMES.contains(&name);
     let (hint, code) = match rows {
         Rows::ByKey if sqlite => (
             format!(" INDEXED BY {table}_resource"),
-            bind(binds, Bind::Text(code)),
+            code_match(param, suffix, x, binds),
         ),
         Rows::Source(SourceScan::Walk) if sqlite && walked => (
-            format!(" INDEXED BY sp_string_walk_{code}"),
-            format!("'{code}'"),
+            format!(" INDEXED BY sp_string_walk_{name}"),
+            format!("{x}.code = '{name}'"),
         ),
         Rows::Source(SourceScan::Lookup) if sqlite && walked => (
             " INDEXED BY sp_string_lookup".to_string(),
-            bind(binds, Bind::Text(code)),
+            code_match(param, suffix, x, binds),
         ),
-        _ => (String::new(), bind(binds, Bind::Text(code))),
+        _ => (String::new(), code_match(param, suffix, x, binds)),
     };
     // A probe's rows are one resource's (its key): the type adds nothing but a clause for the
     // planner to weigh on every plan (subject+code pages: 5% less PostgreSQL time without).
@@ -223,7 +248,7 @@ pub(super) fn index_rows(
         format!("{x}.resource_type = {own_type} AND ")
     };
     sql.push_str(&format!(
-        "FROM {prefix}{table} {x}{hint} WHERE {own}{x}.code = {code} AND ("
+        "FROM {prefix}{table} {x}{hint} WHERE {own}{code} AND ("
     ));
     for (i, value) in values.iter().enumerate() {
         if i > 0 {
@@ -280,11 +305,11 @@ pub(super) fn composite(
 ) -> Result<(), EhrError> {
     let (first, second) = (&param.components[0], &param.components[1]);
     let (ta, tb) = (table_of(first.kind), table_of(second.kind));
-    let code = bind(binds, Bind::Text(param.code.clone()));
     let (xa, xb) = (format!("{x}a"), format!("{x}b"));
+    let code = code_match(param, "", &xa, binds);
     sql.push_str(&format!(
         "{row}.id IN (SELECT {xa}.id FROM {prefix}{ta} {xa} JOIN {prefix}{tb} {xb} ON {xb}.resource_type = {xa}.resource_type AND {xb}.id = {xa}.id AND {xb}.code = {xa}.code AND {xb}.grp = {xa}.grp \
-         WHERE {xa}.resource_type = {own_type} AND {xa}.code = {code} AND ("
+         WHERE {xa}.resource_type = {own_type} AND {code} AND ("
     ));
     let as_param = |c: &crate::search::params::Component| Param {
         code: c.code.clone(),
@@ -292,6 +317,7 @@ pub(super) fn composite(
         expression: c.expression.clone(),
         targets: Vec::new(),
         components: Vec::new(),
+        stored: Stored::Own,
     };
     for (i, value) in values.iter().enumerate() {
         if i > 0 {
@@ -521,6 +547,29 @@ pub(super) fn date_condition_on(
 }
 pub(super) const COMPARTMENTS_JSON: &str =
     include_str!("../../../../../fhir-profiles/r4/compartments.json");
+
+/// The codes of the reference rows that put a `member` resource in a `compartment`: its
+/// [`compartment_params`], and the codes whose rows hold those parameters' values where they
+/// are not stored under their own (Encounter's `patient` is `subject` pointing at a Patient;
+/// see [`Stored`]). A row counts when it also points at the compartment's type.
+pub fn compartment_row_codes(compartment: &str, member: &str) -> Option<Vec<String>> {
+    let codes = compartment_params(compartment, member)?;
+    let mut out = codes.clone();
+    if let Some(rt) = Definitions::r4().resource_type(member) {
+        for code in &codes {
+            match SearchParams::r4().get(rt, code).map(|p| &p.stored) {
+                Some(Stored::Union(sources)) => out.extend(sources.iter().cloned()),
+                Some(Stored::Targets { code, target }) if target == compartment => {
+                    out.push(code.clone())
+                }
+                _ => {}
+            }
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    Some(out)
+}
 
 /// The parameters that put a `member` resource in a `compartment` (only the Patient
 /// compartment is defined here); `None` when the type is not a member.
