@@ -446,15 +446,12 @@ fn bind_rows<'q>(
     query
 }
 
-/// Multi-row INSERT statements of index rows, grouped by table, each under the bind limit.
+/// The INSERT statements of held-back index rows, grouped by table.
 struct Inserts<'a> {
     prefix: &'static str,
     /// (table, columns) → rows of binds
     tables: Vec<(&'static str, &'static str, Vec<Vec<Bind<'a>>>)>,
 }
-
-/// Bind values per statement on PostgreSQL (its limit is 65,535).
-const BINDS_PER_STATEMENT: usize = 4000;
 
 /// Bind values per statement on SQLite. sqlx looks every parameter's name up once per bound
 /// value (sqlite3_bind_parameter_name), and SQLite finds a named parameter (`$1`) by scanning
@@ -600,69 +597,89 @@ impl<'a> Inserts<'a> {
         }
     }
 
-    /// The INSERT statements. With `combine` (PostgreSQL), the tables' inserts travel in one
-    /// statement as data-modifying CTEs: one round trip instead of one per table.
-    fn statements(self, combine: bool) -> Vec<(String, Vec<Bind<'a>>)> {
-        // `combine` is PostgreSQL's; SQLite statements stay small (see SQLITE_BINDS_PER_STATEMENT).
-        let limit = if combine {
-            BINDS_PER_STATEMENT
+    /// PostgreSQL's INSERT of every held row: one statement whose data-modifying CTEs insert
+    /// each table's rows from one JSON bind (`json_to_recordset`). Its text depends only on
+    /// which tables have rows, so it is prepared once per connection; multi-row `VALUES`
+    /// with a bind per value made every flush a new statement of thousands of parameters
+    /// for PostgreSQL to parse, analyze and plan, and sqlx to prepare in a round trip of its own.
+    fn json_statement(self) -> (String, Vec<String>) {
+        let mut parts = Vec::new();
+        let mut binds = Vec::new();
+        for (table, columns, rows) in self.tables {
+            let types: Vec<String> = rows[0]
+                .iter()
+                .enumerate()
+                .map(|(j, b)| {
+                    let ty = match b {
+                        Bind::Text(_) => "text",
+                        Bind::Int(_) => "bigint",
+                        Bind::Float(_) => "float8",
+                    };
+                    format!("c{j} {ty}")
+                })
+                .collect();
+            let mut json = String::with_capacity(rows.len() * 128);
+            json.push('[');
+            for (i, row) in rows.iter().enumerate() {
+                if i > 0 {
+                    json.push(',');
+                }
+                json.push('{');
+                for (j, bind) in row.iter().enumerate() {
+                    if j > 0 {
+                        json.push(',');
+                    }
+                    json.push_str(&format!("\"c{j}\":"));
+                    let value = match bind {
+                        Bind::Text(t) => serde_json::to_string(t),
+                        Bind::Int(i) => Ok(i.to_string()),
+                        Bind::Float(f) => serde_json::to_string(f),
+                    };
+                    json.push_str(&value.expect("text and finite numbers serialise"));
+                }
+                json.push('}');
+            }
+            json.push(']');
+            binds.push(json);
+            parts.push(format!(
+                "INSERT INTO {}{table} (resource_type, id, rid, code, grp, {columns}) \
+                 SELECT * FROM json_to_recordset(${}::json) AS r({})",
+                self.prefix,
+                binds.len(),
+                types.join(", ")
+            ));
+        }
+        let last = parts.pop().expect("one insert at least");
+        let ctes: Vec<String> = parts
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| format!("w{i} AS ({p})"))
+            .collect();
+        let sql = if ctes.is_empty() {
+            last
         } else {
-            SQLITE_BINDS_PER_STATEMENT
+            format!("WITH {} {last}", ctes.join(", "))
         };
-        let mut out: Vec<(Vec<String>, Vec<Bind<'a>>)> = Vec::new();
+        (sql, binds)
+    }
+
+    /// SQLite's INSERT statements: multi-row `VALUES`, a table's rows in statements of at most
+    /// SQLITE_BINDS_PER_STATEMENT anonymous parameters.
+    fn statements(self) -> Vec<(String, Vec<Bind<'a>>)> {
+        let mut out = Vec::new();
         for (table, columns, rows) in self.tables {
             let width = rows[0].len();
-            for chunk in rows.chunks((limit / width).max(1)) {
-                let fits = combine
-                    && out
-                        .last()
-                        .is_some_and(|(_, binds)| binds.len() + chunk.len() * width <= limit);
-                if !fits {
-                    out.push((Vec::new(), Vec::new()));
-                }
-                let (parts, binds) = out.last_mut().expect("pushed");
-                let mut sql = format!(
-                    "INSERT INTO {}{table} (resource_type, id, rid, code, grp, {columns}) VALUES ",
-                    self.prefix
+            let placeholders = format!("({})", vec!["?"; width].join(", "));
+            for chunk in rows.chunks((SQLITE_BINDS_PER_STATEMENT / width).max(1)) {
+                let sql = format!(
+                    "INSERT INTO {}{table} (resource_type, id, rid, code, grp, {columns}) VALUES {}",
+                    self.prefix,
+                    vec![placeholders.as_str(); chunk.len()].join(", ")
                 );
-                for (i, row) in chunk.iter().enumerate() {
-                    if i > 0 {
-                        sql.push_str(", ");
-                    }
-                    sql.push('(');
-                    for j in 0..width {
-                        if j > 0 {
-                            sql.push_str(", ");
-                        }
-                        if combine {
-                            sql.push_str(&format!("${}", binds.len() + j + 1));
-                        } else {
-                            // Anonymous on SQLite: see SQLITE_BINDS_PER_STATEMENT.
-                            sql.push('?');
-                        }
-                    }
-                    sql.push(')');
-                    binds.extend(row.iter().copied());
-                }
-                parts.push(sql);
+                out.push((sql, chunk.iter().flatten().copied().collect()));
             }
         }
-        out.into_iter()
-            .map(|(mut parts, binds)| {
-                let last = parts.pop().expect("one insert at least");
-                let ctes: Vec<String> = parts
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, p)| format!("w{i} AS ({p})"))
-                    .collect();
-                let sql = if ctes.is_empty() {
-                    last
-                } else {
-                    format!("WITH {} {last}", ctes.join(", "))
-                };
-                (sql, binds)
-            })
-            .collect()
+        out
     }
 }
 

@@ -23,7 +23,6 @@ pub struct Tx {
     pending: Vec<(String, String, i64, crate::search::extract::IndexRows)>,
     pending_rows: usize,
     prefix: &'static str,
-    combine: bool,
     backend: sen_platform::Backend,
     /// What the transaction wrote, for its access record (see `crate::audit`).
     written: Vec<crate::audit::Written>,
@@ -105,7 +104,19 @@ impl Tx {
         for (rt, id, rid, rows) in &pending {
             inserts.resource(rt, id, *rid, rows);
         }
-        for (sql, binds) in inserts.statements(self.combine) {
+        if inserts.tables.is_empty() {
+            return Ok(());
+        }
+        if self.backend == sen_platform::Backend::Postgres {
+            let (sql, binds) = inserts.json_statement();
+            let mut query = sqlx::query(&sql);
+            for json in binds {
+                query = query.bind(json);
+            }
+            query.execute(&mut *self.inner).await?;
+            return Ok(());
+        }
+        for (sql, binds) in inserts.statements() {
             super::bind_rows(sqlx::query(&sql), &binds)
                 .execute(&mut *self.inner)
                 .await?;
@@ -123,7 +134,6 @@ impl ResourceStore {
             pending: Vec::new(),
             pending_rows: 0,
             prefix: self.sql.index_prefix,
-            combine: self.db.backend() == sen_platform::Backend::Postgres,
             backend: self.db.backend(),
             written: Vec::new(),
             audited: true,
