@@ -272,7 +272,7 @@ impl SearchRequest {
     pub fn in_compartment(&mut self, compartment: ResourceType, id: &str) -> Result<(), EhrError> {
         let member = self.resource_type.as_str();
         let codes = match compartment_row_codes(compartment.as_str(), member) {
-            Some(codes) => codes,
+            Some(codes) => codes.to_vec(),
             // The compartment's own type: the resource itself.
             None if member == compartment.as_str() => Vec::new(),
             None => {

@@ -551,8 +551,27 @@ pub(super) const COMPARTMENTS_JSON: &str =
 /// The codes of the reference rows that put a `member` resource in a `compartment`: its
 /// [`compartment_params`], and the codes whose rows hold those parameters' values where they
 /// are not stored under their own (Encounter's `patient` is `subject` pointing at a Patient;
-/// see [`Stored`]). A row counts when it also points at the compartment's type.
-pub fn compartment_row_codes(compartment: &str, member: &str) -> Option<Vec<String>> {
+/// see [`Stored`]). A row counts when it also points at the compartment's type. Worked out
+/// once for every member: writes, searches and the audit relay ask for each resource.
+pub fn compartment_row_codes(compartment: &str, member: &str) -> Option<&'static [String]> {
+    static CODES: std::sync::OnceLock<std::collections::HashMap<(String, String), Vec<String>>> =
+        std::sync::OnceLock::new();
+    let all = CODES.get_or_init(|| {
+        let mut all = std::collections::HashMap::new();
+        for (compartment, members) in compartments().as_object().into_iter().flatten() {
+            for member in members.as_object().into_iter().flat_map(|m| m.keys()) {
+                if let Some(codes) = row_codes_of(compartment, member) {
+                    all.insert((compartment.clone(), member.clone()), codes);
+                }
+            }
+        }
+        all
+    });
+    all.get(&(compartment.to_string(), member.to_string()))
+        .map(Vec::as_slice)
+}
+
+fn row_codes_of(compartment: &str, member: &str) -> Option<Vec<String>> {
     let codes = compartment_params(compartment, member)?;
     let mut out = codes.clone();
     if let Some(rt) = Definitions::r4().resource_type(member) {
@@ -571,16 +590,20 @@ pub fn compartment_row_codes(compartment: &str, member: &str) -> Option<Vec<Stri
     Some(out)
 }
 
-/// The parameters that put a `member` resource in a `compartment` (only the Patient
-/// compartment is defined here); `None` when the type is not a member.
-pub fn compartment_params(compartment: &str, member: &str) -> Option<Vec<String>> {
+/// The compartment definitions: compartment → member type → parameter codes.
+fn compartments() -> &'static serde_json::Value {
     static COMPARTMENTS: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
-    let all = COMPARTMENTS.get_or_init(|| {
+    COMPARTMENTS.get_or_init(|| {
         serde_json::from_str(COMPARTMENTS_JSON).expect(
             "fhir-profiles/r4/compartments.json is valid (regenerate with scripts/gen-r4-definitions.mjs)",
         )
-    });
-    let codes = all.get(compartment)?.get(member)?.as_array()?;
+    })
+}
+
+/// The parameters that put a `member` resource in a `compartment` (only the Patient
+/// compartment is defined here); `None` when the type is not a member.
+pub fn compartment_params(compartment: &str, member: &str) -> Option<Vec<String>> {
+    let codes = compartments().get(compartment)?.get(member)?.as_array()?;
     Some(
         codes
             .iter()
